@@ -1,0 +1,56 @@
+"""smartroute: a brokerless routing mesh for Python services.
+
+Start a ``Node`` in every process; nodes find each other, form a full mesh of ZeroMQ links,
+replicate which subscriber names live where, and deliver ``send_to`` in one hop.
+"""
+
+import logging as _logging
+
+from .config import Limits, Timings
+from .discovery import Discovery, StaticDiscovery
+from .errors import (
+    NodeClosed,
+    NoSubscriber,
+    RemoteError,
+    RequestError,
+    RequestTimeout,
+    SmartRouteError,
+    UsageError,
+    WaitTimeout,
+)
+from .events import PeerDown, PeerInfo, PeerUp, Subscriber, SubscriberDown, SubscriberUp
+from .messages import Message, message
+from .modes import ReceiveMode
+from .node import EventStream, Node, Subscription
+
+_logging.getLogger("smartroute").addHandler(_logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Discovery",
+    "EventStream",
+    "Limits",
+    "Message",
+    "NoSubscriber",
+    "Node",
+    "NodeClosed",
+    "PeerDown",
+    "PeerInfo",
+    "PeerUp",
+    "ReceiveMode",
+    "RemoteError",
+    "RequestError",
+    "RequestTimeout",
+    "SmartRouteError",
+    "StaticDiscovery",
+    "Subscriber",
+    "SubscriberDown",
+    "SubscriberUp",
+    "Subscription",
+    "Timings",
+    "UsageError",
+    "WaitTimeout",
+    "__version__",
+    "message",
+]

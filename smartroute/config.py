@@ -1,0 +1,146 @@
+"""Named timing constants (with units) and size limits, and the settings objects built from them.
+
+Every timing a node uses is one of the constants below; ``Node(**timings)`` overrides them by the
+lower-case name (``Node(dead_after_s=3.0)``), and tests shrink them. Limits bound everything a peer
+can make us allocate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# --- timings ------------------------------------------------------------------------------------
+
+HEARTBEAT_INTERVAL_S = 0.25
+"""A link idle this long carries a heartbeat, so a silent peer is a dead peer."""
+
+SUSPECT_AFTER_S = 0.75
+"""Three missed heartbeats: the peer is shown as suspect (still routed to)."""
+
+DEAD_AFTER_S = 1.5
+"""Six missed heartbeats: the peer is dead and its subscribers are purged. Under the 2 s promise
+with room for the 0.05 s tick; TCP retransmits one lost heartbeat within ~0.2-0.4 s on a LAN."""
+
+CONNECT_TIMEOUT_S = 5.0
+"""A dialled endpoint that has not answered our HELLO by then is given up (a hint may retry it)."""
+
+HELLO_RETRY_S = 0.5
+"""A HELLO not yet answered is sent again this often (the peer may have been down at first)."""
+
+DIGEST_INTERVAL_S = 1.0
+"""Every link carries our table version at least this often, so a lost delta is repaired."""
+
+SNAPSHOT_RETRY_S = 1.0
+"""A snapshot request not yet answered is repeated after this long."""
+
+SEED_RETRY_S = 1.0
+"""Static discovery hints its seeds again this often while they are not connected."""
+
+TICK_INTERVAL_S = 0.05
+"""Resolution of every timer above: the node wakes the core this often."""
+
+CLOSE_LINGER_S = 0.5
+"""On close, unsent records (BYE among them) get this long to leave the socket."""
+
+REFUSAL_MEMORY_S = 10.0
+"""A refused endpoint is not dialled back again within this time (one log line, not a storm)."""
+
+# --- limits -------------------------------------------------------------------------------------
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Largest ZeroMQ message accepted (ZMQ_MAXMSGSIZE too): a 100k-subscriber snapshot is ~4 MB."""
+
+MAX_NAME_LENGTH = 256
+"""Longest subscriber name, in characters."""
+
+MAX_META_BYTES = 4096
+"""Largest encoded ``meta`` dict of one subscriber; meta is replicated to every node."""
+
+MAX_TABLE_ENTRIES = 1_000_000
+"""Most subscribers one peer's snapshot may carry."""
+
+MAX_TARGET_NAMES = 10_000
+"""Most names (or patterns) in one list target."""
+
+MAX_PATTERN_LENGTH = 512
+"""Longest REGEX target pattern, in characters."""
+
+MAX_PEERS = 1024
+"""Most peers one PEERS record may list, and most peers a node keeps."""
+
+REGEX_CACHE_SIZE = 1024
+"""Compiled patterns kept; patterns arrive from the network, so the cache is bounded."""
+
+SEND_QUEUE_MESSAGES = 100_000
+"""ZeroMQ high-water mark per link, in batches; past it the batch is dropped and counted."""
+
+HANDLER_QUEUE_SIZE = 10_000
+"""Messages waiting for one async handler; past it new messages are dropped and counted."""
+
+EVENT_QUEUE_SIZE = 10_000
+"""Events waiting in one ``Node.events()`` iterator; past it the oldest are dropped."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timings:
+    """Every timing of a node, in seconds; defaults are the constants above."""
+
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    suspect_after_s: float = SUSPECT_AFTER_S
+    dead_after_s: float = DEAD_AFTER_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    hello_retry_s: float = HELLO_RETRY_S
+    digest_interval_s: float = DIGEST_INTERVAL_S
+    snapshot_retry_s: float = SNAPSHOT_RETRY_S
+    seed_retry_s: float = SEED_RETRY_S
+    tick_interval_s: float = TICK_INTERVAL_S
+    close_linger_s: float = CLOSE_LINGER_S
+    refusal_memory_s: float = REFUSAL_MEMORY_S
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{field.name} must be a number of seconds, not {value!r}")
+            if not value > 0:
+                raise ValueError(f"{field.name} must be > 0, not {value!r}")
+        if not self.heartbeat_interval_s < self.suspect_after_s <= self.dead_after_s:
+            raise ValueError(
+                "timings must satisfy heartbeat_interval_s < suspect_after_s <= dead_after_s"
+            )
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> Timings:
+        """Build from ``Node(**timings)``; an unknown name is a ``TypeError`` listing the known."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown Node option(s) {', '.join(unknown)}; "
+                f"timings are: {', '.join(sorted(known))}"
+            )
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Every size limit of a node; defaults are the constants above."""
+
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_name_length: int = MAX_NAME_LENGTH
+    max_meta_bytes: int = MAX_META_BYTES
+    max_table_entries: int = MAX_TABLE_ENTRIES
+    max_target_names: int = MAX_TARGET_NAMES
+    max_pattern_length: int = MAX_PATTERN_LENGTH
+    max_peers: int = MAX_PEERS
+    regex_cache_size: int = REGEX_CACHE_SIZE
+    send_queue_messages: int = SEND_QUEUE_MESSAGES
+    handler_queue_size: int = HANDLER_QUEUE_SIZE
+    event_queue_size: int = EVENT_QUEUE_SIZE
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field.name} must be a positive integer, not {value!r}")

@@ -1,0 +1,73 @@
+"""Static discovery: a fixed list of seed endpoints, hinted again while they are not connected."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+
+from ..errors import UsageError
+from .base import Hint
+
+_log = logging.getLogger("smartroute.discovery")
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``tcp://host:port`` (IPv6 hosts in brackets); raises ``UsageError`` otherwise."""
+    if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+        raise UsageError(f"an endpoint looks like 'tcp://host:port', not {endpoint!r}")
+    host, sep, port_text = endpoint[len("tcp://"):].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"an endpoint looks like 'tcp://host:port', not {endpoint!r}")
+    return host, int(port_text)
+
+
+def _format(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+class StaticDiscovery:
+    """Hints each seed at start and every ``retry_s`` after (the core ignores known ones)."""
+
+    def __init__(self, seeds: list[str], *, retry_s: float) -> None:
+        for seed in seeds:
+            parse_endpoint(seed)
+        self.seeds = list(seeds)
+        self.retry_s = retry_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, hint: Hint) -> None:
+        """Resolve host names once, then hint every seed periodically."""
+        resolved = [await self._resolve(seed) for seed in self.seeds]
+        self._task = asyncio.create_task(self._run(resolved, hint), name="smartroute-seeds")
+
+    async def _resolve(self, seed: str) -> str:
+        host, port = parse_endpoint(seed)
+        try:
+            ipaddress.ip_address(host)
+            return _format(host, port)
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            _log.warning("cannot resolve seed %s: %s (will try it as written)", seed, exc)
+            return seed
+        return _format(str(infos[0][4][0]), port)
+
+    async def _run(self, seeds: list[str], hint: Hint) -> None:
+        while True:
+            for seed in seeds:
+                hint(seed)
+            await asyncio.sleep(self.retry_s)
+
+    async def close(self) -> None:
+        """Stop hinting."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

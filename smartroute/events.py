@@ -1,0 +1,61 @@
+"""Events a node reports through ``Node.events()``, and the items of its replicated table."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One subscriber as the replicated table knows it."""
+
+    name: str
+    node_id: str
+    """Hex id of the node the subscriber lives on."""
+    meta: dict[str, Any]
+    local: bool = False
+    """True when it lives on the node that answered."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A peer as this node sees it; ``state`` is ``"alive"`` or ``"suspect"``."""
+
+    node_id: str
+    endpoint: str
+    name: str
+    state: str
+    incarnation: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerUp:
+    """A peer joined (or restarted with a new incarnation)."""
+
+    peer: PeerInfo
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerDown:
+    """A peer left: ``reason`` is ``"bye"``, ``"timeout"`` or ``"replaced"``."""
+
+    peer: PeerInfo
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriberUp:
+    """A subscriber appeared in the table, local or remote."""
+
+    subscriber: Subscriber
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriberDown:
+    """A subscriber left the table (unsubscribed, or its node is gone)."""
+
+    subscriber: Subscriber
+
+
+Event = PeerUp | PeerDown | SubscriberUp | SubscriberDown

@@ -1,0 +1,172 @@
+"""Message bodies on the wire: the ``@message`` type registry, the body codec and ``Message``.
+
+A body is any msgpack value (str, bytes, int, float, bool, None, list, dict) or an instance of a
+dataclass registered with ``@message("Name")``, at any depth. Registered instances travel as a
+msgpack extension holding the stable name and the fields, so the receiver rebuilds the class by
+name, not by Python path. A name the receiver does not know arrives as a plain dict of fields,
+with ``Message.type`` still telling the name: never a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgpack
+
+from .errors import RemoteProtocolError, UsageError
+from .logs import QuietLog
+from .modes import ReceiveMode
+
+_log = logging.getLogger("smartroute.messages")
+_quiet = QuietLog(_log)
+
+EXT_RECORD = 1
+"""msgpack extension code of a registered dataclass: payload is ``[name, {field: value}]``."""
+
+MAX_TYPE_NAME_LENGTH = 128
+"""Longest registered type name, in characters."""
+
+_T = TypeVar("_T")
+
+_classes: dict[str, type] = {}
+_names: dict[type, str] = {}
+_fields: dict[type, tuple[str, ...]] = {}
+
+
+def message(name: str) -> Callable[[type[_T]], type[_T]]:
+    """Register a dataclass as a wire type under the stable ``name``; returns the class."""
+    if not isinstance(name, str) or not name or len(name) > MAX_TYPE_NAME_LENGTH:
+        raise UsageError(
+            f"a message type name is 1..{MAX_TYPE_NAME_LENGTH} characters, not {name!r}")
+
+    def register(cls: type[_T]) -> type[_T]:
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise TypeError(f"@message({name!r}) applies to a dataclass, not {cls!r}")
+        known = _classes.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise UsageError(f"message type name {name!r} is already used by {known.__qualname__}")
+        _classes[name] = cls
+        _names[cls] = name
+        _fields[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return cls
+
+    return register
+
+
+def type_name_of(body: object) -> str:
+    """The wire type name of ``body``: its registered name, else its Python type name."""
+    name = _names.get(type(body))
+    return name if name is not None else type(body).__name__
+
+
+def _default(obj: object) -> msgpack.ExtType:
+    cls = type(obj)
+    name = _names.get(cls)
+    if name is None:
+        raise TypeError(
+            f"cannot send a {cls.__qualname__}: bodies are msgpack values or dataclasses "
+            f"registered with @message(...)"
+        )
+    fields = {field: getattr(obj, field) for field in _fields[cls]}
+    return msgpack.ExtType(EXT_RECORD, msgpack.packb([name, fields], default=_default))
+
+
+def encode_body(body: object) -> bytes:
+    """Encode a body once; raises ``TypeError`` for what cannot travel."""
+    try:
+        data: bytes = msgpack.packb(body, default=_default)
+    except TypeError:
+        raise
+    except (ValueError, OverflowError) as exc:
+        raise TypeError(f"cannot encode message body: {exc}") from exc
+    return data
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    if code != EXT_RECORD:
+        raise RemoteProtocolError(f"unknown msgpack extension {code}")
+    try:
+        name, fields = msgpack.unpackb(data, ext_hook=_ext_hook)
+    except ValueError as exc:
+        raise RemoteProtocolError("malformed record extension") from exc
+    if not isinstance(name, str) or not isinstance(fields, dict):
+        raise RemoteProtocolError("malformed record extension")
+    cls = _classes.get(name)
+    if cls is None:
+        return dict(fields)
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        # The sender's class has other fields than ours (a version skew): keep the data.
+        _quiet.warning(f"skew:{name}", "message type %r does not match local class: %s", name, exc)
+        return dict(fields)
+
+
+def decode_body(data: bytes) -> object:
+    """Decode a body from the network; raises ``RemoteProtocolError`` for anything malformed."""
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook)
+    except RemoteProtocolError:
+        raise
+    except (ValueError, TypeError, RecursionError, msgpack.StackError) as exc:
+        # msgpack raises ValueError subclasses (ExtraData, FormatError) and StackError (a
+        # ValueError too); TypeError comes from unhashable map keys.
+        raise RemoteProtocolError(f"malformed message body: {type(exc).__name__}") from exc
+
+
+class Message:
+    """One delivery of a ``send_to`` to one subscriber."""
+
+    __slots__ = ("_replier", "body", "id", "mode", "node_id", "sender", "subscriber", "target",
+                 "type")
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        body: object,
+        type: str,
+        mode: ReceiveMode,
+        target: str | list[str] | None,
+        sender: str | None,
+        node_id: str,
+        subscriber: str,
+        replier: Callable[[object], Awaitable[None]] | None = None,
+    ) -> None:
+        self.id = id
+        """Unique per origin node start: ``"<node_id>-<sequence>"``."""
+        self.body = body
+        """The body, rebuilt as the registered class where the type is known here."""
+        self.type = type
+        """The wire type name of the body (registered name, or Python type name for plain)."""
+        self.mode = mode
+        self.target = target
+        self.sender = sender
+        """The ``sender=`` name given to ``send_to``, if any."""
+        self.node_id = node_id
+        """Hex id of the node the message came from."""
+        self.subscriber = subscriber
+        """Name of the local subscription this delivery is for."""
+        self._replier = replier
+
+    @property
+    def is_request(self) -> bool:
+        """True when the sender waits for a reply (``Node.request``)."""
+        return self._replier is not None
+
+    async def reply(self, body: object) -> None:
+        """Answer a request with ``body``; only the first reply of a message counts."""
+        replier = self._replier
+        if replier is None:
+            raise UsageError("this message is not a request, or it was already answered")
+        self._replier = None
+        await replier(body)
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, type={self.type!r}, mode={self.mode.name}, "
+            f"target={self.target!r}, sender={self.sender!r}, subscriber={self.subscriber!r})"
+        )

@@ -1,0 +1,813 @@
+"""The asyncio ``Node``: runs the sans-I/O core on ZeroMQ sockets, timers and user handlers.
+
+Everything the mesh decides is decided in ``protocol.Protocol``; this module feeds it inputs
+(received batches, discovery hints, ticks, API calls) and carries out what it returns: dial,
+send, hang up, deliver, resolve a request. Records queued during one event-loop turn leave in
+one batch per link at the end of the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import ipaddress
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgpack
+import zmq
+
+from . import wire
+from .config import Limits, Timings
+from .discovery import Discovery, StaticDiscovery, parse_endpoint
+from .errors import (
+    NodeClosed,
+    NoSubscriber,
+    RemoteError,
+    RemoteProtocolError,
+    RequestTimeout,
+    UsageError,
+    WaitTimeout,
+)
+from .events import Event, PeerDown, PeerInfo, PeerUp, Subscriber, SubscriberUp
+from .logs import QuietLog
+from .messages import Message, decode_body, encode_body, type_name_of
+from .modes import ReceiveMode
+from .protocol import Deliver, Protocol, ReplyArrived
+from .routing import Plan, Target
+from .transport import Inbox, Links
+
+_log = logging.getLogger("smartroute.node")
+
+Handler = Callable[[Message], Any]
+"""A subscriber's handler: ``def f(msg)`` or ``async def f(msg)``; its return value answers a
+request."""
+
+MAX_CLUSTER_LENGTH = 128
+"""Longest cluster name, in characters."""
+
+
+def _new_node_id() -> bytes:
+    # ZeroMQ reserves routing ids that start with a zero byte.
+    while True:
+        node_id = os.urandom(wire.NODE_ID_BYTES)
+        if node_id[0]:
+            return node_id
+
+
+class Subscription:
+    """A local subscriber; ``await sub.close()`` unsubscribes it everywhere."""
+
+    def __init__(self, node: Node, sub_id: int, name: str, meta: dict[str, Any],
+                 handler: Handler, concurrency: int) -> None:
+        self.node = node
+        self.sub_id = sub_id
+        self.name = name
+        self.meta = meta
+        self.handler = handler
+        self.is_async = _is_async_callable(handler)
+        self._queue: collections.deque[Message] = collections.deque()
+        self._ready = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        if self.is_async:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"smartroute-sub-{name}")
+                for _ in range(concurrency)
+            ]
+        self.closed = False
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the async handler."""
+        return len(self._queue)
+
+    async def close(self) -> None:
+        """Unsubscribe; messages already queued for the handler are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        self.node._unsubscribe(self)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._queue.clear()
+
+    def _offer(self, msg: Message) -> bool:
+        if len(self._queue) >= self.node.limits.handler_queue_size:
+            return False
+        self._queue.append(msg)
+        self._ready.set()
+        return True
+
+    async def _work(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            msg = queue.popleft()
+            await self.node._run_async_handler(self, msg)
+
+    def __repr__(self) -> str:
+        return f"Subscription(name={self.name!r}, closed={self.closed})"
+
+
+def _is_async_callable(handler: Handler) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class EventStream:
+    """``async for event in node.events()``; ends when the node closes. Bounded: when the
+    consumer falls behind by ``Limits.event_queue_size`` events, the oldest are dropped and
+    counted in ``dropped``."""
+
+    def __init__(self, node: Node, size: int) -> None:
+        self._node = node
+        self._events: collections.deque[Event] = collections.deque(maxlen=size)
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    def _push(self, event: Event) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.dropped += 1
+        self._events.append(event)
+        self._ready.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._events:
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        return self._events.popleft()
+
+    async def aclose(self) -> None:
+        """Stop receiving events."""
+        self._close()
+        self._node._streams.discard(self)
+
+
+class _Request:
+    __slots__ = ("future", "remaining")
+
+    def __init__(self, future: asyncio.Future[object], remaining: int) -> None:
+        self.future = future
+        self.remaining = remaining
+        """Nodes (and local subscribers) that may still answer."""
+
+
+class Node:
+    """One participant of a smartroute cluster (see the package docs for the whole API)."""
+
+    def __init__(
+        self,
+        cluster: str = "smartroute",
+        *,
+        secret: str | None = None,
+        discovery: str | Sequence[str] | Discovery = "mdns",
+        host: str = "0.0.0.0",
+        port: int = 0,
+        advertise: str | None = None,
+        interfaces: Sequence[str] | None = None,
+        name: str | None = None,
+        limits: Limits | None = None,
+        **timings: float,
+    ) -> None:
+        if not isinstance(cluster, str) or not 0 < len(cluster) <= MAX_CLUSTER_LENGTH:
+            raise UsageError(f"cluster is a name of 1..{MAX_CLUSTER_LENGTH} characters")
+        if secret is not None:
+            raise NotImplementedError(
+                "secret= (CURVE encryption and authentication) is not available yet; "
+                "run without a secret only on a network you trust"
+            )
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise UsageError(f"port must be 0..65535, not {port!r}")
+        self.cluster = cluster
+        self.timings = Timings.from_kwargs(dict(timings))
+        self.limits = limits if limits is not None else Limits()
+        self.host = host
+        self.port = port
+        self.advertise = advertise
+        self.interfaces = list(interfaces) if interfaces is not None else None
+        self.name = name if name is not None else f"{socket.gethostname()}:{os.getpid()}"
+        self._discovery = self._make_discovery(discovery)
+        self._node_id = _new_node_id()
+        self.node_id = self._node_id.hex()
+        """This node's id, as hex; new for every ``Node``."""
+        self.incarnation = time.time_ns() // 1000
+        """Microseconds since the epoch at construction: grows across restarts."""
+        self.endpoint = ""
+        """The ``tcp://ip:port`` peers dial; set by ``start``."""
+        self._protocol: Protocol | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._inbox: Inbox | None = None
+        self._links: Links | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subs: dict[int, Subscription] = {}
+        self._requests: dict[int, _Request] = {}
+        self._request_ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._streams: set[EventStream] = set()
+        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._pump_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._quiet = QuietLog(_log)
+        self._stats: collections.Counter[str] = collections.Counter()
+
+    def _make_discovery(self, discovery: str | Sequence[str] | Discovery) -> Discovery:
+        if isinstance(discovery, str):
+            if discovery == "mdns":
+                raise NotImplementedError(
+                    "mDNS discovery is not available yet; pass seed endpoints instead, "
+                    "e.g. Node(discovery=['tcp://127.0.0.1:7001'])"
+                )
+            raise UsageError(f"discovery is 'mdns', a list of seed endpoints or a Discovery, "
+                             f"not {discovery!r}")
+        if isinstance(discovery, Discovery):
+            return discovery
+        if isinstance(discovery, Sequence):
+            return StaticDiscovery(list(discovery), retry_s=self.timings.seed_retry_s)
+        raise TypeError(f"discovery is 'mdns', a list of seed endpoints or a Discovery, "
+                        f"not {type(discovery).__name__}")
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Bind the inbox, start timers and discovery; returns when the node is reachable."""
+        if self._protocol is not None:
+            raise UsageError("this node was already started; make a new Node to restart")
+        self._loop = asyncio.get_running_loop()
+        self._context = zmq.Context()
+        self._inbox = Inbox(self._context, max_frame_bytes=self.limits.max_frame_bytes)
+        try:
+            bound = self._inbox.bind(self.host, self.port)
+        except zmq.ZMQError as exc:
+            self._inbox.close()
+            self._context.term()
+            raise OSError(f"cannot bind {self.host}:{self.port}: {exc}") from exc
+        bound_host, bound_port = parse_endpoint(bound)
+        self.port = bound_port
+        wire_endpoint, self.endpoint = self._endpoints(bound_host, bound_port)
+        self._links = Links(self._context, send_queue=self.limits.send_queue_messages,
+                            close_linger_s=self.timings.close_linger_s)
+        self._protocol = Protocol(
+            cluster=self.cluster, node_id=self._node_id, incarnation=self.incarnation,
+            endpoint=wire_endpoint, name=self.name, timings=self.timings, limits=self.limits,
+        )
+        self._protocol.hint_self(self.endpoint)
+        self._tasks = [
+            asyncio.create_task(self._inbox.run(self._received, self._pump), name="smartroute-rx"),
+            asyncio.create_task(self._tick(), name="smartroute-timers"),
+        ]
+        _log.info("%s: node %r of cluster %r listening at %s", self.node_id[:8], self.name,
+                  self.cluster, self.endpoint)
+        _log.info("%s: no secret: links are neither encrypted nor authenticated",
+                  self.node_id[:8])
+        await self._discovery.start(self._hint)
+
+    def _endpoints(self, bound_host: str, port: int) -> tuple[str, str]:
+        """(what HELLO advertises, what ``node.endpoint`` shows)."""
+        if self.advertise is not None:
+            if self.advertise.startswith("tcp://"):
+                parse_endpoint(self.advertise)
+                return self.advertise, self.advertise
+            host = f"[{self.advertise}]" if ":" in self.advertise else self.advertise
+            return f"tcp://{host}:{port}", f"tcp://{host}:{port}"
+        if bound_host in ("0.0.0.0", "*", "::"):
+            # Peers replace the wildcard with the address they see us from.
+            return f"tcp://*:{port}", f"tcp://{_best_local_address()}:{port}"
+        host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        return f"tcp://{host}:{port}", f"tcp://{host}:{port}"
+
+    async def close(self) -> None:
+        """Say BYE to every peer, stop everything and release the sockets. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        protocol = self._protocol
+        if protocol is None:
+            return
+        await self._discovery.close()
+        protocol.close(self._now())
+        self._pump()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in list(self._subs.values()):
+            await sub.close()
+        for request in self._requests.values():
+            if not request.future.done():
+                request.future.set_exception(NodeClosed("the node closed"))
+        for _, _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(NodeClosed("the node closed"))
+        for stream in list(self._streams):
+            stream._close()
+        assert self._inbox is not None and self._links is not None and self._context is not None
+        self._inbox.close()
+        self._links.close()
+        # term() waits up to close_linger_s for the BYEs to leave: not on the loop thread.
+        await asyncio.get_running_loop().run_in_executor(None, self._context.term)
+        _log.info("%s: node closed", self.node_id[:8])
+
+    @property
+    def running(self) -> bool:
+        """True between ``start`` and ``close``."""
+        return self._protocol is not None and not self._closed
+
+    def _core(self) -> Protocol:
+        if self._protocol is None or self._closed:
+            raise NodeClosed("the node is not running (start it, or make a new one)")
+        return self._protocol
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # --- the public API -------------------------------------------------------------------------
+
+    async def subscribe(self, name: str, handler: Handler, meta: dict[str, Any] | None = None,
+                        *, concurrency: int = 1) -> Subscription:
+        """Receive messages sent to ``name``; the name and ``meta`` replicate to every peer.
+
+        A sync handler runs inline as messages arrive; an async one runs in ``concurrency``
+        worker tasks fed by a bounded queue (in arrival order when ``concurrency`` is 1).
+        """
+        core = self._core()
+        self._check_name(name, "subscriber name")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        meta = self._check_meta(meta)
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise UsageError("concurrency must be a positive integer")
+        sub_id = core.subscribe(name, meta, self._now())
+        sub = Subscription(self, sub_id, name, meta, handler, concurrency)
+        self._subs[sub_id] = sub
+        self._pump()
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        self._subs.pop(sub.sub_id, None)
+        if self._protocol is not None and not self._closed:
+            self._protocol.unsubscribe(sub.sub_id, self._now())
+            self._pump()
+
+    async def send_to(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
+                      target: Target = None, *, sender: str | None = None) -> int:
+        """Send ``body`` to the subscribers ``mode`` and ``target`` select, one hop each.
+
+        Returns how many subscribers matched in this node's view of the table; 0 means nobody
+        was online for it. Remote nodes get one frame each and fan out locally.
+        """
+        core = self._core()
+        mode, target = self._check_target(mode, target)
+        if sender is not None:
+            self._check_name(sender, "sender")
+        return self._send(core, body, mode, target, sender, None).matches
+
+    def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
+              sender: str | None, request_id: int | None) -> Plan:
+        payload = encode_body(body)
+        type_name = type_name_of(body)
+        seq = next(self._seq)
+        msg = wire.Msg(seq, sender, mode, target, type_name, payload, None, request_id)
+        plan = core.send(mode, target, msg, self._now())
+        self._stats["sent"] += 1
+        if plan.remote:
+            self._stats["sent_remote_frames"] += len(plan.remote)
+            self._schedule_pump()
+        if plan.local:
+            replier = self._local_replier(request_id) if request_id is not None else None
+            msg_id = f"{self.node_id}-{seq}"
+            for sub_id in plan.local:
+                sub = self._subs.get(sub_id)
+                if sub is not None:
+                    self._deliver(sub, Message(
+                        id=msg_id, body=body, type=type_name, mode=mode, target=target,
+                        sender=sender, node_id=self.node_id, subscriber=sub.name,
+                        replier=replier,
+                    ))
+        return plan
+
+    async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,
+                      timeout: float = 5.0) -> object:
+        """Send ``body`` and wait for the first reply (the handler's return value).
+
+        Raises ``NoSubscriber`` when nobody matches, ``RequestTimeout`` when no reply comes
+        within ``timeout`` seconds, ``RemoteError`` when the handler raised.
+        """
+        core = self._core()
+        mode, target = self._check_target(mode, target)
+        if not isinstance(timeout, int | float) or not timeout > 0:
+            raise UsageError("timeout must be a positive number of seconds")
+        request_id = next(self._request_ids)
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        request = _Request(future, 0)
+        self._requests[request_id] = request
+        try:
+            plan = self._send(core, body, mode, target, None, request_id)
+            if plan.matches == 0:
+                raise NoSubscriber(f"no subscriber for {target!r} ({mode.name})")
+            # Each remote node answers, or says it has nobody left (then we stop waiting early).
+            request.remaining = len(plan.remote) + (1 if plan.local else 0)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no reply from {target!r} within {timeout} s") from None
+        finally:
+            self._requests.pop(request_id, None)
+
+    def lookup(self, name: str) -> list[Subscriber]:
+        """Every known subscriber of ``name`` (ours and remote), from the replicated table."""
+        return self._core().table.lookup(name)
+
+    def subscribers(self) -> list[Subscriber]:
+        """Every known subscriber in the cluster."""
+        return self._core().table.all()
+
+    async def wait_for(self, name: str, count: int = 1, timeout: float = 5.0) -> list[Subscriber]:
+        """Wait until at least ``count`` subscribers of ``name`` are known; returns them.
+
+        Raises ``WaitTimeout`` (a ``TimeoutError``) if that does not happen within ``timeout``.
+        """
+        core = self._core()
+        self._check_name(name, "name")
+        if core.table.count(name) >= count:
+            return core.table.lookup(name)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (name, count, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise WaitTimeout(
+                f"{core.table.count(name)} of {count} subscriber(s) of {name!r} known after "
+                f"{timeout} s") from None
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+        return core.table.lookup(name)
+
+    @property
+    def peers(self) -> list[PeerInfo]:
+        """Peers we have a HELLO from and have not declared dead."""
+        if self._protocol is None:
+            return []
+        return [peer.info() for peer in self._protocol.membership.peers.values()]
+
+    def events(self) -> EventStream:
+        """An async iterator of ``PeerUp``, ``PeerDown``, ``SubscriberUp``, ``SubscriberDown``
+        from now on; it ends when the node closes."""
+        stream = EventStream(self, self.limits.event_queue_size)
+        if self._closed:
+            stream._close()
+        else:
+            self._streams.add(stream)
+        return stream
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start (messages sent, received, delivered, dropped, malformed...)."""
+        stats = dict.fromkeys(
+            ("sent", "sent_remote_frames", "received", "delivered", "dropped",
+             "handler_errors", "queue_full"), 0)
+        stats.update(self._stats)
+        if self._protocol is not None:
+            counters = self._protocol.counters
+            stats.update({name: getattr(counters, name) for name in counters.__slots__})
+            stats["dropped"] += counters.undeliverable_messages
+            stats["peers"] = len(self._protocol.membership.peers)
+            stats["subscribers"] = self._protocol.table.size()
+        if self._links is not None:
+            stats["dropped_batches"] = self._links.dropped_batches
+            stats["dropped"] += self._links.dropped_batches
+        return stats
+
+    # --- argument checks ------------------------------------------------------------------------
+
+    def _check_name(self, name: object, what: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+        if not name:
+            raise UsageError(f"{what} must not be empty")
+        if len(name) > self.limits.max_name_length:
+            raise UsageError(f"{what} is longer than {self.limits.max_name_length} characters")
+
+    def _check_meta(self, meta: object) -> dict[str, Any]:
+        if meta is None:
+            return {}
+        if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+            raise TypeError("meta must be a dict with str keys")
+        try:
+            size = len(msgpack.packb(meta))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"meta must hold plain msgpack values: {exc}") from exc
+        if size > self.limits.max_meta_bytes:
+            raise UsageError(f"meta encodes to {size} bytes, over {self.limits.max_meta_bytes}")
+        return dict(meta)
+
+    def _check_target(self, mode: object, target: object) -> tuple[ReceiveMode, Target]:
+        if not isinstance(mode, ReceiveMode):
+            if isinstance(mode, int) and not isinstance(mode, bool):
+                try:
+                    mode = ReceiveMode(mode)
+                except ValueError:
+                    raise UsageError(f"unknown receive mode {mode!r}") from None
+            elif isinstance(mode, str) and mode.upper() in ReceiveMode.__members__:
+                mode = ReceiveMode[mode.upper()]
+            else:
+                raise UsageError(f"unknown receive mode {mode!r}; use ReceiveMode.EQ, NOT_EQ, "
+                                 "ALL, REGEX or ANY")
+        assert isinstance(mode, ReceiveMode)
+        if mode is ReceiveMode.ALL:
+            return mode, None
+        if target is None:
+            raise UsageError(f"{mode.name} needs a target")
+        if isinstance(target, str):
+            names = [target]
+        elif isinstance(target, list | tuple):
+            names = list(target)
+            if len(names) > self.limits.max_target_names:
+                raise UsageError(f"more than {self.limits.max_target_names} names in target")
+            if not names and mode is not ReceiveMode.NOT_EQ:
+                raise UsageError(f"{mode.name} needs at least one name in target")
+        else:
+            raise TypeError(f"target must be a str or a list of str, not {type(target).__name__}")
+        for item in names:
+            self._check_name(item, "target")
+        if mode is ReceiveMode.REGEX:
+            for pattern in names:
+                self._core().router.pattern(pattern)
+        return mode, target if isinstance(target, str) else names
+
+    # --- carrying out what the core decided -----------------------------------------------------
+
+    def _hint(self, endpoint: str) -> None:
+        if self._protocol is not None and not self._closed:
+            self._protocol.hint(endpoint, self._now())
+            self._pump()
+
+    async def _tick(self) -> None:
+        interval = self.timings.tick_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            core = self._protocol
+            assert core is not None
+            core.tick(self._now())
+            self._pump()
+
+    def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
+        core = self._protocol
+        assert core is not None
+        core.receive(routing_id, frame.buffer, self._now(), lambda: _peer_address(frame))
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Carry out the core's output: dials, one batch per link, hang-ups, then events."""
+        self._pump_scheduled = False
+        core = self._protocol
+        links = self._links
+        if core is None or links is None:
+            return
+        out = core.data_to_send()
+        for dial in out.dials:
+            links.dial(dial.link, dial.endpoint, dial.routing_id)
+        for link, records in out.sends.items():
+            links.send(link, wire.encode_batch(records))
+        for link in out.hangups:
+            links.hang_up(link)
+        for event in core.events_received():
+            kind = type(event)
+            if kind is Deliver:
+                self._on_deliver(event)  # type: ignore[arg-type]
+            elif kind is ReplyArrived:
+                self._on_reply(event)  # type: ignore[arg-type]
+            else:
+                self._publish(event)  # type: ignore[arg-type]
+        if core.has_output():
+            self._schedule_pump()
+
+    def _publish(self, event: Event) -> None:
+        for stream in self._streams:
+            stream._push(event)
+        if self._waiters and type(event) is SubscriberUp:
+            name = event.subscriber.name
+            table = self._core().table
+            for waiter_name, count, future in self._waiters:
+                if waiter_name == name and not future.done() and table.count(name) >= count:
+                    future.set_result(None)
+        if type(event) is PeerUp:
+            self._stats["peer_ups"] += 1
+        elif type(event) is PeerDown:
+            self._stats["peer_downs"] += 1
+
+    def _on_deliver(self, event: Deliver) -> None:
+        msg = event.msg
+        self._stats["received"] += 1
+        try:
+            body = decode_body(msg.body)
+        except RemoteProtocolError as exc:
+            self._stats["malformed_bodies"] += 1
+            self._quiet.warning(f"body:{event.origin}", "%s: dropped a message from %s: %s",
+                                self.node_id[:8], event.origin[:8], exc)
+            if msg.request_id is not None:
+                self._send_reply(event.origin, msg.request_id, exc, error=True)
+            return
+        mode = ReceiveMode(msg.mode)
+        msg_id = f"{event.origin}-{msg.seq}"
+        request_id = msg.request_id
+        for sub_id in event.sub_ids:
+            sub = self._subs.get(sub_id)
+            if sub is None:
+                continue
+            replier = (self._remote_replier(event.origin, request_id)
+                       if request_id is not None else None)
+            self._deliver(sub, Message(
+                id=msg_id, body=body, type=msg.type, mode=mode, target=msg.target,
+                sender=msg.sender, node_id=event.origin, subscriber=sub.name, replier=replier,
+            ))
+
+    def _deliver(self, sub: Subscription, msg: Message) -> None:
+        if sub.is_async:
+            if sub._offer(msg):
+                self._stats["delivered"] += 1
+            else:
+                self._stats["queue_full"] += 1
+                self._stats["dropped"] += 1
+                self._quiet.warning(f"full:{sub.name}",
+                                    "%s: handler queue of %r is full (%d): message dropped",
+                                    self.node_id[:8], sub.name, self.limits.handler_queue_size)
+                if msg._replier is not None:
+                    self._reply_later(msg, RuntimeError("subscriber queue full"), error=True)
+            return
+        self._stats["delivered"] += 1
+        try:
+            result = sub.handler(msg)
+        except Exception as exc:
+            self._handler_failed(sub, msg, exc)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._finish(sub, msg, result))
+            task.add_done_callback(_discard_result)
+        elif msg._replier is not None:
+            self._reply_later(msg, result, error=False)
+
+    async def _finish(self, sub: Subscription, msg: Message, result: Awaitable[Any]) -> None:
+        try:
+            value = await result
+        except Exception as exc:
+            self._handler_failed(sub, msg, exc)
+            return
+        if msg._replier is not None:
+            await msg.reply(value)
+
+    async def _run_async_handler(self, sub: Subscription, msg: Message) -> None:
+        await self._finish(sub, msg, sub.handler(msg))
+
+    def _handler_failed(self, sub: Subscription, msg: Message, exc: Exception) -> None:
+        self._stats["handler_errors"] += 1
+        self._quiet.warning(f"handler:{sub.name}:{type(exc).__name__}",
+                            "%s: handler of %r raised %s: %s", self.node_id[:8], sub.name,
+                            type(exc).__name__, exc)
+        if msg._replier is not None:
+            self._reply_later(msg, exc, error=True)
+
+    def _reply_later(self, msg: Message, value: object, *, error: bool) -> None:
+        replier = msg._replier
+        msg._replier = None
+        assert replier is not None
+        if error:
+            value = _ErrorReply(value)
+        task = asyncio.ensure_future(replier(value))
+        task.add_done_callback(_discard_result)
+
+    def _local_replier(self, request_id: int) -> Callable[[object], Awaitable[None]]:
+        async def reply(value: object) -> None:
+            request = self._requests.get(request_id)
+            if request is None or request.future.done():
+                return
+            if isinstance(value, _ErrorReply):
+                exc = value.error
+                request.future.set_exception(RemoteError(
+                    _describe(exc), node_id=self.node_id, error_type=_error_type(exc)))
+            else:
+                request.future.set_result(value)
+        return reply
+
+    def _remote_replier(self, origin: str, request_id: int) -> Callable[[object], Awaitable[None]]:
+        async def reply(value: object) -> None:
+            if isinstance(value, _ErrorReply):
+                self._send_reply(origin, request_id, value.error, error=True)
+            else:
+                self._send_reply(origin, request_id, value, error=False)
+        return reply
+
+    def _send_reply(self, origin: str, request_id: int, value: object, *, error: bool) -> None:
+        core = self._protocol
+        if core is None or self._closed:
+            return
+        if error:
+            reply = wire.Reply(request_id, wire.ReplyStatus.ERROR, _error_type(value),
+                               _describe(value).encode())
+        else:
+            try:
+                reply = wire.Reply(request_id, wire.ReplyStatus.OK, type_name_of(value),
+                                   encode_body(value))
+            except TypeError as exc:
+                reply = wire.Reply(request_id, wire.ReplyStatus.ERROR, "TypeError",
+                                   f"reply cannot be encoded: {exc}".encode())
+        if core.reply(origin, reply, self._now()):
+            self._schedule_pump()
+
+    def _on_reply(self, event: ReplyArrived) -> None:
+        reply = event.reply
+        request = self._requests.get(reply.request_id)
+        if request is None or request.future.done():
+            return
+        if reply.status == wire.ReplyStatus.OK:
+            try:
+                request.future.set_result(decode_body(reply.body))
+            except RemoteProtocolError as exc:
+                request.future.set_exception(RemoteError(
+                    f"undecodable reply: {exc}", node_id=event.origin))
+        elif reply.status == wire.ReplyStatus.ERROR:
+            request.future.set_exception(RemoteError(
+                reply.body.decode(errors="replace"), node_id=event.origin,
+                error_type=reply.type))
+        else:
+            request.remaining -= 1
+            if request.remaining <= 0:
+                request.future.set_exception(NoSubscriber(
+                    "the subscriber left before the request reached it"))
+
+
+class _ErrorReply:
+    __slots__ = ("error",)
+
+    def __init__(self, error: object) -> None:
+        self.error = error
+
+
+def _error_type(exc: object) -> str:
+    return type(exc).__name__
+
+
+def _describe(exc: object) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _discard_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("smartroute internal task failed", exc_info=task.exception())
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return None
+
+
+def _best_local_address() -> str:
+    """A non-loopback address of this host for display, or 127.0.0.1; sends no packet."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            # connect() on UDP only selects a route; nothing is sent (TEST-NET-1, RFC 5737).
+            probe.connect(("192.0.2.1", 9))
+            address = str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    return address if not ipaddress.ip_address(address).is_unspecified else "127.0.0.1"

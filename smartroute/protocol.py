@@ -1,0 +1,549 @@
+"""The sans-I/O mesh protocol: one object that turns received bytes, API calls and ``now`` into
+records to send, links to open or close, and events to act on.
+
+It owns the table (``registry``), the peers (``membership``) and the planner (``routing``) and
+makes them agree. Nothing here touches a socket, a clock or a loop: ``node.py`` feeds inputs
+(``receive``, ``hint``, ``tick``, ``subscribe``, ``send``...) and then drains the outputs with
+``data_to_send()`` and ``events_received()``, the python-websockets way.
+
+Links are one-way: we send on a link we dialled (a ZeroMQ DEALER) and receive everything on
+our one ROUTER. A link's ZeroMQ routing id is our node id plus the link number, so the receiver
+knows the sender of every batch and two links of one node never collide.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import struct
+from collections.abc import Callable
+from typing import NamedTuple
+
+from . import wire
+from .config import Limits, Timings
+from .errors import RemoteProtocolError, UsageError
+from .events import Event, PeerDown, PeerUp
+from .logs import QuietLog
+from .membership import HelloVerdict, Membership, Peer
+from .modes import ReceiveMode
+from .registry import DeltaOutcome, Table, TableEvent
+from .routing import Plan, Router, Target
+from .wire import Meta
+
+_log = logging.getLogger("smartroute.protocol")
+
+_LINK_NUMBER = struct.Struct(">I")
+WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+
+
+class Dial(NamedTuple):
+    """Open link ``link`` to ``endpoint``, identifying ourselves with ``routing_id``."""
+
+    link: int
+    endpoint: str
+    routing_id: bytes
+
+
+class Output(NamedTuple):
+    """What to do on the network, in this order: dial, send, hang up."""
+
+    dials: list[Dial]
+    sends: dict[int, list[bytes]]
+    hangups: list[int]
+
+
+class Deliver(NamedTuple):
+    """A peer's message reaches these local subscribers."""
+
+    sub_ids: list[int]
+    origin: str
+    """Hex id of the sending node."""
+    msg: wire.Msg
+
+
+class ReplyArrived(NamedTuple):
+    """A peer answered one of our requests."""
+
+    origin: str
+    reply: wire.Reply
+
+
+CoreEvent = Event | Deliver | ReplyArrived
+AddressGetter = Callable[[], str | None]
+
+
+@dataclasses.dataclass(slots=True)
+class Link:
+    """A link we dialled; ``peer`` is set once the node behind it said HELLO."""
+
+    id: int
+    endpoint: str
+    opened_at: float
+    peer: bytes | None = None
+    one_shot: bool = False
+    """Opened only to send a REFUSE; never matched to a peer."""
+
+
+@dataclasses.dataclass(slots=True)
+class Counters:
+    """What the core counted; ``Node.stats()`` reports these."""
+
+    frames_received: int = 0
+    records_received: int = 0
+    malformed_frames: int = 0
+    malformed_records: int = 0
+    unknown_sender_records: int = 0
+    undeliverable_messages: int = 0
+    refused_peers: int = 0
+    snapshot_requests: int = 0
+
+
+def resolve_endpoint(endpoint: str, peer_address: str | None) -> str:
+    """Replace a wildcard host (``tcp://*:7001``) by the address the peer was seen from."""
+    if peer_address is None or not endpoint.startswith("tcp://"):
+        return endpoint
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if host not in WILDCARD_HOSTS:
+        return endpoint
+    if ":" in peer_address:
+        peer_address = f"[{peer_address}]"
+    return f"tcp://{peer_address}:{port}"
+
+
+class Protocol:
+    """One node's side of the mesh protocol, without I/O."""
+
+    def __init__(self, *, cluster: str, node_id: bytes, incarnation: int, endpoint: str,
+                 name: str, timings: Timings, limits: Limits) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.hex = node_id.hex()
+        self.incarnation = incarnation
+        self.endpoint = endpoint
+        self.name = name
+        self.timings = timings
+        self.limits = limits
+        self.table = Table(node_id, incarnation)
+        self.router = Router(self.table, regex_cache_size=limits.regex_cache_size,
+                             max_pattern_length=limits.max_pattern_length)
+        self.membership = Membership(suspect_after_s=timings.suspect_after_s,
+                                     dead_after_s=timings.dead_after_s)
+        self.decoder = wire.Decoder(
+            max_frame_bytes=limits.max_frame_bytes, max_table_entries=limits.max_table_entries,
+            max_peers=limits.max_peers, max_target_names=limits.max_target_names,
+            max_name_length=max(limits.max_name_length, 1024),
+        )
+        self.counters = Counters()
+        self.links: dict[int, Link] = {}
+        self._next_link = 1
+        self._self_endpoints = {endpoint}
+        self._refused: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._recently_dead: collections.OrderedDict[bytes, tuple[str, float]] = (
+            collections.OrderedDict()
+        )
+        self._dials: list[Dial] = []
+        self._sends: dict[int, list[bytes]] = {}
+        self._hangups: list[int] = []
+        self._events: list[CoreEvent] = []
+        self._quiet = QuietLog(_log)
+        self._closed = False
+
+    # --- outputs --------------------------------------------------------------------------------
+
+    def data_to_send(self) -> Output:
+        """Drain the network actions accumulated since the last call."""
+        out = Output(self._dials, self._sends, self._hangups)
+        self._dials, self._sends, self._hangups = [], {}, []
+        return out
+
+    def events_received(self) -> list[CoreEvent]:
+        """Drain the events accumulated since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def has_output(self) -> bool:
+        """True when ``data_to_send`` would return something."""
+        return bool(self._sends or self._dials or self._hangups)
+
+    # --- inputs: discovery and time -------------------------------------------------------------
+
+    def hint(self, endpoint: str, now: float) -> None:
+        """Discovery says a node may listen at ``endpoint``: dial it unless it is known."""
+        if self._closed or endpoint in self._self_endpoints:
+            return
+        if any(link.endpoint == endpoint for link in self.links.values()):
+            return
+        if self.membership.by_endpoint(endpoint) is not None:
+            return
+        if self._refused_recently(endpoint, now):
+            return
+        if len(self.links) >= 2 * self.limits.max_peers:
+            self._quiet.warning("links-full", "%s: too many links, not dialling %s",
+                                self.hex[:8], endpoint)
+            return
+        link = self._dial(endpoint, now)
+        self._send(link.id, self._hello(reply=False, via=endpoint, echo=""))
+
+    def tick(self, now: float) -> None:
+        """Run every timer: heartbeats and digests, suspicion and death, dial timeouts."""
+        if self._closed:
+            return
+        timings = self.timings
+        for peer in self.membership.expire(now):
+            _log.info("%s: peer %s (%s) is dead: silent for %.2f s", self.hex[:8], peer.hex[:8],
+                      peer.endpoint, now - peer.last_heard)
+            self._forget(peer, "timeout", now)
+        heartbeat = None
+        for peer in self.membership.peers.values():
+            if (now - peer.last_sent >= timings.heartbeat_interval_s
+                    or now - peer.last_digest >= timings.digest_interval_s):
+                if heartbeat is None:
+                    heartbeat = wire.encode_heartbeat(self.incarnation, self.table.version)
+                self._send_peer(peer, heartbeat, now)
+                peer.last_digest = now
+        for link in list(self.links.values()):
+            if link.peer is None and now - link.opened_at >= timings.connect_timeout_s:
+                _log.debug("%s: no HELLO from %s after %.1f s, giving up the dial", self.hex[:8],
+                           link.endpoint, now - link.opened_at)
+                self._hang_up(link.id)
+        while self._recently_dead:
+            node_id, (_, when) = next(iter(self._recently_dead.items()))
+            if now - when < timings.dead_after_s * 4:
+                break
+            del self._recently_dead[node_id]
+
+    # --- inputs: the network --------------------------------------------------------------------
+
+    def hint_self(self, endpoint: str) -> None:
+        """``endpoint`` is one of our own addresses: never dial it."""
+        self._self_endpoints.add(endpoint)
+
+    def receive(self, routing_id: bytes, payload: bytes | memoryview, now: float,
+                peer_address: AddressGetter | None = None) -> None:
+        """Handle one batch that arrived on our ROUTER from ``routing_id``; ``peer_address``
+        tells, when asked, the IP it came from (to resolve a wildcard endpoint)."""
+        if self._closed:
+            return
+        self.counters.frames_received += 1
+        node_id = routing_id[:wire.NODE_ID_BYTES]
+        try:
+            raws = self.decoder.batch(payload)
+        except RemoteProtocolError as exc:
+            self.counters.malformed_frames += 1
+            self._quiet.warning(f"frame:{node_id.hex()}",
+                                "%s: dropped a malformed frame from %s: %s",
+                                self.hex[:8], node_id.hex()[:8] or "?", exc)
+            return
+        peer = self.membership.peers.get(node_id)
+        for raw in raws:
+            self.counters.records_received += 1
+            try:
+                record = self.decoder.record(raw)
+            except RemoteProtocolError as exc:
+                self.counters.malformed_records += 1
+                self._quiet.warning(f"record:{node_id.hex()}",
+                                    "%s: dropped a malformed record from %s: %s",
+                                    self.hex[:8], node_id.hex()[:8] or "?", exc)
+                continue
+            if type(record) is wire.Hello:
+                self._on_hello(node_id, record, now, peer_address)
+                peer = self.membership.peers.get(node_id)
+            elif type(record) is wire.Refuse:
+                self._on_refuse(node_id, record, now)
+                peer = self.membership.peers.get(node_id)
+            elif peer is None:
+                self._from_stranger(node_id, record, now)
+            else:
+                self._on_record(peer, record, now)
+                if type(record) is wire.Bye:
+                    peer = None
+        if peer is not None:
+            self.membership.heard(peer, now)
+
+    def _on_record(self, peer: Peer, record: wire.Record, now: float) -> None:
+        kind = type(record)
+        if kind is wire.Msg:
+            self._on_msg(peer, record, now)  # type: ignore[arg-type]
+        elif kind is wire.Reply:
+            self._events.append(ReplyArrived(peer.hex, record))  # type: ignore[arg-type]
+        elif kind is wire.Delta:
+            self._on_delta(peer, record, now)  # type: ignore[arg-type]
+        elif kind is wire.Heartbeat:
+            self._on_heartbeat(peer, record, now)  # type: ignore[arg-type]
+        elif kind is wire.Snapshot:
+            snap: wire.Snapshot = record  # type: ignore[assignment]
+            if snap.incarnation == peer.incarnation:
+                self._events.extend(self.table.replace(peer.node_id, snap.incarnation,
+                                                       snap.version, snap.entries))
+        elif kind is wire.SnapshotRequest:
+            snapshot = wire.Snapshot(self.incarnation, self.table.version, self.table.snapshot())
+            self._send_peer(peer, wire.encode_snapshot(snapshot), now)
+        elif kind is wire.Peers:
+            self._on_peers(record, now)  # type: ignore[arg-type]
+        elif kind is wire.Bye:
+            _log.info("%s: peer %s (%s) said BYE", self.hex[:8], peer.hex[:8], peer.endpoint)
+            self._forget(peer, "bye", now)
+
+    def _on_hello(self, node_id: bytes, hello: wire.Hello, now: float,
+                  peer_address: AddressGetter | None) -> None:
+        if hello.node_id != node_id:
+            self.counters.malformed_records += 1
+            self._quiet.warning(f"spoof:{node_id.hex()}", "%s: HELLO claims id %s on a link of %s",
+                                self.hex[:8], hello.node_id.hex()[:8], node_id.hex()[:8])
+            return
+        if node_id == self.node_id:
+            self._found_self(hello.via)
+            return
+        endpoint = resolve_endpoint(hello.endpoint, peer_address() if peer_address else None)
+        reason = self._incompatibility(hello)
+        if reason is not None:
+            self._refuse(node_id, endpoint, hello, reason, now)
+            return
+        verdict = self.membership.judge_hello(node_id, hello.incarnation)
+        if verdict is HelloVerdict.STALE:
+            return
+        if verdict is HelloVerdict.KNOWN:
+            peer = self.membership.peers[node_id]
+            self._events.extend(self.table.replace(node_id, hello.incarnation, hello.version,
+                                                   hello.entries))
+            if not hello.reply:
+                self._send_peer(peer, self._hello(reply=True, via=self.links[peer.link].endpoint,
+                                                  echo=hello.via), now)
+            return
+        for old in self.membership.replaced_by(node_id, hello.incarnation, endpoint):
+            _log.info("%s: peer %s (%s) is replaced by %s incarnation %d", self.hex[:8],
+                      old.hex[:8], old.endpoint, node_id.hex()[:8], hello.incarnation)
+            self._forget(old, "replaced", now)
+        if len(self.membership.peers) >= self.limits.max_peers:
+            self._quiet.warning("peers-full", "%s: already %d peers, ignoring %s", self.hex[:8],
+                                len(self.membership.peers), endpoint)
+            return
+        link = self._pending_link(hello, endpoint) or self._dial(endpoint, now)
+        link.peer = node_id
+        self._recently_dead.pop(node_id, None)
+        peer = self.membership.add(node_id, hello.incarnation, endpoint, hello.name, link.id, now)
+        _log.info("%s: peer %s up at %s%s", self.hex[:8], peer.hex[:8], endpoint,
+                  f" ({hello.name})" if hello.name else "")
+        self._events.append(PeerUp(peer.info()))
+        self._events.extend(self.table.replace(node_id, hello.incarnation, hello.version,
+                                               hello.entries))
+        if not hello.reply:
+            self._send_peer(peer, self._hello(reply=True, via=link.endpoint, echo=hello.via), now)
+        others = [(p.node_id, p.endpoint) for p in self.membership.peers.values()
+                  if p.node_id != node_id]
+        if others:
+            self._send_peer(peer, wire.encode_peers(others[: self.limits.max_peers]), now)
+
+    def _pending_link(self, hello: wire.Hello, endpoint: str) -> Link | None:
+        """Our unmatched dial that reached this node: named by its echo, or by its endpoint."""
+        for link in self.links.values():
+            if link.peer is None and not link.one_shot and (
+                (hello.echo and link.endpoint == hello.echo) or link.endpoint == endpoint
+            ):
+                return link
+        return None
+
+    def _found_self(self, via: str) -> None:
+        """A HELLO of ours came back: ``via`` is one of our own addresses; stop dialling it."""
+        self._self_endpoints.add(via)
+        for link in list(self.links.values()):
+            if link.endpoint == via and link.peer is None:
+                self._hang_up(link.id)
+
+    def _incompatibility(self, hello: wire.Hello) -> str | None:
+        if hello.protocol != wire.PROTOCOL_VERSION:
+            return (f"protocol version {hello.protocol} is not ours ({wire.PROTOCOL_VERSION})")
+        if hello.cluster != self.cluster:
+            return f"cluster {hello.cluster!r} is not ours ({self.cluster!r})"
+        return None
+
+    def _refuse(self, node_id: bytes, endpoint: str, hello: wire.Hello, reason: str,
+                now: float) -> None:
+        self.counters.refused_peers += 1
+        self._quiet.warning(f"refuse:{endpoint}", "%s: refusing node %s at %s: %s",
+                            self.hex[:8], node_id.hex()[:8], endpoint, reason)
+        if hello.reply or self._refused_recently(endpoint, now):
+            return
+        self._refused[endpoint] = now
+        if len(self._refused) > self.limits.max_peers:
+            self._refused.popitem(last=False)
+        link = self._dial(endpoint, now, one_shot=True)
+        self._send(link.id, wire.encode_refuse(wire.Refuse(reason, hello.via)))
+        self._hang_up(link.id)
+
+    def _on_refuse(self, node_id: bytes, refuse: wire.Refuse, now: float) -> None:
+        via = refuse.echo
+        self._quiet.warning(f"refused:{node_id.hex()}", "%s: node %s refused us: %s",
+                            self.hex[:8], node_id.hex()[:8], refuse.reason)
+        self.counters.refused_peers += 1
+        for link in list(self.links.values()):
+            if link.peer is None and link.endpoint == via:
+                self._refused[via] = now
+                self._hang_up(link.id)
+        peer = self.membership.peers.get(node_id)
+        if peer is not None:
+            self._forget(peer, "refused", now)
+
+    def _refused_recently(self, endpoint: str, now: float) -> bool:
+        when = self._refused.get(endpoint)
+        return when is not None and now - when < self.timings.refusal_memory_s
+
+    def _from_stranger(self, node_id: bytes, record: wire.Record, now: float) -> None:
+        """A record from a node that never said HELLO to us (or that we declared dead)."""
+        self.counters.unknown_sender_records += 1
+        if type(record) is wire.Bye:
+            return
+        known = self._recently_dead.pop(node_id, None)
+        if known is not None:
+            # It still talks to us, so it believes we are connected: say HELLO again and
+            # both sides re-learn each other's tables.
+            _log.info("%s: node %s we had declared dead is talking: reconnecting", self.hex[:8],
+                      node_id.hex()[:8])
+            self.hint(known[0], now)
+
+    def _on_peers(self, peers: wire.Peers, now: float) -> None:
+        for node_id, endpoint in peers.peers:
+            if node_id != self.node_id and node_id not in self.membership.peers:
+                self.hint(endpoint, now)
+
+    def _on_delta(self, peer: Peer, delta: wire.Delta, now: float) -> None:
+        outcome, events = self.table.apply_delta(peer.node_id, delta)
+        self._events.extend(events)
+        if outcome is DeltaOutcome.GAP:
+            self._ask_snapshot(peer, now)
+
+    def _on_heartbeat(self, peer: Peer, beat: wire.Heartbeat, now: float) -> None:
+        replica = self.table.replicas.get(peer.node_id)
+        if beat.incarnation != peer.incarnation:
+            return
+        if replica is None or replica.version < beat.version:
+            self._ask_snapshot(peer, now)
+
+    def _ask_snapshot(self, peer: Peer, now: float) -> None:
+        replica = self.table.replicas.get(peer.node_id)
+        if replica is not None:
+            asked = replica.snapshot_requested_at
+            if asked is not None and now - asked < self.timings.snapshot_retry_s:
+                return
+            replica.snapshot_requested_at = now
+        self.counters.snapshot_requests += 1
+        self._send_peer(peer, wire.SNAPSHOT_REQUEST, now)
+
+    def _on_msg(self, peer: Peer, msg: wire.Msg, now: float) -> None:
+        try:
+            mode = ReceiveMode(msg.mode)
+            sub_ids = self.router.local_matches(mode, msg.target, msg.sub_id)
+        except UsageError as exc:
+            self.counters.malformed_records += 1
+            self._quiet.warning(f"target:{peer.hex}", "%s: bad target from %s: %s", self.hex[:8],
+                                peer.hex[:8], exc)
+            sub_ids = []
+        if sub_ids:
+            self._events.append(Deliver(sub_ids, peer.hex, msg))
+            return
+        self.counters.undeliverable_messages += 1
+        if msg.request_id is not None:
+            reply = wire.Reply(msg.request_id, wire.ReplyStatus.NO_SUBSCRIBER, "", b"")
+            self._send_peer(peer, wire.encode_reply(reply), now)
+
+    # --- inputs: the API ------------------------------------------------------------------------
+
+    def subscribe(self, name: str, meta: Meta, now: float) -> int:
+        """Add a local subscriber; every peer learns it through a delta."""
+        sub_id, delta, event = self.table.add_local(name, meta)
+        self._events.append(event)
+        self._broadcast(wire.encode_delta(delta), now)
+        return sub_id
+
+    def unsubscribe(self, sub_id: int, now: float) -> None:
+        """Remove a local subscriber (no-op if gone)."""
+        removed = self.table.remove_local(sub_id)
+        if removed is not None:
+            delta, event = removed
+            self._events.append(event)
+            self._broadcast(wire.encode_delta(delta), now)
+
+    def send(self, mode: ReceiveMode, target: Target, msg: wire.Msg, now: float) -> Plan:
+        """Plan one ``send_to`` and queue its record once to each remote node it reaches."""
+        plan = self.router.plan(mode, target)
+        if plan.remote:
+            peers = self.membership.peers
+            if mode is ReceiveMode.ANY:
+                for node, sub_id in plan.remote.items():
+                    self._send_peer(peers[node], wire.encode_msg(msg._replace(sub_id=sub_id)), now)
+            else:
+                record = wire.encode_msg(msg)
+                for node in plan.remote:
+                    self._send_peer(peers[node], record, now)
+        return plan
+
+    def reply(self, origin: str, reply: wire.Reply, now: float) -> bool:
+        """Send a reply to the node a request came from; False if it is gone."""
+        peer = self.membership.peers.get(bytes.fromhex(origin))
+        if peer is None:
+            return False
+        self._send_peer(peer, wire.encode_reply(reply), now)
+        return True
+
+    def close(self, now: float) -> None:
+        """Say BYE to every peer and hang up every link."""
+        if self._closed:
+            return
+        for peer in self.membership.peers.values():
+            self._send_peer(peer, wire.BYE, now)
+        for link_id in list(self.links):
+            self._hang_up(link_id)
+        self._closed = True
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _hello(self, *, reply: bool, via: str, echo: str) -> bytes:
+        table = self.table
+        return wire.encode_hello(wire.Hello(
+            wire.PROTOCOL_VERSION, self.cluster, self.node_id, self.incarnation, self.endpoint,
+            self.name, reply, via, echo, table.version, table.snapshot(),
+        ))
+
+    def _dial(self, endpoint: str, now: float, *, one_shot: bool = False) -> Link:
+        link = Link(self._next_link, endpoint, now, one_shot=one_shot)
+        self._next_link += 1
+        self.links[link.id] = link
+        self._dials.append(Dial(link.id, endpoint, self.node_id + _LINK_NUMBER.pack(link.id)))
+        return link
+
+    def _hang_up(self, link_id: int) -> None:
+        if self.links.pop(link_id, None) is not None:
+            self._hangups.append(link_id)
+
+    def _send(self, link_id: int, record: bytes) -> None:
+        queue = self._sends.get(link_id)
+        if queue is None:
+            self._sends[link_id] = [record]
+        else:
+            queue.append(record)
+
+    def _send_peer(self, peer: Peer, record: bytes, now: float) -> None:
+        peer.last_sent = now
+        self._send(peer.link, record)
+
+    def _broadcast(self, record: bytes, now: float) -> None:
+        """Send to every peer and to every dial still waiting for its HELLO answer."""
+        for peer in self.membership.peers.values():
+            self._send_peer(peer, record, now)
+        for link in self.links.values():
+            if link.peer is None and not link.one_shot:
+                self._send(link.id, record)
+
+    def _forget(self, peer: Peer, reason: str, now: float) -> None:
+        """Remove a peer, its link and its subscribers; remember it a while for reconnection."""
+        self.membership.remove(peer.node_id)
+        self._hang_up(peer.link)
+        events: list[TableEvent] = self.table.purge(peer.node_id)
+        self._events.append(PeerDown(peer.info(), reason))
+        self._events.extend(events)
+        if reason == "timeout":
+            self._recently_dead[peer.node_id] = (peer.endpoint, now)
+            if len(self._recently_dead) > self.limits.max_peers:
+                self._recently_dead.popitem(last=False)
+

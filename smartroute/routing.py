@@ -1,0 +1,163 @@
+"""From mode + target + table to a delivery plan: which local subscribers, which remote nodes.
+
+A remote node is planned at most once per ``send_to``, whatever the number of its matching
+subscribers: it fans out locally with ``local_matches`` on the same mode and target.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from .errors import UsageError
+from .modes import ReceiveMode
+from .registry import Table
+
+Target = str | list[str] | None
+
+
+class Plan(NamedTuple):
+    """Who gets one ``send_to``."""
+
+    matches: int
+    """Subscribers matched in this node's view of the table."""
+    local: list[int]
+    """Our own sub ids, in subscription order."""
+    remote: dict[bytes, int | None]
+    """Node -> the sub id chosen there (ANY) or None (the node matches for itself)."""
+
+
+class Router:
+    """Plans deliveries; holds the bounded regex cache and the ANY round-robin counters."""
+
+    def __init__(self, table: Table, *, regex_cache_size: int, max_pattern_length: int) -> None:
+        self._table = table
+        self._regex_cache_size = regex_cache_size
+        self._max_pattern_length = max_pattern_length
+        self._patterns: collections.OrderedDict[str, re.Pattern[str]] = collections.OrderedDict()
+        self._turns: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
+        self._turn_memory = regex_cache_size
+
+    def pattern(self, source: str) -> re.Pattern[str]:
+        """The compiled pattern, cached; a bad or over-long pattern raises ``UsageError``."""
+        compiled = self._patterns.get(source)
+        if compiled is not None:
+            self._patterns.move_to_end(source)
+            return compiled
+        if len(source) > self._max_pattern_length:
+            raise UsageError(f"REGEX pattern longer than {self._max_pattern_length} characters")
+        try:
+            compiled = re.compile(source)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise UsageError(f"bad REGEX pattern {source!r}: {exc}") from exc
+        self._patterns[source] = compiled
+        if len(self._patterns) > self._regex_cache_size:
+            self._patterns.popitem(last=False)
+        return compiled
+
+    def names_matching(self, mode: ReceiveMode, target: Target,
+                       names: Iterable[str]) -> Iterable[str]:
+        """The names among ``names`` that ``mode`` and ``target`` select (not for ANY/EQ)."""
+        if mode is ReceiveMode.ALL:
+            return names
+        if mode is ReceiveMode.NOT_EQ:
+            excluded = _as_set(target)
+            return (n for n in names if n not in excluded)
+        if mode is ReceiveMode.REGEX:
+            patterns = [self.pattern(p) for p in _as_list(target)]
+            return (n for n in names if any(p.search(n) for p in patterns))
+        return (n for n in _as_list(target) if n in names)  # EQ / ANY: the target names
+
+    def plan(self, mode: ReceiveMode, target: Target) -> Plan:
+        """Plan one ``send_to`` over the whole table."""
+        table = self._table
+        if mode is ReceiveMode.ANY:
+            return self._plan_any(_as_list(target))
+        if mode is ReceiveMode.ALL:
+            remote_all: dict[bytes, int | None] = {
+                node: None for node, r in table.replicas.items() if r.entries}
+            count = len(table.local) + sum(len(r.entries) for r in table.replicas.values())
+            return Plan(count, list(table.local), remote_all)
+        if mode is ReceiveMode.EQ:
+            names: Iterable[str] = dict.fromkeys(_as_list(target))
+        else:
+            names = self.names_matching(mode, target, list(table.names()))
+        count = 0
+        local: list[int] = []
+        remote: dict[bytes, int | None] = {}
+        local_by_name = table.local_by_name
+        remote_by_name = table.remote_by_name
+        for name in names:
+            ids = local_by_name.get(name)
+            if ids:
+                local.extend(ids)
+                count += len(ids)
+            by_node = remote_by_name.get(name)
+            if by_node:
+                for node, subs in by_node.items():
+                    remote[node] = None
+                    count += len(subs)
+        if len(local) > 1 and mode is not ReceiveMode.EQ:
+            local.sort()
+        return Plan(count, local, remote)
+
+    def _plan_any(self, names: list[str]) -> Plan:
+        table = self._table
+        candidates: list[tuple[bytes | None, int]] = []
+        for name in dict.fromkeys(names):
+            candidates.extend((None, sub_id) for sub_id in table.local_by_name.get(name, ()))
+            for node, subs in table.remote_by_name.get(name, {}).items():
+                candidates.extend((node, sub_id) for sub_id in subs)
+        if not candidates:
+            return Plan(0, [], {})
+        key = tuple(names)
+        turn = self._turns.pop(key, 0)
+        self._turns[key] = turn + 1
+        if len(self._turns) > self._turn_memory:
+            self._turns.popitem(last=False)
+        chosen_node, sub_id = candidates[turn % len(candidates)]
+        if chosen_node is None:
+            return Plan(1, [sub_id], {})
+        return Plan(1, [], {chosen_node: sub_id})
+
+    def local_matches(self, mode: ReceiveMode, target: Target, sub_id: int | None) -> list[int]:
+        """Our sub ids that a message from a peer reaches (the peer planned us once)."""
+        table = self._table
+        if mode is ReceiveMode.ANY:
+            # The sender chose one of ours; if it left meanwhile, another of the names takes it.
+            if sub_id is not None and sub_id in table.local:
+                return [sub_id]
+            for name in _as_list(target):
+                ids = table.local_by_name.get(name)
+                if ids:
+                    return [ids[0]]
+            return []
+        if mode is ReceiveMode.ALL:
+            return list(table.local)
+        local: list[int] = []
+        if mode is ReceiveMode.EQ:
+            for name in dict.fromkeys(_as_list(target)):
+                local.extend(table.local_by_name.get(name, ()))
+            return local
+        for name in self.names_matching(mode, target, list(table.local_by_name)):
+            local.extend(table.local_by_name[name])
+        local.sort()
+        return local
+
+
+def _as_list(target: Target) -> list[str]:
+    if target is None:
+        return []
+    if isinstance(target, str):
+        return [target]
+    return target
+
+
+def _as_set(target: Target) -> set[str] | frozenset[str]:
+    if target is None:
+        return frozenset()
+    if isinstance(target, str):
+        return {target}
+    return set(target)

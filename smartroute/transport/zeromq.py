@@ -1,0 +1,134 @@
+"""The ZeroMQ mesh: one ROUTER inbox per node, one DEALER per link we dialled.
+
+The core decides what to send; this module only moves batches. Receiving drains the ROUTER
+without awaiting between messages (one await per burst, not per message), and sending is a
+non-blocking ``send`` on a DEALER: a link whose queue is full drops the batch and counts it
+(``ZMQ_SNDHWM`` bounds every queue), it never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from ..logs import QuietLog
+
+_log = logging.getLogger("smartroute.transport")
+
+RECEIVE_BURST = 2048
+"""Most messages drained from the inbox per wake-up before yielding to other tasks."""
+
+RECONNECT_IVL_MS = 100
+"""ZeroMQ's reconnect interval for a link whose peer is gone (its default, stated)."""
+
+RECONNECT_IVL_MAX_MS = 1000
+"""Reconnects back off up to this; a peer that is really gone is dropped by membership."""
+
+Received = Callable[[bytes, zmq.Frame], None]
+"""Called with the routing id and the payload frame of each message."""
+
+
+class Inbox:
+    """The node's ROUTER: every peer's batches arrive here."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, max_frame_bytes: int) -> None:
+        sock: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A peer whose TCP connection broke reconnects with the same routing id; without
+        # handover the ROUTER would refuse the new connection while the stale one lingers.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock = sock
+        self._async = zmq.asyncio.Socket.from_socket(sock)
+        self.dropped = 0
+
+    def bind(self, host: str, port: int) -> str:
+        """Bind and return the bound endpoint, with the real port when ``port`` was 0."""
+        bind_host = "*" if host in ("0.0.0.0", "*", "") else host
+        if ":" in bind_host and not bind_host.startswith("["):
+            self._sock.setsockopt(zmq.IPV6, 1)
+            bind_host = f"[{bind_host}]"
+        self._sock.bind(f"tcp://{bind_host}:{port}")
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        assert isinstance(last, bytes)
+        return last.decode()
+
+    async def run(self, received: Received, after_burst: Callable[[], None]) -> None:
+        """Hand every message to ``received``; call ``after_burst`` after each drained burst."""
+        sock = self._sock
+        while True:
+            await self._async.poll(timeout=None, flags=zmq.POLLIN)  # type: ignore[call-arg]
+            for _ in range(RECEIVE_BURST):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                if len(frames) != 2:
+                    self.dropped += 1
+                    continue
+                received(frames[0].bytes, frames[1])
+            after_burst()
+
+    def close(self) -> None:
+        """Close the socket (pending input is dropped)."""
+        self._async.close(linger=0)
+
+
+class Links:
+    """Our DEALERs, one per link id; sends never block."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, send_queue: int,
+                 close_linger_s: float) -> None:
+        self._context = context
+        self._send_queue = send_queue
+        self._linger_ms = int(close_linger_s * 1000)
+        self._socks: dict[int, zmq.Socket[bytes]] = {}
+        self._quiet = QuietLog(_log)
+        self.dropped_batches = 0
+
+    def dial(self, link: int, endpoint: str, routing_id: bytes) -> None:
+        """Open a DEALER to ``endpoint``; batches queue until the connection is up."""
+        sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        sock.setsockopt(zmq.SNDHWM, self._send_queue)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        if endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self._quiet.warning(f"dial:{endpoint}", "cannot dial %s: %s", endpoint, exc)
+            return
+        self._socks[link] = sock
+
+    def send(self, link: int, batch: bytes) -> bool:
+        """Queue one batch on a link; False (and counted) if the link is full or gone."""
+        sock = self._socks.get(link)
+        if sock is None:
+            return False
+        try:
+            sock.send(batch, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped_batches += 1
+            self._quiet.warning(f"full:{link}", "link %d to %s is full: batch dropped", link,
+                                sock.getsockopt(zmq.LAST_ENDPOINT))
+            return False
+        return True
+
+    def hang_up(self, link: int) -> None:
+        """Close a link, giving queued batches (a BYE) ``close_linger_s`` to leave."""
+        sock = self._socks.pop(link, None)
+        if sock is not None:
+            sock.close(linger=self._linger_ms)
+
+    def close(self) -> None:
+        """Close every link."""
+        for link in list(self._socks):
+            self.hang_up(link)

@@ -1,0 +1,404 @@
+"""Wire records: kinds, encoding, and decoding with limits into validated records.
+
+One ZeroMQ message is one *batch*: a msgpack array of records, each record an array whose first
+item is its kind. Records are encoded once (a ``send_to`` to five nodes encodes its record once)
+and joined into a batch per link per event-loop turn. Decoding checks every field, so the rest of
+the core trusts what it gets; anything else raises ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import msgpack
+
+from .errors import RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change of the records below; HELLO refuses other versions."""
+
+NODE_ID_BYTES = 16
+"""Node ids are 128 random bits; the first byte is never zero (ZeroMQ reserves such ids)."""
+
+MAX_MAP_ITEMS = 4096
+"""Most items of one map in an envelope (meta dicts are the only maps there)."""
+
+Meta = dict[str, Any]
+Entry = tuple[int, str, Meta]
+"""One subscriber of a table: ``(sub_id, name, meta)``."""
+
+
+class Kind(enum.IntEnum):
+    """First item of every record."""
+
+    HELLO = 1
+    REFUSE = 2
+    PEERS = 3
+    DELTA = 4
+    SNAPSHOT_REQUEST = 5
+    SNAPSHOT = 6
+    HEARTBEAT = 7
+    BYE = 8
+    MSG = 9
+    REPLY = 10
+
+
+class ReplyStatus(enum.IntEnum):
+    """Outcome carried by a REPLY record."""
+
+    OK = 0
+    ERROR = 1
+    NO_SUBSCRIBER = 2
+
+
+class Hello(NamedTuple):
+    """First record on every link: who the sender is, plus its whole table."""
+
+    protocol: int
+    cluster: str
+    node_id: bytes
+    incarnation: int
+    endpoint: str
+    name: str
+    reply: bool
+    """True when this HELLO answers one of ours (it is then not answered again)."""
+    via: str
+    """The endpoint the sender dialled to reach the receiver."""
+    echo: str
+    """In a reply: the ``via`` of the HELLO it answers, so the dialler can match its dial."""
+    version: int
+    entries: list[Entry]
+
+
+class Refuse(NamedTuple):
+    """Sent instead of a HELLO reply when the sender cannot join us."""
+
+    reason: str
+    echo: str
+    """The ``via`` of the refused HELLO, so the refused node can drop that dial."""
+
+
+class Peers(NamedTuple):
+    """The alive peers the sender knows: ``(node_id, endpoint)``."""
+
+    peers: list[tuple[bytes, str]]
+
+
+class Delta(NamedTuple):
+    """One change of the sender's own table; ``name`` is None for a removal."""
+
+    incarnation: int
+    version: int
+    sub_id: int
+    name: str | None
+    meta: Meta | None
+
+
+class SnapshotRequest(NamedTuple):
+    """Asks for a SNAPSHOT: the receiver saw a gap in our deltas."""
+
+
+class Snapshot(NamedTuple):
+    """The sender's whole table at ``version``."""
+
+    incarnation: int
+    version: int
+    entries: list[Entry]
+
+
+class Heartbeat(NamedTuple):
+    """Sent on an idle link; carries the sender's table version as a digest."""
+
+    incarnation: int
+    version: int
+
+
+class Bye(NamedTuple):
+    """The sender is closing: forget it now."""
+
+
+class Msg(NamedTuple):
+    """One ``send_to`` (or request) for the receiver's local subscribers."""
+
+    seq: int
+    sender: str | None
+    mode: int
+    target: str | list[str] | None
+    type: str
+    body: bytes
+    sub_id: int | None
+    """For ANY: the subscriber the sender chose."""
+    request_id: int | None
+    """Set for a request: the REPLY carries it back."""
+
+
+class Reply(NamedTuple):
+    """The answer to a request: a body for OK, an error text otherwise."""
+
+    request_id: int
+    status: int
+    type: str
+    body: bytes
+
+
+Record = Hello | Refuse | Peers | Delta | SnapshotRequest | Snapshot | Heartbeat | Bye | Msg | Reply
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+def _pack(items: list[Any]) -> bytes:
+    data: bytes = msgpack.packb(items, use_bin_type=True)
+    return data
+
+
+def encode_hello(h: Hello) -> bytes:
+    """Encode a HELLO record."""
+    return _pack([Kind.HELLO, *h[:10], [list(e) for e in h.entries]])
+
+
+def encode_refuse(refuse: Refuse) -> bytes:
+    """Encode a REFUSE record."""
+    return _pack([Kind.REFUSE, *refuse])
+
+
+def encode_peers(peers: list[tuple[bytes, str]]) -> bytes:
+    """Encode a PEERS record."""
+    return _pack([Kind.PEERS, [list(p) for p in peers]])
+
+
+def encode_delta(d: Delta) -> bytes:
+    """Encode a DELTA record."""
+    return _pack([Kind.DELTA, *d])
+
+
+SNAPSHOT_REQUEST = _pack([Kind.SNAPSHOT_REQUEST])
+BYE = _pack([Kind.BYE])
+
+
+def encode_snapshot(s: Snapshot) -> bytes:
+    """Encode a SNAPSHOT record."""
+    return _pack([Kind.SNAPSHOT, s.incarnation, s.version, [list(e) for e in s.entries]])
+
+
+def encode_heartbeat(incarnation: int, version: int) -> bytes:
+    """Encode a HEARTBEAT record."""
+    return _pack([Kind.HEARTBEAT, incarnation, version])
+
+
+def encode_msg(m: Msg) -> bytes:
+    """Encode a MSG record (the body is already encoded)."""
+    return _pack([Kind.MSG, *m])
+
+
+def encode_reply(r: Reply) -> bytes:
+    """Encode a REPLY record."""
+    return _pack([Kind.REPLY, *r])
+
+
+_ARRAY16 = struct.Struct(">BH")
+_ARRAY32 = struct.Struct(">BI")
+
+
+def encode_batch(records: list[bytes]) -> bytes:
+    """Join encoded records into one batch (a msgpack array) without re-encoding them."""
+    n = len(records)
+    if n < 16:
+        header = bytes((0x90 | n,))
+    elif n < 0x10000:
+        header = _ARRAY16.pack(0xDC, n)
+    else:
+        header = _ARRAY32.pack(0xDD, n)
+    return header + b"".join(records)
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+class Decoder:
+    """Decodes batches from the network under fixed limits into validated records."""
+
+    def __init__(self, *, max_frame_bytes: int, max_table_entries: int, max_peers: int,
+                 max_target_names: int, max_name_length: int) -> None:
+        self._unpack_options: dict[str, Any] = {
+            "max_str_len": max_frame_bytes,
+            "max_bin_len": max_frame_bytes,
+            "max_array_len": max(max_table_entries, max_target_names, max_peers, 16),
+            "max_map_len": MAX_MAP_ITEMS,
+            "max_ext_len": 0,
+            "strict_map_key": True,
+        }
+        self.max_frame_bytes = max_frame_bytes
+        self.max_table_entries = max_table_entries
+        self.max_peers = max_peers
+        self.max_target_names = max_target_names
+        self.max_name_length = max_name_length
+
+    def batch(self, payload: bytes | memoryview) -> list[Any]:
+        """Split a batch into raw records; raises ``RemoteProtocolError`` if it is not one."""
+        if len(payload) > self.max_frame_bytes:
+            raise RemoteProtocolError(f"frame of {len(payload)} bytes is over the limit")
+        try:
+            items = msgpack.unpackb(payload, **self._unpack_options)
+        except Exception as exc:
+            # msgpack raises ValueError, FormatError, StackError, ExtraData, TypeError (unhashable
+            # key) and more on garbage: they are all one thing to us.
+            raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
+        if type(items) is not list:
+            raise RemoteProtocolError("frame is not a batch of records")
+        return items
+
+    def record(self, raw: Any) -> Record:
+        """Validate one raw record; raises ``RemoteProtocolError`` for anything off."""
+        if type(raw) is not list or not raw:
+            raise RemoteProtocolError("record is not a non-empty array")
+        kind = raw[0]
+        decode = self._decoders.get(kind) if type(kind) is int else None
+        if decode is None:
+            raise RemoteProtocolError(f"unknown record kind {kind!r}")
+        try:
+            return decode(self, raw)
+        except (TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"malformed {Kind(kind).name}: {exc}") from exc
+
+    # Each decoder checks arity and types; `_check` raises ValueError, turned into ours above.
+
+    def _hello(self, raw: list[Any]) -> Hello:
+        _arity(raw, 12)
+        _, proto, cluster, node_id, inc, endpoint, name, reply, via, echo, version, entries = raw
+        _check(type(proto) is int, "protocol")
+        _check(type(cluster) is str and len(cluster) <= self.max_name_length, "cluster")
+        _check(_is_node_id(node_id), "node id")
+        _check(_is_uint(inc), "incarnation")
+        _check(type(endpoint) is str and len(endpoint) <= self.max_name_length, "endpoint")
+        _check(type(name) is str and len(name) <= self.max_name_length, "name")
+        _check(type(reply) is bool, "reply")
+        _check(type(via) is str and len(via) <= self.max_name_length, "via")
+        _check(type(echo) is str and len(echo) <= self.max_name_length, "echo")
+        _check(_is_uint(version), "version")
+        return Hello(proto, cluster, node_id, inc, endpoint, name, reply, via, echo, version,
+                     self._entries(entries))
+
+    def _refuse(self, raw: list[Any]) -> Refuse:
+        _arity(raw, 3)
+        _check(type(raw[1]) is str and len(raw[1]) <= 1024, "reason")
+        _check(type(raw[2]) is str and len(raw[2]) <= self.max_name_length, "echo")
+        return Refuse(raw[1], raw[2])
+
+    def _peers(self, raw: list[Any]) -> Peers:
+        _arity(raw, 2)
+        items = raw[1]
+        _check(type(items) is list and len(items) <= self.max_peers, "peers")
+        peers: list[tuple[bytes, str]] = []
+        for item in items:
+            _check(type(item) is list and len(item) == 2, "peer")
+            node_id, endpoint = item
+            _check(_is_node_id(node_id), "peer node id")
+            _check(type(endpoint) is str and len(endpoint) <= self.max_name_length, "endpoint")
+            peers.append((node_id, endpoint))
+        return Peers(peers)
+
+    def _delta(self, raw: list[Any]) -> Delta:
+        _arity(raw, 6)
+        _, inc, version, sub_id, name, meta = raw
+        _check(_is_uint(inc) and _is_uint(version) and _is_uint(sub_id), "delta numbers")
+        if name is None:
+            _check(meta is None, "removal meta")
+        else:
+            _check(self._is_name(name), "name")
+            _check(type(meta) is dict, "meta")
+        return Delta(inc, version, sub_id, name, meta)
+
+    def _snapshot_request(self, raw: list[Any]) -> SnapshotRequest:
+        _arity(raw, 1)
+        return SnapshotRequest()
+
+    def _snapshot(self, raw: list[Any]) -> Snapshot:
+        _arity(raw, 4)
+        _check(_is_uint(raw[1]) and _is_uint(raw[2]), "snapshot numbers")
+        return Snapshot(raw[1], raw[2], self._entries(raw[3]))
+
+    def _heartbeat(self, raw: list[Any]) -> Heartbeat:
+        _arity(raw, 3)
+        _check(_is_uint(raw[1]) and _is_uint(raw[2]), "heartbeat numbers")
+        return Heartbeat(raw[1], raw[2])
+
+    def _bye(self, raw: list[Any]) -> Bye:
+        _arity(raw, 1)
+        return Bye()
+
+    def _msg(self, raw: list[Any]) -> Msg:
+        _arity(raw, 9)
+        _, seq, sender, mode, target, type_, body, sub_id, request_id = raw
+        _check(_is_uint(seq), "seq")
+        _check(sender is None or (type(sender) is str and len(sender) <= self.max_name_length),
+               "sender")
+        _check(type(mode) is int and 0 <= mode <= 4, "mode")
+        if type(target) is list:
+            _check(len(target) <= self.max_target_names
+                   and all(type(t) is str for t in target), "target")
+        else:
+            _check(target is None or type(target) is str, "target")
+        _check(type(type_) is str and len(type_) <= self.max_name_length, "type")
+        _check(type(body) is bytes, "body")
+        _check(sub_id is None or _is_uint(sub_id), "sub id")
+        _check(request_id is None or _is_uint(request_id), "request id")
+        return Msg(seq, sender, mode, target, type_, body, sub_id, request_id)
+
+    def _reply(self, raw: list[Any]) -> Reply:
+        _arity(raw, 5)
+        _, request_id, status, type_, body = raw
+        _check(_is_uint(request_id), "request id")
+        _check(type(status) is int and status in _REPLY_STATUSES, "status")
+        _check(type(type_) is str and len(type_) <= self.max_name_length, "type")
+        _check(type(body) is bytes, "body")
+        return Reply(request_id, status, type_, body)
+
+    def _entries(self, entries: Any) -> list[Entry]:
+        _check(type(entries) is list and len(entries) <= self.max_table_entries, "entries")
+        out: list[Entry] = []
+        for entry in entries:
+            _check(type(entry) is list and len(entry) == 3, "entry")
+            sub_id, name, meta = entry
+            _check(_is_uint(sub_id) and self._is_name(name) and type(meta) is dict, "entry")
+            out.append((sub_id, name, meta))
+        return out
+
+    def _is_name(self, name: Any) -> bool:
+        return type(name) is str and 0 < len(name) <= self.max_name_length
+
+    _decoders: ClassVar[dict[int, Callable[[Decoder, list[Any]], Record]]] = {
+        Kind.HELLO: _hello,
+        Kind.REFUSE: _refuse,
+        Kind.PEERS: _peers,
+        Kind.DELTA: _delta,
+        Kind.SNAPSHOT_REQUEST: _snapshot_request,
+        Kind.SNAPSHOT: _snapshot,
+        Kind.HEARTBEAT: _heartbeat,
+        Kind.BYE: _bye,
+        Kind.MSG: _msg,
+        Kind.REPLY: _reply,
+    }
+
+
+_REPLY_STATUSES = frozenset(int(s) for s in ReplyStatus)
+_UINT64_MAX = 2**64 - 1
+
+
+def _arity(raw: list[Any], n: int) -> None:
+    if len(raw) != n:
+        raise ValueError(f"{len(raw) - 1} fields instead of {n - 1}")
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"bad {what}")
+
+
+def _is_uint(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _UINT64_MAX
+
+
+def _is_node_id(value: Any) -> bool:
+    return type(value) is bytes and len(value) == NODE_ID_BYTES and value[0] != 0
