@@ -25,8 +25,17 @@ with room for the 0.05 s tick; TCP retransmits one lost heartbeat within ~0.2-0.
 CONNECT_TIMEOUT_S = 5.0
 """A dialled endpoint that has not answered our HELLO by then is given up (a hint may retry it)."""
 
-HELLO_RETRY_S = 0.5
-"""A HELLO not yet answered is sent again this often (the peer may have been down at first)."""
+HELLO_RETRY_S = 1.0
+"""A HELLO not yet answered is sent again this often: the first may have reached a process
+that died, or been lost with a broken connection. At most ~5 copies wait in a dead link."""
+
+PEER_EXCHANGE_INTERVAL_S = 2.0
+"""Every peer hears the list of our peers this often, so two nodes that lost each other (a
+healed partition, a lost HELLO) meet again through any third."""
+
+REDIAL_DEAD_FOR_S = 30.0
+"""A peer declared dead is dialled again (every ``CONNECT_TIMEOUT_S``) for this long: if it was
+only cut off, the mesh heals when the network does."""
 
 DIGEST_INTERVAL_S = 1.0
 """Every link carries our table version at least this often, so a lost delta is repaired."""
@@ -91,6 +100,8 @@ class Timings:
     dead_after_s: float = DEAD_AFTER_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     hello_retry_s: float = HELLO_RETRY_S
+    peer_exchange_interval_s: float = PEER_EXCHANGE_INTERVAL_S
+    redial_dead_for_s: float = REDIAL_DEAD_FOR_S
     digest_interval_s: float = DIGEST_INTERVAL_S
     snapshot_retry_s: float = SNAPSHOT_RETRY_S
     seed_retry_s: float = SEED_RETRY_S

@@ -46,8 +46,9 @@ def message(name: str) -> Callable[[type[_T]], type[_T]]:
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise TypeError(f"@message({name!r}) applies to a dataclass, not {cls!r}")
         known = _classes.get(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise UsageError(f"message type name {name!r} is already used by {known.__qualname__}")
+        # Re-registering the same class (a module reload) is fine; another class is not.
+        if known is not None and _path(known) != _path(cls):
+            raise UsageError(f"message type name {name!r} is already used by {_path(known)}")
         _classes[name] = cls
         _names[cls] = name
         _fields[cls] = tuple(f.name for f in dataclasses.fields(cls))
@@ -56,64 +57,104 @@ def message(name: str) -> Callable[[type[_T]], type[_T]]:
     return register
 
 
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def type_name_of(body: object) -> str:
     """The wire type name of ``body``: its registered name, else its Python type name."""
     name = _names.get(type(body))
     return name if name is not None else type(body).__name__
 
 
-def _default(obj: object) -> msgpack.ExtType:
-    cls = type(obj)
-    name = _names.get(cls)
+MAX_BODY_DEPTH = 32
+"""Deepest nesting of lists, maps and registered records in a body, sent or received."""
+
+_SCALARS = (str, bytes, int, float, type(None))
+
+
+def _prepare(obj: object, depth: int) -> object:
+    """Check ``obj`` can travel and turn registered dataclasses into record extensions."""
+    if isinstance(obj, _SCALARS):
+        return obj
+    if depth >= MAX_BODY_DEPTH:
+        raise TypeError(f"cannot send a body nested deeper than {MAX_BODY_DEPTH} levels")
+    if isinstance(obj, list | tuple):
+        return [_prepare(item, depth + 1) for item in obj]
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            # Other keys (ints...) would be refused by the receiver: int keys with crafted
+            # hash collisions make dict inserts quadratic, so decoders only take str/bytes.
+            if not isinstance(key, str | bytes):
+                raise TypeError(f"cannot send a map with a {type(key).__name__} key: "
+                                "keys are str or bytes")
+            out[key] = _prepare(value, depth + 1)
+        return out
+    name = _names.get(type(obj))
     if name is None:
         raise TypeError(
-            f"cannot send a {cls.__qualname__}: bodies are msgpack values or dataclasses "
+            f"cannot send a {type(obj).__qualname__}: bodies are msgpack values or dataclasses "
             f"registered with @message(...)"
         )
-    fields = {field: getattr(obj, field) for field in _fields[cls]}
-    return msgpack.ExtType(EXT_RECORD, msgpack.packb([name, fields], default=_default))
+    fields = {field: _prepare(getattr(obj, field), depth + 1) for field in _fields[type(obj)]}
+    return msgpack.ExtType(EXT_RECORD, msgpack.packb([name, fields]))
 
 
 def encode_body(body: object) -> bytes:
     """Encode a body once; raises ``TypeError`` for what cannot travel."""
     try:
-        data: bytes = msgpack.packb(body, default=_default)
-    except TypeError:
-        raise
+        data: bytes = msgpack.packb(_prepare(body, 0))
     except (ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode message body: {exc}") from exc
     return data
 
 
-def _ext_hook(code: int, data: bytes) -> object:
-    if code != EXT_RECORD:
-        raise RemoteProtocolError(f"unknown msgpack extension {code}")
-    try:
-        name, fields = msgpack.unpackb(data, ext_hook=_ext_hook)
-    except ValueError as exc:
-        raise RemoteProtocolError("malformed record extension") from exc
-    if not isinstance(name, str) or not isinstance(fields, dict):
-        raise RemoteProtocolError("malformed record extension")
-    cls = _classes.get(name)
-    if cls is None:
-        return dict(fields)
-    try:
-        return cls(**fields)
-    except TypeError as exc:
-        # The sender's class has other fields than ours (a version skew): keep the data.
-        _quiet.warning(f"skew:{name}", "message type %r does not match local class: %s", name, exc)
-        return dict(fields)
+class _RecordHook:
+    """msgpack ``ext_hook`` that rebuilds registered records, counting how deep it is."""
+
+    __slots__ = ("depth",)
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+    def __call__(self, code: int, data: bytes) -> object:
+        if code != EXT_RECORD:
+            raise RemoteProtocolError(f"unknown msgpack extension {code}")
+        if self.depth >= MAX_BODY_DEPTH:
+            # Each level is a nested unpackb call on the C stack: bound it (a crafted 3 KB
+            # body of nested records would otherwise overflow the stack).
+            raise RemoteProtocolError(f"records nested deeper than {MAX_BODY_DEPTH} levels")
+        try:
+            name, fields = msgpack.unpackb(data, ext_hook=_RecordHook(self.depth + 1))
+        except (ValueError, TypeError) as exc:
+            raise RemoteProtocolError("malformed record extension") from exc
+        if not isinstance(name, str) or not isinstance(fields, dict):
+            raise RemoteProtocolError("malformed record extension")
+        cls = _classes.get(name)
+        if cls is None:
+            return dict(fields)
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            # The sender's class has other fields than ours (a version skew): keep the data.
+            _quiet.warning(f"skew:{name}", "message type %r does not match local class: %s",
+                           name, exc)
+            return dict(fields)
+
+
+_TOP_HOOK = _RecordHook(0)
 
 
 def decode_body(data: bytes) -> object:
     """Decode a body from the network; raises ``RemoteProtocolError`` for anything malformed."""
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook)
+        return msgpack.unpackb(data, ext_hook=_TOP_HOOK)
     except RemoteProtocolError:
         raise
-    except (ValueError, TypeError, RecursionError, msgpack.StackError) as exc:
-        # msgpack raises ValueError subclasses (ExtraData, FormatError) and StackError (a
-        # ValueError too); TypeError comes from unhashable map keys.
+    except (ValueError, TypeError, RecursionError) as exc:
+        # msgpack raises ValueError subclasses (ExtraData, FormatError, StackError) and
+        # TypeError (unhashable or non-str map keys) on garbage: all one thing to us.
         raise RemoteProtocolError(f"malformed message body: {type(exc).__name__}") from exc
 
 

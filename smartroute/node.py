@@ -334,8 +334,9 @@ class Node:
         assert self._inbox is not None and self._links is not None and self._context is not None
         self._inbox.close()
         self._links.close()
-        # term() waits up to close_linger_s for the BYEs to leave: not on the loop thread.
-        await asyncio.get_running_loop().run_in_executor(None, self._context.term)
+        # Waits up to close_linger_s for the BYEs to leave: not on the loop thread.
+        linger_ms = int(self.timings.close_linger_s * 1000)
+        await asyncio.get_running_loop().run_in_executor(None, self._context.destroy, linger_ms)
         _log.info("%s: node closed", self.node_id[:8])
 
     @property

@@ -80,6 +80,8 @@ class Link:
     id: int
     endpoint: str
     opened_at: float
+    hello_at: float
+    """When we last sent a HELLO on it (0 for a link that never carries one)."""
     peer: bytes | None = None
     one_shot: bool = False
     """Opened only to send a REFUSE; never matched to a peer."""
@@ -147,6 +149,7 @@ class Protocol:
         self._hangups: list[int] = []
         self._events: list[CoreEvent] = []
         self._quiet = QuietLog(_log)
+        self._last_exchange = 0.0
         self._closed = False
 
     # --- outputs --------------------------------------------------------------------------------
@@ -183,7 +186,11 @@ class Protocol:
                                 self.hex[:8], endpoint)
             return
         link = self._dial(endpoint, now)
-        self._send(link.id, self._hello(reply=False, via=endpoint, echo=""))
+        self._send_hello(link, now)
+
+    def _send_hello(self, link: Link, now: float) -> None:
+        link.hello_at = now
+        self._send(link.id, self._hello(reply=False, via=link.endpoint, echo=""))
 
     def tick(self, now: float) -> None:
         """Run every timer: heartbeats and digests, suspicion and death, dial timeouts."""
@@ -202,16 +209,26 @@ class Protocol:
                     heartbeat = wire.encode_heartbeat(self.incarnation, self.table.version)
                 self._send_peer(peer, heartbeat, now)
                 peer.last_digest = now
+        if now - self._last_exchange >= timings.peer_exchange_interval_s:
+            self._last_exchange = now
+            for peer in self.membership.peers.values():
+                self._send_peers(peer, now)
         for link in list(self.links.values()):
-            if link.peer is None and now - link.opened_at >= timings.connect_timeout_s:
+            if link.peer is not None or link.one_shot:
+                continue
+            if now - link.opened_at >= timings.connect_timeout_s:
                 _log.debug("%s: no HELLO from %s after %.1f s, giving up the dial", self.hex[:8],
                            link.endpoint, now - link.opened_at)
                 self._hang_up(link.id)
+            elif now - link.hello_at >= timings.hello_retry_s:
+                self._send_hello(link, now)
         while self._recently_dead:
             node_id, (_, when) = next(iter(self._recently_dead.items()))
-            if now - when < timings.dead_after_s * 4:
+            if now - when < timings.redial_dead_for_s:
                 break
             del self._recently_dead[node_id]
+        for endpoint, _ in list(self._recently_dead.values()):
+            self.hint(endpoint, now)  # a no-op while a dial to it is pending
 
     # --- inputs: the network --------------------------------------------------------------------
 
@@ -330,8 +347,12 @@ class Protocol:
                                                hello.entries))
         if not hello.reply:
             self._send_peer(peer, self._hello(reply=True, via=link.endpoint, echo=hello.via), now)
+        self._send_peers(peer, now)
+
+    def _send_peers(self, peer: Peer, now: float) -> None:
+        """Tell ``peer`` every other peer we know (peer exchange)."""
         others = [(p.node_id, p.endpoint) for p in self.membership.peers.values()
-                  if p.node_id != node_id]
+                  if p.node_id != peer.node_id]
         if others:
             self._send_peer(peer, wire.encode_peers(others[: self.limits.max_peers]), now)
 
@@ -400,7 +421,13 @@ class Protocol:
             # both sides re-learn each other's tables.
             _log.info("%s: node %s we had declared dead is talking: reconnecting", self.hex[:8],
                       node_id.hex()[:8])
-            self.hint(known[0], now)
+            endpoint = known[0]
+            pending = [link for link in self.links.values()
+                       if link.peer is None and link.endpoint == endpoint]
+            if pending:
+                self._send_hello(pending[0], now)  # its answer to the last one may be lost
+            else:
+                self.hint(endpoint, now)
 
     def _on_peers(self, peers: wire.Peers, now: float) -> None:
         for node_id, endpoint in peers.peers:
@@ -487,11 +514,13 @@ class Protocol:
         return True
 
     def close(self, now: float) -> None:
-        """Say BYE to every peer and hang up every link."""
+        """Say BYE on every link (a dial not yet answered may already have made us the
+        other side's peer) and hang up."""
         if self._closed:
             return
-        for peer in self.membership.peers.values():
-            self._send_peer(peer, wire.BYE, now)
+        for link in self.links.values():
+            if not link.one_shot:
+                self._send(link.id, wire.BYE)
         for link_id in list(self.links):
             self._hang_up(link_id)
         self._closed = True
@@ -506,7 +535,7 @@ class Protocol:
         ))
 
     def _dial(self, endpoint: str, now: float, *, one_shot: bool = False) -> Link:
-        link = Link(self._next_link, endpoint, now, one_shot=one_shot)
+        link = Link(self._next_link, endpoint, now, 0.0, one_shot=one_shot)
         self._next_link += 1
         self.links[link.id] = link
         self._dials.append(Dial(link.id, endpoint, self.node_id + _LINK_NUMBER.pack(link.id)))

@@ -337,9 +337,9 @@ class Decoder:
         _check(type(mode) is int and 0 <= mode <= 4, "mode")
         if type(target) is list:
             _check(len(target) <= self.max_target_names
-                   and all(type(t) is str for t in target), "target")
+                   and all(self._is_name(t) for t in target), "target")
         else:
-            _check(target is None or type(target) is str, "target")
+            _check(target is None or self._is_name(target), "target")
         _check(type(type_) is str and len(type_) <= self.max_name_length, "type")
         _check(type(body) is bytes, "body")
         _check(sub_id is None or _is_uint(sub_id), "sub id")

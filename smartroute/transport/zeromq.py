@@ -8,11 +8,12 @@ non-blocking ``send`` on a DEALER: a link whose queue is full drops the batch an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import zmq
-import zmq.asyncio
 
 from ..logs import QuietLog
 
@@ -43,7 +44,6 @@ class Inbox:
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         sock.setsockopt(zmq.RCVHWM, 0)
         self._sock = sock
-        self._async = zmq.asyncio.Socket.from_socket(sock)
         self.dropped = 0
 
     def bind(self, host: str, port: int) -> str:
@@ -60,22 +60,42 @@ class Inbox:
     async def run(self, received: Received, after_burst: Callable[[], None]) -> None:
         """Hand every message to ``received``; call ``after_burst`` after each drained burst."""
         sock = self._sock
-        while True:
-            await self._async.poll(timeout=None, flags=zmq.POLLIN)  # type: ignore[call-arg]
-            for _ in range(RECEIVE_BURST):
-                try:
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        # ZMQ_FD only says "events may have changed" (edge-triggered): after each wake-up,
+        # ZMQ_EVENTS is the truth, and it must be checked again before sleeping.
+        fd = sock.getsockopt(zmq.FD)
+        assert isinstance(fd, int)
+        loop.add_reader(fd, readable.set)
+        try:
+            while True:
+                burst = 0
+                while burst < RECEIVE_BURST and _events(sock) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                if len(frames) != 2:
-                    self.dropped += 1
+                    burst += 1
+                    if len(frames) != 2:
+                        self.dropped += 1
+                        continue
+                    received(frames[0].bytes, frames[1])
+                if burst:
+                    after_burst()
+                if burst == RECEIVE_BURST:
+                    await asyncio.sleep(0)  # more is waiting: let other tasks run first
                     continue
-                received(frames[0].bytes, frames[1])
-            after_burst()
+                readable.clear()
+                if _events(sock) & zmq.POLLIN:
+                    continue
+                await readable.wait()
+        finally:
+            loop.remove_reader(fd)
 
     def close(self) -> None:
         """Close the socket (pending input is dropped)."""
-        self._async.close(linger=0)
+        self._sock.close(linger=0)
+
+
+def _events(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.getsockopt(zmq.EVENTS))
 
 
 class Links:

@@ -1,0 +1,64 @@
+"""Helpers for testing services built on smartroute (and smartroute itself).
+
+- ``FAST_TIMINGS``: timings that make a mesh converge and detect deaths in a fraction of a
+  second, for tests.
+- ``wait_until``: poll a condition with a deadline instead of sleeping and hoping.
+- ``AgentProcess`` (in ``smartroute.testing.cluster``): a node in its own process, driven over
+  stdin/stdout, that a test can SIGKILL or restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+FAST_TIMINGS: dict[str, float] = {
+    "heartbeat_interval_s": 0.05,
+    "suspect_after_s": 0.15,
+    "dead_after_s": 0.3,
+    "digest_interval_s": 0.2,
+    "seed_retry_s": 0.2,
+    "tick_interval_s": 0.01,
+    "snapshot_retry_s": 0.2,
+    "close_linger_s": 0.2,
+}
+"""Deaths detected in ~0.3 s: for loopback tests on an unloaded machine."""
+
+POLL_INTERVAL_S = 0.01
+"""How often ``wait_until`` checks its condition."""
+
+
+def wait_until(condition: Callable[[], _T], timeout: float = 5.0, *,
+               interval: float = POLL_INTERVAL_S, what: str = "condition") -> _T:
+    """Poll ``condition`` until it returns a truthy value and return it; ``TimeoutError``
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s (last value {value!r})")
+        time.sleep(interval)
+
+
+async def async_wait_until(condition: Callable[[], _T | Awaitable[_T]], timeout: float = 5.0, *,
+                           interval: float = POLL_INTERVAL_S, what: str = "condition") -> _T:
+    """``wait_until`` for a running event loop; ``condition`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+__all__ = ["FAST_TIMINGS", "POLL_INTERVAL_S", "async_wait_until", "wait_until"]

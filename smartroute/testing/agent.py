@@ -1,0 +1,165 @@
+"""A node in its own process, driven by JSON lines on stdin, answering on stdout.
+
+Run by ``smartroute.testing.cluster.AgentProcess``; usable by hand too::
+
+    python -m smartroute.testing.agent --cluster demo --seed tcp://127.0.0.1:7001
+
+Each input line is ``{"id": N, "op": NAME, ...}``; each answer is ``{"id": N, "ok": true,
+"result": ...}`` or ``{"id": N, "ok": false, "error": CLASS, "message": TEXT}``. The first line
+written is ``{"ready": true, "node_id": ..., "endpoint": ..., "pid": ...}``. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from .. import Message, Node, ReceiveMode, Subscription
+from ..events import PeerDown, PeerUp, SubscriberDown, SubscriberUp
+
+
+class Agent:
+    """Holds the node, its subscriptions and what they received."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.subs: dict[int, Subscription] = {}
+        self.next_sub = 1
+        self.received: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def watch_events(self) -> None:
+        async for event in self.node.events():
+            if isinstance(event, PeerUp | PeerDown):
+                record: dict[str, Any] = {"event": type(event).__name__,
+                                          "node_id": event.peer.node_id}
+                if isinstance(event, PeerDown):
+                    record["reason"] = event.reason
+            else:
+                assert isinstance(event, SubscriberUp | SubscriberDown)
+                record = {"event": type(event).__name__, "name": event.subscriber.name,
+                          "node_id": event.subscriber.node_id}
+            self.events.append(record)
+
+    def handler(self, behaviour: str | None) -> Any:
+        async def on_message(msg: Message) -> Any:
+            self.received.append({
+                "subscriber": msg.subscriber, "body": msg.body, "id": msg.id,
+                "node_id": msg.node_id, "sender": msg.sender, "mode": msg.mode.name,
+                "type": msg.type,
+            })
+            if behaviour == "raise":
+                raise RuntimeError(f"handler of {msg.subscriber} refuses {msg.body!r}")
+            if behaviour == "silent":
+                await asyncio.Event().wait()  # never returns, so never answers
+            if behaviour == "echo":
+                return {"echo": msg.body, "by": self.node.node_id}
+            return None
+        return on_message
+
+    async def run(self, op: str, args: dict[str, Any]) -> Any:
+        node = self.node
+        if op == "subscribe":
+            sub = await node.subscribe(args["name"], self.handler(args.get("reply")),
+                                       args.get("meta"))
+            key = self.next_sub
+            self.next_sub += 1
+            self.subs[key] = sub
+            return key
+        if op == "unsubscribe":
+            await self.subs.pop(args["sub"]).close()
+            return True
+        if op == "send_to":
+            return await node.send_to(args.get("body"), ReceiveMode[args.get("mode", "EQ")],
+                                      args.get("target"), sender=args.get("sender"))
+        if op == "request":
+            return await node.request(args.get("target"), args.get("body"),
+                                      mode=ReceiveMode[args.get("mode", "ANY")],
+                                      timeout=args.get("timeout", 5.0))
+        if op == "received":
+            received, self.received = self.received, []
+            return received
+        if op == "events":
+            events, self.events = self.events, []
+            return events
+        if op == "peers":
+            return [{"node_id": p.node_id, "endpoint": p.endpoint, "state": p.state,
+                     "name": p.name} for p in node.peers]
+        if op == "lookup":
+            return [{"name": s.name, "node_id": s.node_id, "meta": s.meta}
+                    for s in node.lookup(args["name"])]
+        if op == "subscribers":
+            return [{"name": s.name, "node_id": s.node_id, "meta": s.meta}
+                    for s in node.subscribers()]
+        if op == "wait_for":
+            found = await node.wait_for(args["name"], args.get("count", 1),
+                                        args.get("timeout", 5.0))
+            return len(found)
+        if op == "stats":
+            return node.stats()
+        raise ValueError(f"unknown op {op!r}")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    timings: dict[str, Any] = {k: float(v) for k, v in (t.split("=", 1) for t in args.timing)}
+    node = Node(args.cluster, discovery=args.seed, host=args.host, port=args.port,
+                name=args.name, **timings)
+    await node.start()
+    agent = Agent(node)
+    watcher = asyncio.create_task(agent.watch_events())
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    write(ready=True, node_id=node.node_id, endpoint=node.endpoint, pid=os.getpid())
+    pending: set[asyncio.Task[None]] = set()
+
+    async def answer(request: dict[str, Any]) -> None:
+        try:
+            result = await agent.run(request["op"], request)
+            write(id=request.get("id"), ok=True, result=result)
+        except Exception as exc:
+            write(id=request.get("id"), ok=False, error=type(exc).__name__, message=str(exc))
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        request = json.loads(line)
+        if request.get("op") == "close":
+            break
+        # Requests run concurrently so a slow `request` does not block `received`.
+        task = asyncio.create_task(answer(request))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await node.close()
+    watcher.cancel()
+    write(closed=True)
+
+
+def write(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields, default=repr) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cluster", default="smartroute")
+    parser.add_argument("--seed", action="append", default=[])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--timing", action="append", default=[], metavar="NAME=SECONDS")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Fixtures shared by the process tests: start agents, and stop every one of them by PID."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smartroute.testing.cluster import AgentProcess
+
+Spawn = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Spawn]:
+    """Start node processes on loopback; all are SIGKILLed at the end whatever happens.
+
+    On failure, the tail of each node's log is printed to help the reader.
+    """
+    agents: list[AgentProcess] = []
+
+    def start(**kwargs: Any) -> AgentProcess:
+        log = tmp_path / f"node{len(agents)}.log"
+        agent = AgentProcess(log_path=log, **kwargs)
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.kill()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for agent in agents:
+            if agent.log_path and agent.log_path.exists():
+                tail = agent.log_path.read_text(errors="replace").splitlines()[-40:]
+                print(f"--- {agent!r} log tail ---", *tail, sep="\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

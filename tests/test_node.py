@@ -1,0 +1,281 @@
+"""The asyncio Node: its API contract, on real ZeroMQ sockets on loopback, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from smartroute import (
+    Limits,
+    Message,
+    Node,
+    NodeClosed,
+    NoSubscriber,
+    PeerDown,
+    PeerUp,
+    ReceiveMode,
+    RemoteError,
+    RequestTimeout,
+    SmartRouteError,
+    SubscriberUp,
+    WaitTimeout,
+    message,
+)
+from smartroute.testing import FAST_TIMINGS, async_wait_until
+
+
+@message("test_node.Speak")
+@dataclass
+class Speak:
+    user: str
+    text: str
+
+
+@message("test_node.Envelope")
+@dataclass
+class Envelope:
+    inner: Speak
+    tags: list[str]
+
+
+def make_node(*seeds: str, cluster: str = "unit", **kwargs: Any) -> Node:
+    return Node(cluster, discovery=list(seeds), host="127.0.0.1", **FAST_TIMINGS, **kwargs)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Node, Node]]:
+    a = make_node()
+    await a.start()
+    b = make_node(a.endpoint)
+    await b.start()
+    await async_wait_until(lambda: len(a.peers) == 1 and len(b.peers) == 1, what="pair meets")
+    yield a, b
+    await b.close()
+    await a.close()
+
+
+# --- bad arguments fail at the call, clearly --------------------------------------------------
+
+def test_constructor_rejects_bad_options() -> None:
+    with pytest.raises(TypeError, match="unknown Node option"):
+        Node(discovery=[], heartbeat_s=1.0)
+    with pytest.raises(ValueError, match="dead_after_s"):
+        Node(discovery=[], dead_after_s=-1)
+    with pytest.raises(ValueError, match="heartbeat_interval_s < suspect_after_s"):
+        Node(discovery=[], heartbeat_interval_s=2.0)
+    with pytest.raises(ValueError, match="tcp://host:port"):
+        Node(discovery=["127.0.0.1:7001"])
+    with pytest.raises(ValueError, match="cluster"):
+        Node("")
+    with pytest.raises(ValueError, match="port"):
+        Node(discovery=[], port=70000)
+    with pytest.raises(NotImplementedError, match="mDNS"):
+        Node()
+    with pytest.raises(NotImplementedError, match="secret"):
+        Node(discovery=[], secret="s3cret")
+
+
+async def test_api_rejects_bad_arguments(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    with pytest.raises(ValueError, match="empty"):
+        await a.subscribe("", print)
+    with pytest.raises(ValueError, match="longer than 256"):
+        await a.subscribe("x" * 257, print)
+    with pytest.raises(TypeError, match="str"):
+        await a.subscribe(7, print)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        await a.subscribe("user:x", "not a function")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="meta"):
+        await a.subscribe("user:x", print, meta=["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="meta encodes"):
+        await a.subscribe("user:x", print, meta={"blob": "x" * 5000})
+    with pytest.raises(ValueError, match="unknown receive mode"):
+        await a.send_to("hi", 99, "user:x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown receive mode"):
+        await a.send_to("hi", "BROADCAST", "user:x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="EQ needs a target"):
+        await a.send_to("hi")
+    with pytest.raises(ValueError, match="at least one name"):
+        await a.send_to("hi", ReceiveMode.ANY, [])
+    with pytest.raises(TypeError, match="target"):
+        await a.send_to("hi", ReceiveMode.EQ, 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bad REGEX"):
+        await a.send_to("hi", ReceiveMode.REGEX, "(unclosed")
+    with pytest.raises(TypeError, match="cannot send"):
+        await a.send_to(object(), ReceiveMode.ALL)
+    with pytest.raises(ValueError, match="timeout"):
+        await a.request("svc:x", "hi", timeout=0)
+    with pytest.raises(SmartRouteError):  # every misuse error is one of ours too
+        await a.subscribe("", print)
+
+
+async def test_a_node_not_running_says_so() -> None:
+    node = make_node()
+    with pytest.raises(NodeClosed):
+        await node.send_to("hi", ReceiveMode.ALL)
+    await node.start()
+    await node.close()
+    await node.close()  # idempotent
+    with pytest.raises(NodeClosed):
+        await node.subscribe("user:x", print)
+
+
+# --- delivery and handlers --------------------------------------------------------------------
+
+async def test_sync_and_async_handlers_get_registered_types_across_nodes(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    sync_got: list[Message] = []
+    async_got: list[Message] = []
+
+    async def on_async(msg: Message) -> None:
+        async_got.append(msg)
+
+    await a.subscribe("user:alice", sync_got.append, meta={"nick": "Alice"})
+    await a.subscribe("user:alice", on_async)
+    await b.wait_for("user:alice", count=2)
+    assert [s.meta for s in b.lookup("user:alice")] == [{"nick": "Alice"}, {}]
+
+    body = Envelope(Speak("bob", "hi"), ["x"])
+    assert await b.send_to(body, ReceiveMode.EQ, "user:alice", sender="user:bob") == 2
+    await async_wait_until(lambda: len(sync_got) == 1 and len(async_got) == 1)
+    for msg in (sync_got[0], async_got[0]):
+        assert msg.body == body and isinstance(msg.body.inner, Speak)
+        assert msg.type == "test_node.Envelope"
+        assert (msg.sender, msg.node_id, msg.subscriber) == ("user:bob", b.node_id, "user:alice")
+    assert sync_got[0].id == async_got[0].id
+
+
+async def test_a_failing_handler_is_counted_and_the_node_keeps_serving(
+        pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture) -> None:
+    a, b = pair
+    got: list[Any] = []
+
+    def broken(msg: Message) -> None:
+        raise KeyError("boom")
+
+    await a.subscribe("svc:broken", broken)
+    await a.subscribe("svc:ok", lambda m: got.append(m.body))
+    await b.wait_for("svc:ok")
+    with caplog.at_level(logging.WARNING, logger="smartroute"):
+        await b.send_to("x", ReceiveMode.EQ, "svc:broken")
+        await b.send_to("y", ReceiveMode.EQ, "svc:ok")
+        await async_wait_until(lambda: got == ["y"])
+    assert a.stats()["handler_errors"] == 1
+    assert "handler of 'svc:broken' raised KeyError" in caplog.text
+
+
+async def test_request_reply_local_and_remote(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+
+    async def echo(msg: Message) -> object:
+        return {"echo": msg.body}
+
+    async def explicit(msg: Message) -> str:
+        await msg.reply("first")
+        return "ignored"
+
+    def broken(msg: Message) -> None:
+        raise ValueError("no such thing")
+
+    await a.subscribe("svc:echo", echo)
+    await a.subscribe("svc:explicit", explicit)
+    await a.subscribe("svc:broken", broken)
+    await a.subscribe("svc:silent", lambda m: asyncio.Event().wait())
+    await b.wait_for("svc:silent")
+    for node in (a, b):  # local (same node) and remote
+        assert await node.request("svc:echo", [1, 2]) == {"echo": [1, 2]}
+        assert await node.request("svc:explicit", None) == "first"
+        with pytest.raises(RemoteError, match="ValueError: no such thing") as err:
+            await node.request("svc:broken", None)
+        assert err.value.node_id == a.node_id and err.value.error_type == "ValueError"
+        with pytest.raises(NoSubscriber):
+            await node.request("svc:nobody", None)
+        with pytest.raises(RequestTimeout):
+            await node.request("svc:silent", None, timeout=0.2)
+
+
+async def test_an_async_handler_queue_is_bounded_and_overflow_is_counted() -> None:
+    node = make_node(limits=Limits(handler_queue_size=3))
+    await node.start()
+    try:
+        release = asyncio.Event()
+        seen: list[int] = []
+
+        async def slow(msg: Message) -> None:
+            await release.wait()
+            seen.append(msg.body)  # type: ignore[arg-type]
+
+        sub = await node.subscribe("svc:slow", slow)
+        await node.send_to(0, ReceiveMode.EQ, "svc:slow")
+        await async_wait_until(lambda: sub.queued == 0, what="the handler takes message 0")
+        for i in range(1, 10):
+            await node.send_to(i, ReceiveMode.EQ, "svc:slow")
+        release.set()
+        await async_wait_until(lambda: len(seen) == 4)
+        stats = node.stats()
+        # One message in the handler, three queued, six dropped and counted.
+        assert stats["queue_full"] == 6 and stats["dropped"] >= 6
+        assert seen == [0, 1, 2, 3]
+    finally:
+        await node.close()
+
+
+# --- table questions and events ---------------------------------------------------------------
+
+async def test_wait_for_returns_when_enough_are_known_and_times_out_clearly(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    waiter = asyncio.create_task(b.wait_for("room:7", count=2, timeout=5.0))
+    await a.subscribe("room:7", print)
+    await b.subscribe("room:7", print)
+    found = await waiter
+    assert sorted(s.node_id for s in found) == sorted([a.node_id, b.node_id])
+    with pytest.raises(WaitTimeout, match="2 of 3"):
+        await b.wait_for("room:7", count=3, timeout=0.2)
+
+
+async def test_events_report_peers_and_subscribers_and_end_on_close() -> None:
+    a = make_node()
+    await a.start()
+    events = a.events()
+    b = make_node(a.endpoint)
+    await b.start()
+    await b.subscribe("user:bob", print)
+    seen: list[object] = []
+    async for event in events:
+        seen.append(event)
+        if isinstance(event, SubscriberUp):
+            break
+    assert isinstance(seen[0], PeerUp) and seen[0].peer.node_id == b.node_id
+    assert seen[-1].subscriber.name == "user:bob"  # type: ignore[attr-defined]
+    await b.close()
+    down = await anext(events)
+    assert isinstance(down, PeerDown) and down.reason == "bye"
+    await a.close()
+    # Then bob's subscriber is purged, and the stream ends because the node closed.
+    assert [(type(e).__name__, e.subscriber.name) async for e in events] == [  # type: ignore[union-attr]
+        ("SubscriberDown", "user:bob")]
+
+
+async def test_nodes_of_other_clusters_refuse_each_other_with_a_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    a = make_node(cluster="red")
+    await a.start()
+    b = make_node(a.endpoint, cluster="blue")
+    with caplog.at_level(logging.WARNING, logger="smartroute"):
+        await b.start()
+        try:
+            await async_wait_until(lambda: a.stats()["refused_peers"] >= 1
+                                   and b.stats()["refused_peers"] >= 1, what="refusals")
+            assert a.peers == [] and b.peers == []
+        finally:
+            await b.close()
+            await a.close()
+    assert "cluster 'blue' is not ours ('red')" in caplog.text
+    assert "refused us: cluster 'blue' is not ours ('red')" in caplog.text

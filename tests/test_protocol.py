@@ -1,0 +1,573 @@
+"""protocol.py: several Protocol instances wired together in memory, with a fake clock."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smartroute import wire
+from smartroute.config import Limits, Timings
+from smartroute.events import PeerUp, Subscriber, SubscriberDown, SubscriberUp
+from smartroute.membership import PeerState
+from smartroute.messages import decode_body, encode_body
+from smartroute.modes import ReceiveMode
+from smartroute.protocol import Deliver, ReplyArrived, resolve_endpoint
+from tests.memnet import Host, MemNet, msg
+
+TIMINGS = Timings()
+DEAD_AFTER_S = TIMINGS.dead_after_s
+TICK_S = TIMINGS.tick_interval_s
+
+
+@pytest.fixture
+def net() -> MemNet:
+    return MemNet(timings=TIMINGS)
+
+
+# --- joining --------------------------------------------------------------------------------------
+
+def test_one_hint_is_enough_for_a_handshake(net: MemNet) -> None:
+    a, b = net.add("a"), net.add("b")
+    a.proto.hint(b.endpoint, net.now)
+    net.flush()
+    assert a.peers() == {b.node_id}
+    assert b.peers() == {a.node_id}
+    [up] = a.of(PeerUp)
+    assert (up.peer.node_id, up.peer.endpoint, up.peer.name, up.peer.state) == (
+        b.hex, b.endpoint, "b", "alive")
+    assert b.ups() == [a.hex]
+    # One link each way, nothing left dangling.
+    assert len(a.proto.links) == len(b.proto.links) == 1
+    assert len(net.records(wire.Hello)) == 2
+
+
+def test_hints_from_both_sides_at_once_make_one_link_each_way(net: MemNet) -> None:
+    a, b = net.add("a"), net.add("b")
+    a.proto.hint(b.endpoint, net.now)
+    b.proto.hint(a.endpoint, net.now)
+    net.flush()
+    assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
+    assert len(a.proto.links) == len(b.proto.links) == 1
+    assert a.ups() == [b.hex] and b.ups() == [a.hex]
+
+
+def test_a_hint_for_a_known_peer_or_ourselves_dials_nothing(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    a.proto.hint(b.endpoint, net.now)
+    a.proto.hint(a.endpoint, net.now)
+    assert a.proto.data_to_send().dials == []
+
+
+def test_peer_exchange_joins_the_whole_mesh(net: MemNet) -> None:
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    b.proto.hint(a.endpoint, net.now)
+    net.flush()
+    c.proto.hint(b.endpoint, net.now)  # c only knows b; b only knew a
+    net.flush()
+    assert a.peers() == {b.node_id, c.node_id}
+    assert b.peers() == {a.node_id, c.node_id}
+    assert c.peers() == {a.node_id, b.node_id}
+    for host in (a, b, c):
+        assert len(host.proto.links) == 2, f"{host.name} leaks links"
+
+
+def test_six_nodes_hinted_with_one_seed_at_once_form_a_full_mesh(net: MemNet) -> None:
+    seed = net.add("seed")
+    others = [net.add(f"n{i}") for i in range(5)]
+    for host in others:
+        host.proto.hint(seed.endpoint, net.now)
+    net.flush()
+    everyone = {h.node_id for h in [seed, *others]}
+    for host in [seed, *others]:
+        assert host.peers() == everyone - {host.node_id}, host.name
+        assert len(host.proto.links) == 5
+        assert len(host.ups()) == 5
+
+
+# --- the replicated table -------------------------------------------------------------------------
+
+def test_a_subscription_is_replicated_to_every_peer(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    sub = a.proto.subscribe("user:alice", {"nick": "Alice"}, net.now)
+    net.flush()
+    for host in (b, c):
+        assert host.proto.table.lookup("user:alice") == [
+            Subscriber("user:alice", a.hex, {"nick": "Alice"})]
+        assert SubscriberUp(Subscriber("user:alice", a.hex, {"nick": "Alice"})) in host.events
+    assert a.proto.table.lookup("user:alice") == [
+        Subscriber("user:alice", a.hex, {"nick": "Alice"}, local=True)]
+
+    a.proto.unsubscribe(sub, net.now)
+    net.flush()
+    for host in (a, b, c):
+        assert host.proto.table.lookup("user:alice") == []
+    assert SubscriberDown(Subscriber("user:alice", a.hex, {"nick": "Alice"})) in b.events
+
+
+def test_subscriptions_made_before_and_during_the_handshake_arrive(net: MemNet) -> None:
+    a, b = net.add("a"), net.add("b")
+    a.proto.subscribe("early", {}, net.now)
+    b.proto.subscribe("b-early", {}, net.now)
+    a.proto.hint(b.endpoint, net.now)
+    a.proto.subscribe("during", {}, net.now)  # queued behind the HELLO on the pending dial
+    net.flush()
+    assert b.names_seen("early") == b.names_seen("during") == [a.hex]
+    assert a.names_seen("b-early") == [b.hex]
+    assert b.proto.counters.snapshot_requests == 0
+
+
+def test_a_dropped_delta_is_repaired_by_the_heartbeat_digest(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    net.drop_next(a, b, carrying=wire.Delta)
+    a.proto.subscribe("room:7", {}, net.now)
+    net.flush()
+    assert [(t.src, t.dst, type(r)) for t in net.log if t.dropped for r in t.records] == [
+        ("a", "b", wire.Delta)]
+    assert c.names_seen("room:7") == [a.hex]
+    assert b.names_seen("room:7") == []
+    net.run(TIMINGS.digest_interval_s + 2 * TICK_S)
+    assert b.names_seen("room:7") == [a.hex]
+    assert b.proto.counters.snapshot_requests == 1
+    assert c.proto.counters.snapshot_requests == 0
+
+
+def test_a_delta_after_a_lost_one_asks_a_snapshot_at_once(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    net.drop_next(a, b)
+    a.proto.subscribe("x", {}, net.now)
+    net.flush()
+    a.proto.subscribe("y", {}, net.now)  # version 2 over a replica at 0: a gap
+    net.flush()
+    assert b.names_seen("x") == b.names_seen("y") == [a.hex]
+    assert len(net.records(wire.SnapshotRequest, src=b)) == 1
+
+
+def test_a_lost_snapshot_request_is_asked_again(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    net.drop_next(a, b, carrying=wire.Delta)
+    net.drop_next(b, a, carrying=wire.SnapshotRequest)
+    a.proto.subscribe("room:7", {}, net.now)
+    net.flush()
+    net.run(TIMINGS.digest_interval_s + TIMINGS.snapshot_retry_s + TIMINGS.heartbeat_interval_s)
+    assert b.names_seen("room:7") == [a.hex]
+    assert len(net.records(wire.SnapshotRequest, src=b)) == 2
+    assert len(net.records(wire.Snapshot, src=a)) == 1
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+def test_a_remote_node_gets_one_record_per_send_and_fans_out_locally(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    room = [b.proto.subscribe("room:7", {}, net.now) for _ in range(3)]
+    b.proto.subscribe("room:8", {}, net.now)
+    c.proto.subscribe("room:8", {}, net.now)
+    mine = a.proto.subscribe("room:7", {}, net.now)
+    net.flush()
+
+    plan = a.proto.send(ReceiveMode.EQ, "room:7", msg("room:7", "hello"), net.now)
+    net.flush()
+    assert plan.matches == 4
+    assert plan.local == [mine]
+    assert plan.remote == {b.node_id: None}
+    assert len(net.records(wire.Msg, src=a, dst=b)) == 1
+    assert net.records(wire.Msg, dst=c) == []
+    [deliver] = b.delivered()
+    assert deliver.sub_ids == room
+    assert deliver.origin == a.hex
+    assert decode_body(deliver.msg.body) == "hello"
+    assert c.delivered() == []
+
+
+@pytest.mark.parametrize(("mode", "target", "b_count", "c_count"), [
+    (ReceiveMode.NOT_EQ, "room:7", 1, 1),
+    (ReceiveMode.ALL, None, 3, 1),
+    (ReceiveMode.REGEX, ["^room:", "7$"], 3, 1),
+    (ReceiveMode.EQ, ["room:7", "room:8"], 3, 1),
+])
+def test_every_mode_reaches_exactly_the_matching_remote_subscribers(
+        net: MemNet, mode: ReceiveMode, target: str | list[str] | None, b_count: int,
+        c_count: int) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    for name in ("room:7", "room:7", "room:8"):
+        b.proto.subscribe(name, {}, net.now)
+    c.proto.subscribe("room:8", {}, net.now)
+    net.flush()
+    plan = a.proto.send(mode, target, msg(target, mode=mode), net.now)
+    net.flush()
+    assert plan.matches == b_count + c_count
+    assert [len(d.sub_ids) for d in b.delivered()] == [b_count]
+    assert [len(d.sub_ids) for d in c.delivered()] == [c_count]
+    assert len(net.records(wire.Msg, src=a)) == 2
+
+
+def test_any_reaches_one_subscriber_per_send_balanced_over_nodes(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    on_b = [b.proto.subscribe("svc:echo", {}, net.now) for _ in range(2)]
+    on_c = c.proto.subscribe("svc:echo", {}, net.now)
+    net.flush()
+    for seq in range(6):
+        plan = a.proto.send(ReceiveMode.ANY, "svc:echo",
+                            msg("svc:echo", mode=ReceiveMode.ANY, seq=seq), net.now)
+        assert plan.matches == 1
+        net.flush()
+    got_b = [d.sub_ids for d in b.delivered()]
+    got_c = [d.sub_ids for d in c.delivered()]
+    assert sorted(got_b) == [[on_b[0]], [on_b[0]], [on_b[1]], [on_b[1]]]
+    assert got_c == [[on_c], [on_c]]
+
+
+def test_any_falls_back_when_the_chosen_subscriber_left_in_flight(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    first = b.proto.subscribe("svc", {}, net.now)
+    second = b.proto.subscribe("svc", {}, net.now)
+    net.flush()
+    plan = a.proto.send(ReceiveMode.ANY, "svc", msg("svc", mode=ReceiveMode.ANY), net.now)
+    assert plan.remote == {b.node_id: first}
+    b.proto.unsubscribe(first, net.now)  # a has not heard yet
+    net.flush()
+    assert [d.sub_ids for d in b.delivered()] == [[second]]
+
+
+def test_a_request_gets_its_reply(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    echo = b.proto.subscribe("svc:echo", {}, net.now)
+    net.flush()
+    a.proto.send(ReceiveMode.ANY, "svc:echo",
+                 msg("svc:echo", "ping", mode=ReceiveMode.ANY, request_id=41), net.now)
+    net.flush()
+    [deliver] = b.delivered()
+    assert (deliver.sub_ids, deliver.msg.request_id) == ([echo], 41)
+    reply = wire.Reply(41, wire.ReplyStatus.OK, "str", encode_body("pong"))
+    assert b.proto.reply(deliver.origin, reply, net.now)
+    net.flush()
+    assert a.of(ReplyArrived) == [ReplyArrived(b.hex, reply)]
+
+
+def test_a_request_nobody_takes_any_more_is_answered_no_subscriber(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    sub = b.proto.subscribe("svc:echo", {}, net.now)
+    net.flush()
+    b.proto.unsubscribe(sub, net.now)  # a still believes b has it
+    a.proto.send(ReceiveMode.EQ, "svc:echo", msg("svc:echo", request_id=7), net.now)
+    net.flush()
+    assert b.delivered() == []
+    [arrived] = a.of(ReplyArrived)
+    assert (arrived.origin, arrived.reply.request_id, arrived.reply.status) == (
+        b.hex, 7, wire.ReplyStatus.NO_SUBSCRIBER)
+    assert b.proto.counters.undeliverable_messages == 1
+
+
+def test_a_reply_to_a_gone_node_is_reported_undeliverable(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    a.proto.close(net.now)
+    net.flush()
+    assert not b.proto.reply(a.hex, wire.Reply(1, wire.ReplyStatus.OK, "str", b"\xa0"), net.now)
+
+
+def test_a_dial_nobody_answers_is_given_up_after_connect_timeout_s(net: MemNet) -> None:
+    a = net.add("a")
+    a.proto.hint("tcp://nobody:7000", net.now)
+    net.flush()
+    assert len(a.proto.links) == 1
+    net.run(TIMINGS.connect_timeout_s - TICK_S)
+    assert len(a.proto.links) == 1
+    net.run(2 * TICK_S)
+    assert a.proto.links == {}
+    a.proto.hint("tcp://nobody:7000", net.now)  # a later hint may try again
+    assert len(a.proto.data_to_send().dials) == 1
+
+
+def test_an_unanswered_hello_is_sent_again_after_hello_retry_s(net: MemNet) -> None:
+    a, b = net.add("a"), net.add("b")
+    net.drop_next(a, b, carrying=wire.Hello)
+    a.proto.hint(b.endpoint, net.now)
+    net.run(TIMINGS.hello_retry_s + TICK_S)
+    assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
+
+
+def test_a_node_that_reaches_itself_stops_dialling_that_address(net: MemNet) -> None:
+    a = net.add("a")
+    net.by_endpoint["tcp://10.0.0.1:7000"] = a  # another address of a's own inbox
+    a.proto.hint("tcp://10.0.0.1:7000", net.now)
+    net.flush()
+    assert a.peers() == set()
+    assert a.proto.links == {}
+    a.proto.hint("tcp://10.0.0.1:7000", net.now)
+    assert a.proto.data_to_send().dials == []
+
+
+@pytest.mark.parametrize(("endpoint", "address", "resolved"), [
+    ("tcp://*:7001", "10.0.0.5", "tcp://10.0.0.5:7001"),
+    ("tcp://0.0.0.0:7001", "10.0.0.5", "tcp://10.0.0.5:7001"),
+    ("tcp://[::]:7001", "fe80::1", "tcp://[fe80::1]:7001"),
+    ("tcp://10.0.0.9:7001", "10.0.0.5", "tcp://10.0.0.9:7001"),
+    ("tcp://*:7001", None, "tcp://*:7001"),
+])
+def test_a_wildcard_endpoint_is_resolved_to_the_address_the_peer_was_seen_from(
+        endpoint: str, address: str | None, resolved: str) -> None:
+    assert resolve_endpoint(endpoint, address) == resolved
+
+
+def test_a_peer_advertising_a_wildcard_is_dialled_back_at_its_address(net: MemNet) -> None:
+    a, b = net.add("a", endpoint="tcp://*:7001"), net.add("b")
+    a.proto.hint(b.endpoint, net.now)
+    out = a.proto.data_to_send()
+    [records] = out.sends.values()
+    b.proto.receive(out.dials[0].routing_id, wire.encode_batch(records), net.now,
+                    lambda: "10.0.0.1")
+    assert [p.endpoint for p in b.proto.membership.peers.values()] == ["tcp://10.0.0.1:7001"]
+    assert [d.endpoint for d in b.proto.data_to_send().dials] == ["tcp://10.0.0.1:7001"]
+
+
+# --- refusing -------------------------------------------------------------------------------------
+
+def test_a_node_of_another_cluster_is_refused(net: MemNet) -> None:
+    a, b = net.add("a", cluster="blue"), net.add("b", cluster="green")
+    a.proto.hint(b.endpoint, net.now)
+    net.flush()
+    [refuse] = net.records(wire.Refuse, src=b, dst=a)
+    assert "cluster" in refuse.reason and refuse.echo == b.endpoint
+    assert a.peers() == b.peers() == set()
+    assert a.proto.links == {} and b.proto.links == {}
+    assert a.proto.counters.refused_peers == b.proto.counters.refused_peers == 1
+    assert a.events == b.events == []
+    # The refusal is remembered: no dial storm.
+    a.proto.hint(b.endpoint, net.now + 1)
+    assert a.proto.data_to_send().dials == []
+
+
+def test_a_node_of_another_protocol_version_is_refused(net: MemNet,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = net.add("a"), net.add("b")
+    monkeypatch.setattr(wire, "PROTOCOL_VERSION", wire.PROTOCOL_VERSION + 1)
+    a.proto.hint(b.endpoint, net.now)  # a's HELLO says version 2
+    monkeypatch.undo()
+    net.flush()
+    [refuse] = net.records(wire.Refuse, src=b, dst=a)
+    assert "protocol version" in refuse.reason
+    assert a.peers() == b.peers() == set()
+    assert a.proto.links == {} and b.proto.links == {}
+
+
+def test_nodes_of_two_clusters_hinted_at_each_other_settle_without_peers(net: MemNet) -> None:
+    a, b = net.add("a", cluster="blue"), net.add("b", cluster="green")
+    a.proto.hint(b.endpoint, net.now)
+    b.proto.hint(a.endpoint, net.now)
+    net.flush()
+    net.run(1.0)
+    assert a.peers() == b.peers() == set()
+    assert a.proto.links == {} and b.proto.links == {}
+    assert len(net.log) <= 4
+
+
+# --- liveness -------------------------------------------------------------------------------------
+
+def test_a_silent_node_is_declared_dead_after_dead_after_s(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    c.proto.subscribe("room:7", {}, net.now)
+    net.flush()
+    net.run(1.0)  # a live mesh for a while
+    last_heard = a.proto.membership.peers[c.node_id].last_heard
+    net.crash(c)
+    net.run(last_heard + DEAD_AFTER_S - net.now - TICK_S)
+    assert a.downs() == b.downs() == []
+    assert a.proto.membership.peers[c.node_id].state is PeerState.SUSPECT
+    net.run(2 * TICK_S)
+    assert a.downs() == b.downs() == [(c.hex, "timeout")]
+    for host in (a, b):
+        assert host.peers() == {a.node_id, b.node_id} - {host.node_id}
+        assert host.names_seen("room:7") == []
+        assert SubscriberDown(Subscriber("room:7", c.hex, {})) in host.events
+    assert a.peers() == {b.node_id}  # the living stay connected
+
+
+def test_a_healthy_idle_mesh_has_no_false_deaths(net: MemNet) -> None:
+    hosts = net.mesh("a", "b", "c", "d")
+    net.run(60.0)
+    for host in hosts:
+        assert host.downs() == []
+        assert len(host.peers()) == 3
+        assert all(p.state is PeerState.ALIVE for p in host.proto.membership.peers.values())
+    assert net.records(wire.Heartbeat), "an idle mesh must carry heartbeats"
+
+
+def test_a_node_declared_dead_that_still_talks_to_us_is_reconnected(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    b.proto.subscribe("x", {}, net.now)
+    net.flush()
+    net.cut(b, a)  # b hears a, a no longer hears b
+    net.run(DEAD_AFTER_S + TICK_S)
+    assert a.downs() == [(b.hex, "timeout")]
+    assert b.downs() == []
+    net.heal(b, a)
+    net.run(TIMINGS.heartbeat_interval_s + TICK_S)  # b's next heartbeat reaches a
+    assert a.peers() == {b.node_id}
+    assert a.names_seen("x") == [b.hex]
+    assert a.ups() == [b.hex, b.hex]
+
+
+def test_nodes_that_timed_each_other_out_reconnect_on_the_next_hint(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    b.proto.subscribe("x", {}, net.now)
+    net.flush()
+    b.up = False  # b is paused (a laptop lid, a stopped VM): no ticks, nothing received
+    net.run(DEAD_AFTER_S + TICK_S)
+    b.up = True
+    net.run(TICK_S)  # b's first tick after the pause: a has been silent too long
+    assert a.downs() == [(b.hex, "timeout")] and b.downs() == [(a.hex, "timeout")]
+    b.proto.hint(a.endpoint, net.now)  # static discovery hints its seeds again
+    net.flush()
+    assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
+    assert a.names_seen("x") == [b.hex]
+
+
+def test_two_nodes_split_by_a_healed_partition_rejoin_the_full_mesh(net: MemNet) -> None:
+    seed, a, b = net.mesh("seed", "a", "b")
+    net.cut(a, b)
+    net.cut(b, a)
+    net.run(DEAD_AFTER_S + TICK_S)
+    assert a.downs() == [(b.hex, "timeout")] and b.downs() == [(a.hex, "timeout")]
+    net.heal(a, b)
+    net.heal(b, a)
+    for _ in range(10):  # static discovery keeps hinting the seed; it is known, so nothing
+        a.proto.hint(seed.endpoint, net.now)
+        b.proto.hint(seed.endpoint, net.now)
+        net.run(1.0)
+    assert a.peers() == {seed.node_id, b.node_id}
+    assert b.peers() == {seed.node_id, a.node_id}
+
+
+def test_bye_removes_the_node_at_once(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    a.proto.subscribe("user:alice", {}, net.now)
+    net.flush()
+    a.proto.close(net.now)
+    net.flush()
+    for host in (b, c):
+        assert host.downs() == [(a.hex, "bye")]
+        assert host.peers() == {b.node_id, c.node_id} - {host.node_id}
+        assert host.names_seen("user:alice") == []
+    assert a.proto.links == {}
+    assert len(net.records(wire.Bye, src=a)) == 2
+    net.run(DEAD_AFTER_S * 2)
+    assert b.downs() == [(a.hex, "bye")]  # no second PeerDown for it
+
+
+def test_a_restart_on_the_same_endpoint_replaces_the_old_node_at_once(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    a.proto.subscribe("user:alice", {}, net.now)
+    net.flush()
+    net.crash(a)
+    a2 = net.add("a2", endpoint=a.endpoint)  # new process: new node id and incarnation
+    a2.proto.hint(b.endpoint, net.now)
+    net.flush()
+    assert b.downs() == [(a.hex, "replaced")]
+    assert b.ups() == [a.hex, a2.hex]
+    assert b.peers() == {a2.node_id}
+    assert b.names_seen("user:alice") == []
+    assert a2.peers() == {b.node_id}
+    assert len(b.proto.links) == 1
+
+
+def test_a_new_incarnation_of_a_node_replaces_the_old_one_at_once(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    a.proto.subscribe("old", {}, net.now)
+    net.flush()
+    net.crash(a)
+    a2 = net.add("a2", endpoint=a.endpoint, node_id=a.node_id,
+                 incarnation=a.proto.incarnation + 1)
+    a2.proto.subscribe("new", {}, net.now)
+    a2.proto.hint(b.endpoint, net.now)
+    net.flush()
+    assert b.downs() == [(a.hex, "replaced")]
+    [_, up] = b.of(PeerUp)
+    assert up.peer.incarnation == a2.proto.incarnation
+    assert b.names_seen("old") == []
+    assert b.names_seen("new") == [a.hex]
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+GARBAGE = [b"", b"\xc1", b"\x01", b"\x91\xc1", msgpack.packb({"not": "a batch"}),
+           wire.encode_batch([b"\x93\x07\x01"])]  # truncated record inside a batch header
+
+
+def _state(host: Host) -> tuple[object, ...]:
+    proto = host.proto
+    return (host.peers(), proto.table.size(), proto.table.version, dict(proto.links))
+
+
+def test_garbage_frames_only_increment_counters(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    b.proto.subscribe("x", {}, net.now)
+    net.flush()
+    before = _state(b)
+    routing_id = a.node_id + b"\x00\x00\x00\x01"
+    for payload in GARBAGE:
+        b.proto.receive(routing_id, payload, net.now)
+    counters = b.proto.counters
+    assert counters.malformed_frames == len(GARBAGE)
+    assert _state(b) == before
+    assert not b.proto.has_output()
+    assert b.proto.events_received() == []
+
+
+def test_garbage_records_in_a_valid_batch_are_counted_and_skipped(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    sub = b.proto.subscribe("x", {}, net.now)
+    net.flush()
+    routing_id = a.node_id + b"\x00\x00\x00\x01"
+    bad = [msgpack.packb([99]), msgpack.packb("x"), msgpack.packb([int(wire.Kind.DELTA), 1])]
+    good = wire.encode_msg(msg("x"))
+    b.proto.receive(routing_id, wire.encode_batch([*bad, good]), net.now)
+    assert b.proto.counters.malformed_records == 3
+    assert [d.sub_ids for d in b.proto.events_received() if type(d) is Deliver] == [[sub]]
+
+
+def test_records_from_a_stranger_are_counted_and_ignored(net: MemNet) -> None:
+    _, b = net.mesh("a", "b")
+    before = _state(b)
+    stranger = b"\x77" * 16 + b"\x00\x00\x00\x01"
+    b.proto.receive(stranger, wire.encode_batch([
+        wire.encode_msg(msg("x")), wire.encode_delta(wire.Delta(1, 1, 1, "x", {})),
+        wire.SNAPSHOT_REQUEST, wire.encode_heartbeat(1, 5), wire.BYE]), net.now)
+    assert b.proto.counters.unknown_sender_records == 5
+    assert _state(b) == before
+    assert not b.proto.has_output()
+
+
+def test_a_hello_claiming_another_node_id_is_dropped(net: MemNet) -> None:
+    a, b = net.add("a"), net.add("b")
+    hello = wire.Hello(wire.PROTOCOL_VERSION, "test", b"\x55" * 16, 1, "tcp://evil:1", "evil",
+                       False, b.endpoint, "", 0, [])
+    b.proto.receive(a.node_id + b"\x00\x00\x00\x01", wire.encode_batch([wire.encode_hello(hello)]),
+                    net.now)
+    assert b.peers() == set()
+    assert b.proto.counters.malformed_records == 1
+    assert not b.proto.has_output()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.binary(max_size=256), known=st.booleans())
+def test_random_payloads_never_raise_nor_change_the_mesh(payload: bytes, known: bool) -> None:
+    net = MemNet()
+    a, b = net.mesh("a", "b")
+    b.proto.subscribe("x", {}, net.now)
+    net.flush()
+    before = _state(b)
+    frames = b.proto.counters.frames_received
+    sender = a.node_id if known else b"\x77" * 16
+    b.proto.receive(sender + b"\x00\x00\x00\x01", payload, net.now)
+    assert b.proto.counters.frames_received == frames + 1
+    assert _state(b) == before
+    assert not [e for e in b.proto.events_received() if type(e) is not Deliver]
+
+
+def test_a_frame_over_the_size_limit_is_counted_and_dropped() -> None:
+    net = MemNet(limits=Limits(max_frame_bytes=1024))
+    a, b = net.mesh("a", "b")
+    b.proto.receive(a.node_id + b"\x00\x00\x00\x01",
+                    wire.encode_batch([wire.encode_msg(msg("x", "y" * 2000))]), net.now)
+    assert b.proto.counters.malformed_frames == 1
