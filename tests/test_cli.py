@@ -1,0 +1,65 @@
+"""The ``smartroute node`` command, as a real process."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from smartroute.testing import wait_until
+
+from .conftest import Spawn
+
+pytestmark = pytest.mark.processes
+
+
+def test_smartroute_node_prints_the_mesh_and_leaves_with_a_bye(spawn: Spawn) -> None:
+    a = spawn(cluster="cli")
+    a.call("subscribe", name="user:alice", meta={"nick": "Alice"})
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "smartroute.cli", "node", "--cluster", "cli", "--host",
+         "127.0.0.1", "--seed", a.endpoint, "--subscribe", "user:zed", "--name", "cli-node"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+
+    def read() -> None:
+        assert cli.stdout is not None
+        for line in cli.stdout:
+            lines.put(line.rstrip())
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def printed(text: str) -> bool:
+        while not lines.empty():
+            seen.append(lines.get())
+        return any(text in line for line in seen)
+
+    try:
+        wait_until(lambda: printed("peer up"), what="peer up printed")
+        wait_until(lambda: printed("subscribe    user:alice"), what="alice printed")
+        assert printed("{'nick': 'Alice'}")
+        a.call("wait_for", name="user:zed")
+        assert a.call("send_to", body="hello cli", target="user:zed", sender="user:alice") == 1
+        wait_until(lambda: printed("message      to user:zed from user:alice: 'hello cli'"),
+                   what="message printed")
+        os.kill(cli.pid, signal.SIGTERM)
+        assert cli.wait(10) == 0
+        assert printed("closed")
+    finally:
+        if cli.poll() is None:
+            os.kill(cli.pid, signal.SIGKILL)
+            cli.wait()
+    assert [e for e in a.call("events") if e["event"] == "PeerDown"][0]["reason"] == "bye"
+
+
+def test_smartroute_node_without_seeds_explains_that_mdns_is_not_there_yet() -> None:
+    result = subprocess.run([sys.executable, "-m", "smartroute.cli", "node"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "mDNS discovery is not available yet" in result.stderr
