@@ -55,7 +55,10 @@ def test_smartroute_node_prints_the_mesh_and_leaves_with_a_bye(spawn: Spawn) -> 
         if cli.poll() is None:
             os.kill(cli.pid, signal.SIGKILL)
             cli.wait()
-    assert [e for e in a.call("events") if e["event"] == "PeerDown"][0]["reason"] == "bye"
+    downs: list[dict[str, str]] = []
+    wait_until(lambda: downs.extend(e for e in a.call("events") if e["event"] == "PeerDown")
+               or downs, what="the BYE of the command's node")
+    assert [d["reason"] for d in downs] == ["bye"]
 
 
 def test_smartroute_node_without_seeds_explains_that_mdns_is_not_there_yet() -> None:
