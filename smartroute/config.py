@@ -75,14 +75,19 @@ MAX_TARGET_NAMES = 10_000
 MAX_PATTERN_LENGTH = 512
 """Longest REGEX target pattern, in characters."""
 
-MAX_PEERS = 1024
-"""Most peers one PEERS record may list, and most peers a node keeps."""
+MAX_PEERS = 512
+"""Most peers a node keeps (and lists in one PEERS record). Each peer costs a ZeroMQ socket and
+a node opens at most ``2 * MAX_PEERS + 64`` (ZeroMQ's own default cap is 1023)."""
 
 REGEX_CACHE_SIZE = 1024
 """Compiled patterns kept; patterns arrive from the network, so the cache is bounded."""
 
-SEND_QUEUE_MESSAGES = 100_000
-"""ZeroMQ high-water mark per link, in batches; past it the batch is dropped and counted."""
+SEND_QUEUE_MESSAGES = 10_000
+"""ZeroMQ send high-water mark per link, in batches; past it the batch is dropped and counted."""
+
+RECEIVE_QUEUE_MESSAGES = 10_000
+"""ZeroMQ receive high-water mark per peer connection, in batches: a node that cannot keep up
+stops reading, so the sender's link fills and the sender drops and counts."""
 
 HANDLER_QUEUE_SIZE = 10_000
 """Messages waiting for one async handler; past it new messages are dropped and counted."""
@@ -147,6 +152,7 @@ class Limits:
     max_peers: int = MAX_PEERS
     regex_cache_size: int = REGEX_CACHE_SIZE
     send_queue_messages: int = SEND_QUEUE_MESSAGES
+    receive_queue_messages: int = RECEIVE_QUEUE_MESSAGES
     handler_queue_size: int = HANDLER_QUEUE_SIZE
     event_queue_size: int = EVENT_QUEUE_SIZE
 

@@ -38,7 +38,9 @@ class PeerUp:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PeerDown:
-    """A peer left: ``reason`` is ``"bye"``, ``"timeout"`` or ``"replaced"``."""
+    """A peer left: ``reason`` is ``"bye"`` (it closed), ``"timeout"`` (silent for
+    ``dead_after_s``), ``"replaced"`` (a new incarnation or a new node on its endpoint) or
+    ``"refused"`` (it refused us: another cluster or protocol version)."""
 
     peer: PeerInfo
     reason: str

@@ -55,6 +55,10 @@ class Peer:
     last_heard: float
     last_sent: float
     last_digest: float
+    snapshot_sent_at: float = float("-inf")
+    """When we last answered its SNAPSHOT_REQUEST, to bound how often."""
+    hello_sent_at: float = float("-inf")
+    """When we last answered its HELLO with ours, to bound how often."""
 
     @property
     def hex(self) -> str:

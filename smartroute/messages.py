@@ -136,10 +136,11 @@ class _RecordHook:
             return dict(fields)
         try:
             return cls(**fields)
-        except TypeError as exc:
-            # The sender's class has other fields than ours (a version skew): keep the data.
-            _quiet.warning(f"skew:{name}", "message type %r does not match local class: %s",
-                           name, exc)
+        except Exception as exc:
+            # Other fields than ours (a version skew), or our __post_init__ refuses the values:
+            # the data still arrives, as the plain fields, and the user code decides.
+            _quiet.warning(f"skew:{name}", "message type %r does not fit the local class: %s: %s",
+                           name, type(exc).__name__, exc)
             return dict(fields)
 
 

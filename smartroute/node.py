@@ -15,6 +15,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -94,10 +95,16 @@ class Subscription:
             return
         self.closed = True
         self.node._unsubscribe(self)
-        for worker in self._workers:
+        # A handler may close its own subscription: its worker must not wait for itself.
+        current = asyncio.current_task()
+        others = [worker for worker in self._workers if worker is not current]
+        for worker in others:
             worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._queue.clear()
+        await asyncio.gather(*others, return_exceptions=True)
+        while self._queue:
+            msg = self._queue.popleft()
+            if msg._replier is not None:  # a waiting requester learns at once, not at timeout
+                self.node._reply_later(msg, NodeClosed("the subscriber closed"), error=True)
 
     def _offer(self, msg: Message) -> bool:
         if len(self._queue) >= self.node.limits.handler_queue_size:
@@ -108,7 +115,7 @@ class Subscription:
 
     async def _work(self) -> None:
         queue = self._queue
-        while True:
+        while not self.closed:
             if not queue:
                 self._ready.clear()
                 await self._ready.wait()
@@ -206,6 +213,13 @@ class Node:
         self.limits = limits if limits is not None else Limits()
         self.host = host
         self.port = port
+        if advertise is not None:
+            if not isinstance(advertise, str) or not advertise:
+                raise UsageError("advertise is a host or a 'tcp://host:port' endpoint")
+            if advertise.startswith("tcp://"):
+                parse_endpoint(advertise)
+            elif "/" in advertise:
+                raise UsageError(f"advertise is a host or a 'tcp://host:port', not {advertise!r}")
         self.advertise = advertise
         self.interfaces = list(interfaces) if interfaces is not None else None
         self.name = name if name is not None else f"{socket.gethostname()}:{os.getpid()}"
@@ -224,7 +238,10 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: dict[int, Subscription] = {}
         self._requests: dict[int, _Request] = {}
-        self._request_ids = itertools.count(1)
+        # Random start: a reply meant for an earlier process on the same endpoint cannot
+        # resolve one of our requests.
+        self._request_ids = itertools.count(random.getrandbits(62))
+        self._handler_tasks: set[asyncio.Future[None]] = set()
         self._seq = itertools.count(1)
         self._streams: set[EventStream] = set()
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
@@ -266,13 +283,22 @@ class Node:
             raise UsageError("this node was already started; make a new Node to restart")
         self._loop = asyncio.get_running_loop()
         self._context = zmq.Context()
-        self._inbox = Inbox(self._context, max_frame_bytes=self.limits.max_frame_bytes)
+        self._context.set(zmq.MAX_SOCKETS, 2 * self.limits.max_peers + 64)
+        self._inbox = Inbox(self._context, max_frame_bytes=self.limits.max_frame_bytes,
+                            receive_queue=self.limits.receive_queue_messages)
         try:
             bound = self._inbox.bind(self.host, self.port)
         except zmq.ZMQError as exc:
-            self._inbox.close()
-            self._context.term()
+            self._context.destroy(linger=0)
             raise OSError(f"cannot bind {self.host}:{self.port}: {exc}") from exc
+        try:
+            await self._start_bound(bound)
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def _start_bound(self, bound: str) -> None:
+        assert self._inbox is not None and self._context is not None
         bound_host, bound_port = parse_endpoint(bound)
         self.port = bound_port
         wire_endpoint, self.endpoint = self._endpoints(bound_host, bound_port)
@@ -287,6 +313,8 @@ class Node:
             asyncio.create_task(self._inbox.run(self._received, self._pump), name="smartroute-rx"),
             asyncio.create_task(self._tick(), name="smartroute-timers"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_task_ended)
         _log.info("%s: node %r of cluster %r listening at %s", self.node_id[:8], self.name,
                   self.cluster, self.endpoint)
         _log.info("%s: no secret: links are neither encrypted nor authenticated",
@@ -318,6 +346,12 @@ class Node:
         await self._discovery.close()
         protocol.close(self._now())
         self._pump()
+        await self._stop()
+        _log.info("%s: node closed", self.node_id[:8])
+
+    async def _stop(self) -> None:
+        """Release everything ``start`` took, whatever state it got to."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -331,13 +365,17 @@ class Node:
                 waiter.set_exception(NodeClosed("the node closed"))
         for stream in list(self._streams):
             stream._close()
-        assert self._inbox is not None and self._links is not None and self._context is not None
-        self._inbox.close()
-        self._links.close()
-        # Waits up to close_linger_s for the BYEs to leave: not on the loop thread.
-        linger_ms = int(self.timings.close_linger_s * 1000)
-        await asyncio.get_running_loop().run_in_executor(None, self._context.destroy, linger_ms)
-        _log.info("%s: node closed", self.node_id[:8])
+        for pending in list(self._handler_tasks):
+            pending.cancel()
+        if self._inbox is not None:
+            self._inbox.close()
+        if self._links is not None:
+            self._links.close()
+        if self._context is not None:
+            # Waits up to close_linger_s for the BYEs to leave: not on the loop thread.
+            linger_ms = int(self.timings.close_linger_s * 1000)
+            await asyncio.get_running_loop().run_in_executor(None, self._context.destroy,
+                                                             linger_ms)
 
     @property
     def running(self) -> bool:
@@ -562,11 +600,14 @@ class Node:
                 raise UsageError(f"{mode.name} needs at least one name in target")
         else:
             raise TypeError(f"target must be a str or a list of str, not {type(target).__name__}")
-        for item in names:
-            self._check_name(item, "target")
         if mode is ReceiveMode.REGEX:
             for pattern in names:
-                self._core().router.pattern(pattern)
+                if not isinstance(pattern, str):
+                    raise TypeError(f"a REGEX pattern is a str, not {type(pattern).__name__}")
+                self._core().router.pattern(pattern)  # checks length and syntax
+        else:
+            for item in names:
+                self._check_name(item, "target")
         return mode, target if isinstance(target, str) else names
 
     # --- carrying out what the core decided -----------------------------------------------------
@@ -582,8 +623,14 @@ class Node:
             await asyncio.sleep(interval)
             core = self._protocol
             assert core is not None
-            core.tick(self._now())
-            self._pump()
+            try:
+                core.tick(self._now())
+                self._pump()
+            except Exception:
+                # A timer must never stop: heartbeats and death detection live here.
+                self._stats["internal_errors"] += 1
+                _log.exception("%s: internal error in the timers (node keeps running)",
+                               self.node_id[:8])
 
     def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
         core = self._protocol
@@ -650,10 +697,13 @@ class Node:
         mode = ReceiveMode(msg.mode)
         msg_id = f"{event.origin}-{msg.seq}"
         request_id = msg.request_id
-        for sub_id in event.sub_ids:
-            sub = self._subs.get(sub_id)
-            if sub is None:
-                continue
+        subs = [sub for sub in map(self._subs.get, event.sub_ids) if sub is not None]
+        if not subs:  # they closed since the core planned the delivery
+            self._stats["dropped"] += 1
+            if request_id is not None:
+                self._send_reply(event.origin, request_id, None, error=False, nobody=True)
+            return
+        for sub in subs:
             replier = (self._remote_replier(event.origin, request_id)
                        if request_id is not None else None)
             self._deliver(sub, Message(
@@ -682,13 +732,24 @@ class Node:
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(self._finish(sub, msg, result))
-            task.add_done_callback(_discard_result)
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_task_done)
         elif msg._replier is not None:
             self._reply_later(msg, result, error=False)
+
+    def _handler_task_done(self, task: asyncio.Future[None]) -> None:
+        self._handler_tasks.discard(task)
+        _discard_result(task)
 
     async def _finish(self, sub: Subscription, msg: Message, result: Awaitable[Any]) -> None:
         try:
             value = await result
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled (the subscription or node closes)
+            self._handler_failed(sub, msg, exc)  # the handler's own CancelledError
+            return
         except Exception as exc:
             self._handler_failed(sub, msg, exc)
             return
@@ -698,7 +759,7 @@ class Node:
     async def _run_async_handler(self, sub: Subscription, msg: Message) -> None:
         await self._finish(sub, msg, sub.handler(msg))
 
-    def _handler_failed(self, sub: Subscription, msg: Message, exc: Exception) -> None:
+    def _handler_failed(self, sub: Subscription, msg: Message, exc: BaseException) -> None:
         self._stats["handler_errors"] += 1
         self._quiet.warning(f"handler:{sub.name}:{type(exc).__name__}",
                             "%s: handler of %r raised %s: %s", self.node_id[:8], sub.name,
@@ -736,11 +797,14 @@ class Node:
                 self._send_reply(origin, request_id, value, error=False)
         return reply
 
-    def _send_reply(self, origin: str, request_id: int, value: object, *, error: bool) -> None:
+    def _send_reply(self, origin: str, request_id: int, value: object, *, error: bool,
+                    nobody: bool = False) -> None:
         core = self._protocol
         if core is None or self._closed:
             return
-        if error:
+        if nobody:
+            reply = wire.Reply(request_id, wire.ReplyStatus.NO_SUBSCRIBER, "", b"")
+        elif error:
             reply = wire.Reply(request_id, wire.ReplyStatus.ERROR, _error_type(value),
                                _describe(value).encode())
         else:
@@ -788,6 +852,12 @@ def _error_type(exc: object) -> str:
 
 def _describe(exc: object) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _task_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("smartroute task %s died: the node no longer works", task.get_name(),
+                   exc_info=task.exception())
 
 
 def _discard_result(task: asyncio.Future[Any]) -> None:

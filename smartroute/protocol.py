@@ -36,6 +36,9 @@ _log = logging.getLogger("smartroute.protocol")
 _LINK_NUMBER = struct.Struct(">I")
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 
+REFUSALS_PER_S = 10
+"""Most REFUSE records sent per second (each needs a short-lived link of its own)."""
+
 
 class Dial(NamedTuple):
     """Open link ``link`` to ``endpoint``, identifying ourselves with ``routing_id``."""
@@ -135,12 +138,16 @@ class Protocol:
             max_frame_bytes=limits.max_frame_bytes, max_table_entries=limits.max_table_entries,
             max_peers=limits.max_peers, max_target_names=limits.max_target_names,
             max_name_length=max(limits.max_name_length, 1024),
+            max_meta_bytes=limits.max_meta_bytes,
         )
         self.counters = Counters()
         self.links: dict[int, Link] = {}
         self._next_link = 1
         self._self_endpoints = {endpoint}
         self._refused: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._refusal_window = (0.0, 0)
+        self._aliases: dict[str, bytes] = {}
+        """Other endpoints (a seed's host name, a service address) that reach a peer."""
         self._recently_dead: collections.OrderedDict[bytes, tuple[str, float]] = (
             collections.OrderedDict()
         )
@@ -178,6 +185,8 @@ class Protocol:
         if any(link.endpoint == endpoint for link in self.links.values()):
             return
         if self.membership.by_endpoint(endpoint) is not None:
+            return
+        if self._aliases.get(endpoint) in self.membership.peers:
             return
         if self._refused_recently(endpoint, now):
             return
@@ -294,8 +303,10 @@ class Protocol:
                 self._events.extend(self.table.replace(peer.node_id, snap.incarnation,
                                                        snap.version, snap.entries))
         elif kind is wire.SnapshotRequest:
-            snapshot = wire.Snapshot(self.incarnation, self.table.version, self.table.snapshot())
-            self._send_peer(peer, wire.encode_snapshot(snapshot), now)
+            if self._may_send_table(peer, "snapshot_sent_at", now):
+                snapshot = wire.Snapshot(self.incarnation, self.table.version,
+                                         self.table.snapshot())
+                self._send_peer(peer, wire.encode_snapshot(snapshot), now)
         elif kind is wire.Peers:
             self._on_peers(record, now)  # type: ignore[arg-type]
         elif kind is wire.Bye:
@@ -324,7 +335,8 @@ class Protocol:
             peer = self.membership.peers[node_id]
             self._events.extend(self.table.replace(node_id, hello.incarnation, hello.version,
                                                    hello.entries))
-            if not hello.reply:
+            self._adopt_aliases(peer, hello)
+            if not hello.reply and self._may_send_table(peer, "hello_sent_at", now):
                 self._send_peer(peer, self._hello(reply=True, via=self.links[peer.link].endpoint,
                                                   echo=hello.via), now)
             return
@@ -345,9 +357,30 @@ class Protocol:
         self._events.append(PeerUp(peer.info()))
         self._events.extend(self.table.replace(node_id, hello.incarnation, hello.version,
                                                hello.entries))
+        self._adopt_aliases(peer, hello)
         if not hello.reply:
+            peer.hello_sent_at = now
             self._send_peer(peer, self._hello(reply=True, via=link.endpoint, echo=hello.via), now)
         self._send_peers(peer, now)
+
+    def _adopt_aliases(self, peer: Peer, hello: wire.Hello) -> None:
+        """A reply naming a dial of ours that is not the peer's link: both dials reached the
+        same node (a seed by another name, dials crossing). Keep one link, remember the name."""
+        if not hello.reply or not hello.echo:
+            return
+        for link in list(self.links.values()):
+            if link.peer is None and not link.one_shot and link.endpoint == hello.echo:
+                self._hang_up(link.id)
+                if len(self._aliases) < self.limits.max_peers:
+                    self._aliases[hello.echo] = peer.node_id
+
+    def _may_send_table(self, peer: Peer, last: str, now: float) -> bool:
+        """Whole tables answer one peer's HELLOs, and its SNAPSHOT_REQUESTs, at most every
+        ``snapshot_retry_s / 4`` each: a request is two bytes, the answer may be megabytes."""
+        if now - getattr(peer, last) < self.timings.snapshot_retry_s / 4:
+            return False
+        setattr(peer, last, now)
+        return True
 
     def _send_peers(self, peer: Peer, now: float) -> None:
         """Tell ``peer`` every other peer we know (peer exchange)."""
@@ -366,10 +399,13 @@ class Protocol:
         return None
 
     def _found_self(self, via: str) -> None:
-        """A HELLO of ours came back: ``via`` is one of our own addresses; stop dialling it."""
-        self._self_endpoints.add(via)
+        """A HELLO of ours came back: ``via`` is one of our own addresses; stop dialling it.
+
+        Only a ``via`` we are dialling counts: a forged HELLO must not make us shun a peer.
+        """
         for link in list(self.links.values()):
-            if link.endpoint == via and link.peer is None:
+            if link.endpoint == via and link.peer is None and not link.one_shot:
+                self._self_endpoints.add(via)
                 self._hang_up(link.id)
 
     def _incompatibility(self, hello: wire.Hello) -> str | None:
@@ -384,7 +420,7 @@ class Protocol:
         self.counters.refused_peers += 1
         self._quiet.warning(f"refuse:{endpoint}", "%s: refusing node %s at %s: %s",
                             self.hex[:8], node_id.hex()[:8], endpoint, reason)
-        if hello.reply or self._refused_recently(endpoint, now):
+        if hello.reply or self._refused_recently(endpoint, now) or not self._refusal_allowed(now):
             return
         self._refused[endpoint] = now
         if len(self._refused) > self.limits.max_peers:
@@ -405,6 +441,15 @@ class Protocol:
         peer = self.membership.peers.get(node_id)
         if peer is not None:
             self._forget(peer, "refused", now)
+
+    def _refusal_allowed(self, now: float) -> bool:
+        """At most ``REFUSALS_PER_S`` dial-backs to refused nodes: each costs a socket, and a
+        stranger can claim any number of endpoints."""
+        start, count = self._refusal_window
+        if now - start >= 1.0:
+            start, count = now, 0
+        self._refusal_window = (start, count + 1)
+        return count < REFUSALS_PER_S
 
     def _refused_recently(self, endpoint: str, now: float) -> bool:
         when = self._refused.get(endpoint)
@@ -435,6 +480,15 @@ class Protocol:
                 self.hint(endpoint, now)
 
     def _on_delta(self, peer: Peer, delta: wire.Delta, now: float) -> None:
+        replica = self.table.replicas.get(peer.node_id)
+        if (replica is not None and delta.name is not None
+                and delta.sub_id not in replica.entries
+                and len(replica.entries) >= self.limits.max_table_entries):
+            self.counters.malformed_records += 1
+            self._quiet.warning(f"table-full:{peer.hex}", "%s: %s has over %d subscribers: "
+                                "dropped a delta", self.hex[:8], peer.hex[:8],
+                                self.limits.max_table_entries)
+            return
         outcome, events = self.table.apply_delta(peer.node_id, delta)
         self._events.extend(events)
         if outcome is DeltaOutcome.GAP:
@@ -568,6 +622,8 @@ class Protocol:
         """Remove a peer, its link and its subscribers; remember it a while for reconnection."""
         self.membership.remove(peer.node_id)
         self._hang_up(peer.link)
+        for alias in [a for a, node in self._aliases.items() if node == peer.node_id]:
+            del self._aliases[alias]
         events: list[TableEvent] = self.table.purge(peer.node_id)
         self._events.append(PeerDown(peer.info(), reason))
         self._events.extend(events)

@@ -26,6 +26,9 @@ NODE_ID_BYTES = 16
 MAX_MAP_ITEMS = 4096
 """Most items of one map in an envelope (meta dicts are the only maps there)."""
 
+MAX_ENDPOINT_LENGTH = 300
+"""Longest endpoint accepted from a peer: ``tcp://`` plus a DNS name (253) plus a port."""
+
 Meta = dict[str, Any]
 Entry = tuple[int, str, Meta]
 """One subscriber of a table: ``(sub_id, name, meta)``."""
@@ -220,7 +223,7 @@ class Decoder:
     """Decodes batches from the network under fixed limits into validated records."""
 
     def __init__(self, *, max_frame_bytes: int, max_table_entries: int, max_peers: int,
-                 max_target_names: int, max_name_length: int) -> None:
+                 max_target_names: int, max_name_length: int, max_meta_bytes: int) -> None:
         self._unpack_options: dict[str, Any] = {
             "max_str_len": max_frame_bytes,
             "max_bin_len": max_frame_bytes,
@@ -234,6 +237,7 @@ class Decoder:
         self.max_peers = max_peers
         self.max_target_names = max_target_names
         self.max_name_length = max_name_length
+        self.max_meta_bytes = max_meta_bytes
 
     def batch(self, payload: bytes | memoryview) -> list[Any]:
         """Split a batch into raw records; raises ``RemoteProtocolError`` if it is not one."""
@@ -271,7 +275,7 @@ class Decoder:
         _check(type(cluster) is str and len(cluster) <= self.max_name_length, "cluster")
         _check(_is_node_id(node_id), "node id")
         _check(_is_uint(inc), "incarnation")
-        _check(type(endpoint) is str and len(endpoint) <= self.max_name_length, "endpoint")
+        _check(self._is_endpoint(endpoint), "endpoint")
         _check(type(name) is str and len(name) <= self.max_name_length, "name")
         _check(type(reply) is bool, "reply")
         _check(type(via) is str and len(via) <= self.max_name_length, "via")
@@ -295,7 +299,7 @@ class Decoder:
             _check(type(item) is list and len(item) == 2, "peer")
             node_id, endpoint = item
             _check(_is_node_id(node_id), "peer node id")
-            _check(type(endpoint) is str and len(endpoint) <= self.max_name_length, "endpoint")
+            _check(self._is_endpoint(endpoint), "endpoint")
             peers.append((node_id, endpoint))
         return Peers(peers)
 
@@ -307,7 +311,7 @@ class Decoder:
             _check(meta is None, "removal meta")
         else:
             _check(self._is_name(name), "name")
-            _check(type(meta) is dict, "meta")
+            _check(self._is_meta(meta), "meta")
         return Delta(inc, version, sub_id, name, meta)
 
     def _snapshot_request(self, raw: list[Any]) -> SnapshotRequest:
@@ -361,12 +365,26 @@ class Decoder:
         for entry in entries:
             _check(type(entry) is list and len(entry) == 3, "entry")
             sub_id, name, meta = entry
-            _check(_is_uint(sub_id) and self._is_name(name) and type(meta) is dict, "entry")
+            _check(_is_uint(sub_id) and self._is_name(name) and self._is_meta(meta), "entry")
             out.append((sub_id, name, meta))
         return out
 
     def _is_name(self, name: Any) -> bool:
         return type(name) is str and 0 < len(name) <= self.max_name_length
+
+    def _is_meta(self, meta: Any) -> bool:
+        # Meta is replicated to every node: hold peers to the limit our own API enforces.
+        return type(meta) is dict and (
+            not meta or len(msgpack.packb(meta)) <= self.max_meta_bytes)
+
+    def _is_endpoint(self, endpoint: Any) -> bool:
+        # Only TCP endpoints are dialled: an ipc:// or inproc:// one from a peer is refused.
+        if type(endpoint) is not str or len(endpoint) > MAX_ENDPOINT_LENGTH:
+            return False
+        if not endpoint.startswith("tcp://"):
+            return False
+        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+        return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
     _decoders: ClassVar[dict[int, Callable[[Decoder, list[Any]], Record]]] = {
         Kind.HELLO: _hello,

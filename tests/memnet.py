@@ -98,7 +98,8 @@ class MemNet:
         self._decoder = wire.Decoder(
             max_frame_bytes=self.limits.max_frame_bytes,
             max_table_entries=self.limits.max_table_entries, max_peers=self.limits.max_peers,
-            max_target_names=self.limits.max_target_names, max_name_length=1024)
+            max_target_names=self.limits.max_target_names, max_name_length=1024,
+            max_meta_bytes=self.limits.max_meta_bytes)
 
     # --- hosts -----------------------------------------------------------------------------------
 

@@ -294,3 +294,20 @@ async def test_replying_to_a_plain_message_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         await msg.reply("pong")
     assert "svc:echo" in repr(msg) and "ANY" in repr(msg)
+
+
+@message("test_messages.Validated")
+@dataclasses.dataclass
+class Validated:
+    amount: int
+
+    def __post_init__(self) -> None:
+        if self.amount < 0:
+            raise LookupError("negative amount")  # any exception, not only TypeError
+
+
+def test_a_record_our_class_refuses_arrives_as_its_fields() -> None:
+    # The sender's class accepted it (an older version); ours raises in __post_init__.
+    data = msgpack.packb(msgpack.ExtType(EXT_RECORD, msgpack.packb(
+        ["test_messages.Validated", {"amount": -5}])))
+    assert decode_body(data) == {"amount": -5}

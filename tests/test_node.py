@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import zmq
 
 from smartroute import (
     Limits,
@@ -25,6 +26,7 @@ from smartroute import (
     SubscriberUp,
     WaitTimeout,
     message,
+    wire,
 )
 from smartroute.testing import FAST_TIMINGS, async_wait_until
 
@@ -279,3 +281,89 @@ async def test_nodes_of_other_clusters_refuse_each_other_with_a_log_line(
             await a.close()
     assert "cluster 'blue' is not ours ('red')" in caplog.text
     assert "refused us: cluster 'blue' is not ours ('red')" in caplog.text
+
+
+# --- found in review ----------------------------------------------------------------------------
+
+async def test_a_handler_may_close_its_own_subscription() -> None:
+    node = make_node()
+    await node.start()
+    try:
+        closed: list[bool] = []
+
+        async def leave(msg: Message) -> None:
+            await sub.close()
+            closed.append(sub.closed)
+
+        sub = await node.subscribe("svc:once", leave)
+        await node.send_to("x", ReceiveMode.EQ, "svc:once")
+        await async_wait_until(lambda: closed == [True], timeout=2.0, what="handler closed it")
+        assert await node.send_to("y", ReceiveMode.EQ, "svc:once") == 0
+    finally:
+        await node.close()
+
+
+async def test_a_handler_raising_cancelled_error_does_not_kill_its_subscription() -> None:
+    node = make_node()
+    await node.start()
+    try:
+        handled: list[object] = []
+
+        async def handler(msg: Message) -> None:
+            handled.append(msg.body)
+            if msg.body == "boom":
+                raise asyncio.CancelledError  # e.g. it awaited something that was cancelled
+
+        await node.subscribe("svc:x", handler)
+        await node.send_to("boom", ReceiveMode.EQ, "svc:x")
+        await node.send_to("after", ReceiveMode.EQ, "svc:x")
+        await async_wait_until(lambda: handled == ["boom", "after"], what="both handled")
+        assert node.stats()["handler_errors"] == 1
+    finally:
+        await node.close()
+
+
+async def test_a_failed_start_releases_the_port() -> None:
+    class Broken:
+        async def start(self, hint: Any) -> None:
+            raise RuntimeError("discovery failed")
+
+        async def close(self) -> None:
+            pass
+
+    first = Node("unit", discovery=Broken(), host="127.0.0.1")
+    with pytest.raises(RuntimeError, match="discovery failed"):
+        await first.start()
+    second = make_node(port=first.port)
+    await second.start()  # the port is free again
+    try:
+        assert second.endpoint == first.endpoint
+    finally:
+        await second.close()
+
+
+async def test_a_flood_of_refused_hellos_leaves_the_node_serving() -> None:
+    a = make_node()
+    await a.start()
+    ctx = zmq.Context()
+    try:
+        stranger = b"\x42" * 16
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, stranger + b"\0\0\0\1")
+        sock.connect(a.endpoint)
+        flood = [wire.encode_hello(wire.Hello(
+            wire.PROTOCOL_VERSION, "other", stranger, 1, f"tcp://127.0.0.1:{10000 + i}", "x",
+            False, "", "", 0, [])) for i in range(1100)]
+        sock.send(wire.encode_batch(flood))
+        await async_wait_until(lambda: a.stats()["refused_peers"] == 1100, what="flood handled")
+        b = make_node(a.endpoint)
+        await b.start()
+        try:
+            await async_wait_until(lambda: len(a.peers) == 1 and len(b.peers) == 1,
+                                   what="a still meets b")
+        finally:
+            await b.close()
+    finally:
+        ctx.destroy(linger=0)
+        await a.close()

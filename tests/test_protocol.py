@@ -13,7 +13,7 @@ from smartroute.events import PeerUp, Subscriber, SubscriberDown, SubscriberUp
 from smartroute.membership import PeerState
 from smartroute.messages import decode_body, encode_body
 from smartroute.modes import ReceiveMode
-from smartroute.protocol import Deliver, ReplyArrived, resolve_endpoint
+from smartroute.protocol import REFUSALS_PER_S, Deliver, ReplyArrived, resolve_endpoint
 from tests.memnet import Host, MemNet, msg
 
 TIMINGS = Timings()
@@ -571,3 +571,70 @@ def test_a_frame_over_the_size_limit_is_counted_and_dropped() -> None:
     b.proto.receive(a.node_id + b"\x00\x00\x00\x01",
                     wire.encode_batch([wire.encode_msg(msg("x", "y" * 2000))]), net.now)
     assert b.proto.counters.malformed_frames == 1
+
+
+# --- found in review: abuse and churn --------------------------------------------------------
+
+def _hello_from(node_id: bytes, *, cluster: str = "test", endpoint: str = "tcp://x:1",
+                via: str = "") -> bytes:
+    return wire.encode_hello(wire.Hello(wire.PROTOCOL_VERSION, cluster, node_id, 1, endpoint,
+                                        "evil", False, via, "", 0, []))
+
+
+def test_a_seed_alias_dialled_while_the_peer_dials_us_settles_on_one_link(net: MemNet) -> None:
+    a, b = net.add("a"), net.add("b")
+    net.by_endpoint["tcp://alias-of-b:7000"] = b  # a DNS name or service address of b
+    a.proto.hint("tcp://alias-of-b:7000", net.now)
+    b.proto.hint(a.endpoint, net.now)  # both dial at once
+    net.flush()
+    assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
+    hellos = len(net.records(wire.Hello))
+    for _ in range(10):  # static discovery hints the seed every second
+        a.proto.hint("tcp://alias-of-b:7000", net.now)
+        net.run(1.0)
+    assert len(net.records(wire.Hello)) == hellos  # no re-dial churn
+    assert len(a.proto.links) == 1
+
+
+def test_a_flood_of_refused_hellos_dials_back_only_a_few(net: MemNet) -> None:
+    a = net.add("a")
+    stranger = b"\x42" * 16
+    flood = [_hello_from(stranger, cluster="other", endpoint=f"tcp://h{i}:1") for i in range(1100)]
+    a.proto.receive(stranger + b"\0\0\0\1", wire.encode_batch(flood), net.now)
+    dials = a.proto.data_to_send().dials
+    assert len(dials) == REFUSALS_PER_S
+    assert a.proto.counters.refused_peers == 1100
+    assert a.proto.links == {}  # every refusal link is hung up at once
+
+
+def test_a_forged_hello_with_our_id_does_not_make_us_shun_a_peer(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    a.proto.receive(a.node_id + b"\0\0\0\x09", wire.encode_batch(
+        [_hello_from(a.node_id, via=b.endpoint)]), net.now)
+    net.crash(b)
+    net.run(DEAD_AFTER_S + TICK_S)
+    b2 = net.add("b2", endpoint=b.endpoint)  # a new node where b was
+    a.proto.hint(b2.endpoint, net.now)
+    net.run(TIMINGS.hello_retry_s + TICK_S)  # a keeps dialling that address: it is not ours
+    assert a.peers() == {b2.node_id}
+
+
+def test_deltas_cannot_grow_a_replica_past_max_table_entries() -> None:
+    net = MemNet(limits=Limits(max_table_entries=3))
+    a, b = net.mesh("a", "b")
+    for i in range(10):
+        a.proto.subscribe(f"n{i}", {}, net.now)
+    net.flush()
+    assert len(b.proto.table.replicas[a.node_id].entries) == 3
+    assert b.proto.counters.malformed_records >= 7
+
+
+def test_a_burst_of_snapshot_requests_gets_one_snapshot(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    for i in range(50):
+        b.proto.subscribe(f"n{i}", {}, net.now)
+    net.flush()
+    b.proto.receive(a.node_id + b"\0\0\0\1", wire.encode_batch([wire.SNAPSHOT_REQUEST] * 1000),
+                    net.now)
+    sent = [r for records in b.proto.data_to_send().sends.values() for r in records]
+    assert sum(1 for r in sent if msgpack.unpackb(r)[0] == wire.Kind.SNAPSHOT) == 1

@@ -19,9 +19,10 @@ INC = 2**64 - 1  # incarnations are microseconds: the whole uint64 range must tr
 
 DECODER = wire.Decoder(max_frame_bytes=Limits().max_frame_bytes,
                        max_table_entries=Limits().max_table_entries, max_peers=Limits().max_peers,
-                       max_target_names=Limits().max_target_names, max_name_length=1024)
+                       max_target_names=Limits().max_target_names, max_name_length=1024,
+                       max_meta_bytes=Limits().max_meta_bytes)
 SMALL = wire.Decoder(max_frame_bytes=4096, max_table_entries=4, max_peers=2, max_target_names=3,
-                     max_name_length=8)
+                     max_name_length=8, max_meta_bytes=64)
 
 HELLO = wire.Hello(wire.PROTOCOL_VERSION, "chat", A, INC, "tcp://10.0.0.1:7001", "web-1", True,
                    "tcp://10.0.0.2:7001", "tcp://10.0.0.1:7001", 3,
@@ -173,8 +174,8 @@ def test_bad_node_ids_are_rejected_in_hello_and_peers(node_id: Any) -> None:
 
 def test_a_node_id_with_a_zero_byte_after_the_first_is_fine() -> None:
     node_id = b"\x01" + b"\x00" * 15
-    assert decode_all(wire.encode_batch([wire.encode_peers([(node_id, "e")])])) == [
-        wire.Peers([(node_id, "e")])]
+    assert decode_all(wire.encode_batch([wire.encode_peers([(node_id, "tcp://e:1")])])) == [
+        wire.Peers([(node_id, "tcp://e:1")])]
 
 
 def test_removal_delta_carries_no_meta_and_names_are_not_empty() -> None:
@@ -193,14 +194,15 @@ def accept(raw: Any, decoder: wire.Decoder = DECODER) -> wire.Record:
     return record
 
 
-SMALL_HELLO = HELLO._replace(cluster="c", endpoint="e", name="n", via="v", echo="", entries=[])
+SMALL_HELLO = HELLO._replace(cluster="c", endpoint="tcp://e:1", name="n", via="v", echo="",
+                             entries=[])
 
 
 @pytest.mark.parametrize(("make", "limit"), [
     (lambda n: wire.encode_snapshot(wire.Snapshot(1, 1, [(i, "n", {}) for i in range(n)])), 4),
     (lambda n: wire.encode_hello(SMALL_HELLO._replace(entries=[(i, "n", {}) for i in range(n)])),
      4),
-    (lambda n: wire.encode_peers([(bytes([i + 1]) * 16, "e") for i in range(n)]), 2),
+    (lambda n: wire.encode_peers([(bytes([i + 1]) * 16, "tcp://e:1") for i in range(n)]), 2),
     (lambda n: wire.encode_msg(MSG_ALL._replace(mode=0, target=["t"] * n)), 3),
 ], ids=["snapshot-entries", "hello-entries", "peers", "msg-targets"])
 def test_over_limit_arrays_are_rejected(make: Any, limit: int) -> None:
@@ -219,21 +221,42 @@ def test_an_array_over_the_unpacker_limit_fails_the_whole_frame() -> None:
     lambda s: wire.encode_snapshot(wire.Snapshot(1, 1, [(1, s, {})])),
     lambda s: wire.encode_hello(SMALL_HELLO._replace(entries=[(1, s, {})])),
     lambda s: wire.encode_hello(SMALL_HELLO._replace(cluster=s)),
-    lambda s: wire.encode_hello(SMALL_HELLO._replace(endpoint=s)),
     lambda s: wire.encode_hello(SMALL_HELLO._replace(name=s)),
     lambda s: wire.encode_hello(SMALL_HELLO._replace(via=s)),
     lambda s: wire.encode_hello(SMALL_HELLO._replace(echo=s)),
-    lambda s: wire.encode_peers([(A, s)]),
     lambda s: wire.encode_refuse(wire.Refuse("no", s)),
     lambda s: wire.encode_msg(MSG_ALL._replace(sender=s)),
     lambda s: wire.encode_msg(MSG_ALL._replace(type=s)),
     lambda s: wire.encode_reply(REPLY._replace(type=s)),
-], ids=["delta-name", "snapshot-name", "hello-entry-name", "hello-cluster", "hello-endpoint",
-        "hello-name", "hello-via", "hello-echo", "peers-endpoint", "refuse-echo", "msg-sender",
+], ids=["delta-name", "snapshot-name", "hello-entry-name", "hello-cluster",
+        "hello-name", "hello-via", "hello-echo", "refuse-echo", "msg-sender",
         "msg-type", "reply-type"])
 def test_over_limit_strings_are_rejected(make: Any) -> None:
     accept(raw_of(make("x" * 8)), SMALL)  # SMALL names are at most 8 characters
     reject(raw_of(make("x" * 9)), SMALL)
+
+
+@pytest.mark.parametrize("endpoint", [
+    "", "e", "tcp://", "tcp://host", "tcp://host:", "tcp://host:0", "tcp://host:65536",
+    "tcp://:7001", "ipc:///tmp/sock", "inproc://x", "tcp://h:1x",
+    "tcp://" + "h" * wire.MAX_ENDPOINT_LENGTH + ":7001",
+])
+def test_peers_are_only_dialled_at_tcp_endpoints(endpoint: str) -> None:
+    reject(raw_of(wire.encode_hello(SMALL_HELLO._replace(endpoint=endpoint))))
+    reject(raw_of(wire.encode_peers([(A, endpoint)])))
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://10.0.0.1:7001", "tcp://*:7001", "tcp://[::1]:1",
+                                      "tcp://node-7.lan:65535"])
+def test_tcp_endpoints_are_accepted(endpoint: str) -> None:
+    accept(raw_of(wire.encode_hello(SMALL_HELLO._replace(endpoint=endpoint))))
+    accept(raw_of(wire.encode_peers([(A, endpoint)])))
+
+
+def test_peer_meta_over_the_limit_is_rejected() -> None:
+    accept(raw_of(wire.encode_delta(wire.Delta(1, 1, 1, "n", {"k": "v" * 50}))), SMALL)
+    reject(raw_of(wire.encode_delta(wire.Delta(1, 1, 1, "n", {"k": "v" * 70}))), SMALL)
+    reject(raw_of(wire.encode_snapshot(wire.Snapshot(1, 1, [(1, "n", {"k": "v" * 70})]))), SMALL)
 
 
 def test_a_refusal_reason_is_at_most_1024_characters() -> None:

@@ -2,8 +2,9 @@
 
 The core decides what to send; this module only moves batches. Receiving drains the ROUTER
 without awaiting between messages (one await per burst, not per message), and sending is a
-non-blocking ``send`` on a DEALER: a link whose queue is full drops the batch and counts it
-(``ZMQ_SNDHWM`` bounds every queue), it never blocks the loop.
+non-blocking ``send`` on a DEALER: a link whose queue is full drops the batch and counts it,
+it never blocks the loop. ``ZMQ_SNDHWM`` bounds each link and ``ZMQ_RCVHWM`` each incoming
+connection, so a receiver that falls behind pushes back to its senders instead of growing.
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ Received = Callable[[bytes, zmq.Frame], None]
 class Inbox:
     """The node's ROUTER: every peer's batches arrive here."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, max_frame_bytes: int) -> None:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, max_frame_bytes: int,
+                 receive_queue: int) -> None:
         sock: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # A peer whose TCP connection broke reconnects with the same routing id; without
         # handover the ROUTER would refuse the new connection while the stale one lingers.
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, receive_queue)
         self._sock = sock
         self.dropped = 0
+        self.errors = 0
 
     def bind(self, host: str, port: int) -> str:
         """Bind and return the bound endpoint, with the real port when ``port`` was 0."""
@@ -76,9 +79,9 @@ class Inbox:
                     if len(frames) != 2:
                         self.dropped += 1
                         continue
-                    received(frames[0].bytes, frames[1])
+                    self._guard(received, frames[0].bytes, frames[1])
                 if burst:
-                    after_burst()
+                    self._guard(after_burst)
                 if burst == RECEIVE_BURST:
                     await asyncio.sleep(0)  # more is waiting: let other tasks run first
                     continue
@@ -88,6 +91,14 @@ class Inbox:
                 await readable.wait()
         finally:
             loop.remove_reader(fd)
+
+    def _guard(self, call: Callable[..., None], *args: object) -> None:
+        # Nothing one message does may stop the inbox: the node would go deaf for good.
+        try:
+            call(*args)
+        except Exception:
+            self.errors += 1
+            _log.exception("internal error while handling received data (node keeps running)")
 
     def close(self) -> None:
         """Close the socket (pending input is dropped)."""
@@ -111,8 +122,13 @@ class Links:
         self.dropped_batches = 0
 
     def dial(self, link: int, endpoint: str, routing_id: bytes) -> None:
-        """Open a DEALER to ``endpoint``; batches queue until the connection is up."""
-        sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        """Open a DEALER to ``endpoint``; batches queue until the connection is up. A link that
+        cannot be opened (bad endpoint, no socket left) is logged and its batches dropped."""
+        try:
+            sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:
+            self._quiet.warning("socket", "cannot open a link to %s: %s", endpoint, exc)
+            return
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
         sock.setsockopt(zmq.SNDHWM, self._send_queue)
