@@ -310,7 +310,7 @@ class Node:
         )
         self._protocol.hint_self(self.endpoint)
         self._tasks = [
-            asyncio.create_task(self._inbox.run(self._received, self._pump), name="smartroute-rx"),
+            asyncio.create_task(self._inbox.run(self._received), name="smartroute-rx"),
             asyncio.create_task(self._tick(), name="smartroute-timers"),
         ]
         for task in self._tasks:
@@ -636,6 +636,7 @@ class Node:
         core = self._protocol
         assert core is not None
         core.receive(routing_id, frame.buffer, self._now(), lambda: _peer_address(frame))
+        self._pump()
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled:

@@ -325,3 +325,19 @@ def test_garbage_frames_leave_the_node_serving(spawn: Spawn) -> None:
     assert [d["body"] for d in deliveries(mesh.a, 1)] == ["still there?"]
     mesh.c.call("subscribe", name="user:carol")
     mesh.a.call("wait_for", name="user:carol")
+
+
+def test_a_flooded_node_is_not_declared_dead_and_loses_nothing(spawn: Spawn) -> None:
+    """300,000 messages as fast as one core sends them, default timings: the receiver is busy
+    for longer than the dead timeout, keeps heartbeating, and every message arrives."""
+    a = spawn(cluster=CLUSTER)
+    b = spawn(cluster=CLUSTER, seeds=[a.endpoint])
+    a.call("subscribe", name="sink", reply="count")
+    b.call("wait_for", name="sink")
+    assert b.call("flood", target="sink", count=300_000, per_turn=500,
+                  answer_within_s=60) == 300_000
+    wait_until(lambda: a.call("counts")["sink"] == 300_000, timeout=60,
+               what="every message delivered")
+    for node in (a, b):
+        assert [e for e in node.call("events") if e["event"] == "PeerDown"] == []
+        assert node.call("stats")["dropped"] == 0

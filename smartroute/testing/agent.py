@@ -31,6 +31,7 @@ class Agent:
         self.subs: dict[int, Subscription] = {}
         self.next_sub = 1
         self.received: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
 
     async def watch_events(self) -> None:
@@ -65,8 +66,17 @@ class Agent:
     async def run(self, op: str, args: dict[str, Any]) -> Any:
         node = self.node
         if op == "subscribe":
-            sub = await node.subscribe(args["name"], self.handler(args.get("reply")),
-                                       args.get("meta"))
+            if args.get("reply") == "count":  # a sync handler that only counts (for floods)
+                name = args["name"]
+                self.counts.setdefault(name, 0)
+
+                def count(msg: Message) -> None:
+                    self.counts[name] += 1
+
+                handler: Any = count
+            else:
+                handler = self.handler(args.get("reply"))
+            sub = await node.subscribe(args["name"], handler, args.get("meta"))
             key = self.next_sub
             self.next_sub += 1
             self.subs[key] = sub
@@ -81,6 +91,18 @@ class Agent:
             return await node.request(args.get("target"), args.get("body"),
                                       mode=ReceiveMode[args.get("mode", "ANY")],
                                       timeout=args.get("timeout", 5.0))
+        if op == "counts":
+            return self.counts
+        if op == "flood":
+            # send `count` bodies of `size` bytes, yielding to the loop every `per_turn`
+            body = b"x" * args.get("size", 100)
+            per_turn = args.get("per_turn", 500)
+            mode = ReceiveMode[args.get("mode", "EQ")]
+            for i in range(args["count"]):
+                await node.send_to(body, mode, args.get("target"))
+                if i % per_turn == per_turn - 1:
+                    await asyncio.sleep(0)
+            return args["count"]
         if op == "received":
             received, self.received = self.received, []
             return received
