@@ -162,13 +162,12 @@ def decode_body(data: bytes) -> object:
 class Message:
     """One delivery of a ``send_to`` to one subscriber."""
 
-    __slots__ = ("_replier", "body", "id", "mode", "node_id", "sender", "subscriber", "target",
+    __slots__ = ("_replier", "_seq", "body", "mode", "node_id", "sender", "subscriber", "target",
                  "type")
 
     def __init__(
         self,
-        *,
-        id: str,
+        seq: int,
         body: object,
         type: str,
         mode: ReceiveMode,
@@ -178,8 +177,8 @@ class Message:
         subscriber: str,
         replier: Callable[[object], Awaitable[None]] | None = None,
     ) -> None:
-        self.id = id
-        """Unique per origin node start: ``"<node_id>-<sequence>"``."""
+        # Positional on purpose: one is built per delivery, on the hot path.
+        self._seq = seq
         self.body = body
         """The body, rebuilt as the registered class where the type is known here."""
         self.type = type
@@ -193,6 +192,11 @@ class Message:
         self.subscriber = subscriber
         """Name of the local subscription this delivery is for."""
         self._replier = replier
+
+    @property
+    def id(self) -> str:
+        """Unique per origin node: ``"<node_id>-<sequence>"``."""
+        return f"{self.node_id}-{self._seq}"
 
     @property
     def is_request(self) -> bool:

@@ -51,6 +51,9 @@ Handler = Callable[[Message], Any]
 """A subscriber's handler: ``def f(msg)`` or ``async def f(msg)``; its return value answers a
 request."""
 
+_MODES = tuple(ReceiveMode)
+"""Modes by wire value (the decoder checked the range): faster than ``ReceiveMode(n)``."""
+
 MAX_CLUSTER_LENGTH = 128
 """Longest cluster name, in characters."""
 
@@ -445,15 +448,12 @@ class Node:
             self._schedule_pump()
         if plan.local:
             replier = self._local_replier(request_id) if request_id is not None else None
-            msg_id = f"{self.node_id}-{seq}"
+            subs = self._subs
             for sub_id in plan.local:
-                sub = self._subs.get(sub_id)
+                sub = subs.get(sub_id)
                 if sub is not None:
-                    self._deliver(sub, Message(
-                        id=msg_id, body=body, type=type_name, mode=mode, target=target,
-                        sender=sender, node_id=self.node_id, subscriber=sub.name,
-                        replier=replier,
-                    ))
+                    self._deliver(sub, Message(seq, body, type_name, mode, target, sender,
+                                               self.node_id, sub.name, replier))
         return plan
 
     async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,
@@ -478,7 +478,8 @@ class Node:
             # Each remote node answers, or says it has nobody left (then we stop waiting early).
             request.remaining = len(plan.remote) + (1 if plan.local else 0)
             try:
-                return await asyncio.wait_for(future, timeout)
+                async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                    return await future
             except TimeoutError:
                 raise RequestTimeout(
                     f"no reply from {target!r} within {timeout} s") from None
@@ -574,6 +575,9 @@ class Node:
         return dict(meta)
 
     def _check_target(self, mode: object, target: object) -> tuple[ReceiveMode, Target]:
+        if (type(target) is str and type(mode) is ReceiveMode and mode is not ReceiveMode.REGEX
+                and 0 < len(target) <= self.limits.max_name_length):
+            return mode, target  # the common case: one valid name
         if not isinstance(mode, ReceiveMode):
             if isinstance(mode, int) and not isinstance(mode, bool):
                 try:
@@ -695,8 +699,7 @@ class Node:
             if msg.request_id is not None:
                 self._send_reply(event.origin, msg.request_id, exc, error=True)
             return
-        mode = ReceiveMode(msg.mode)
-        msg_id = f"{event.origin}-{msg.seq}"
+        mode = _MODES[msg.mode]
         request_id = msg.request_id
         subs = [sub for sub in map(self._subs.get, event.sub_ids) if sub is not None]
         if not subs:  # they closed since the core planned the delivery
@@ -707,10 +710,8 @@ class Node:
         for sub in subs:
             replier = (self._remote_replier(event.origin, request_id)
                        if request_id is not None else None)
-            self._deliver(sub, Message(
-                id=msg_id, body=body, type=msg.type, mode=mode, target=msg.target,
-                sender=msg.sender, node_id=event.origin, subscriber=sub.name, replier=replier,
-            ))
+            self._deliver(sub, Message(msg.seq, body, msg.type, mode, msg.target, msg.sender,
+                                       event.origin, sub.name, replier))
 
     def _deliver(self, sub: Subscription, msg: Message) -> None:
         if sub.is_async:
@@ -731,7 +732,7 @@ class Node:
         except Exception as exc:
             self._handler_failed(sub, msg, exc)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             task = asyncio.ensure_future(self._finish(sub, msg, result))
             self._handler_tasks.add(task)
             task.add_done_callback(self._handler_task_done)

@@ -81,6 +81,8 @@ class Router:
             count = len(table.local) + sum(len(r.entries) for r in table.replicas.values())
             return Plan(count, list(table.local), remote_all)
         if mode is ReceiveMode.EQ:
+            if type(target) is str:
+                return self._plan_one(target)
             names: Iterable[str] = dict.fromkeys(_as_list(target))
         else:
             names = self.names_matching(mode, target, list(table.names()))
@@ -102,6 +104,19 @@ class Router:
         if len(local) > 1 and mode is not ReceiveMode.EQ:
             local.sort()
         return Plan(count, local, remote)
+
+    def _plan_one(self, name: str) -> Plan:
+        """EQ to one name: the most common send, without building a name list."""
+        table = self._table
+        local = table.local_by_name.get(name)
+        by_node = table.remote_by_name.get(name)
+        count = len(local) if local else 0
+        remote: dict[bytes, int | None] = {}
+        if by_node:
+            for node, subs in by_node.items():
+                remote[node] = None
+                count += len(subs)
+        return Plan(count, list(local) if local else [], remote)
 
     def _plan_any(self, names: list[str]) -> Plan:
         table = self._table

@@ -268,8 +268,12 @@ def test_mutated_bodies_decode_or_raise_remote_protocol_error(
 # --- Message ------------------------------------------------------------------------------------
 
 def make_message(replier: Any = None) -> Message:
-    return Message(id="ab-1", body="ping", type="str", mode=ReceiveMode.ANY, target="svc:echo",
-                   sender=None, node_id="ab", subscriber="svc:echo", replier=replier)
+    return Message(1, "ping", "str", ReceiveMode.ANY, "svc:echo", None, "ab", "svc:echo",
+                   replier)
+
+
+def test_a_message_id_is_the_origin_node_and_its_sequence() -> None:
+    assert make_message().id == "ab-1"
 
 
 async def test_a_request_is_answered_once() -> None:
