@@ -2,6 +2,9 @@
 
 ``smartroute node``: run a node and print membership and subscriber events as they happen,
 until Ctrl-C or SIGTERM (then it says BYE to its peers and exits).
+
+``smartroute peers``: join the cluster as a node with no subscribers, print a table of the
+nodes it meets (``--watch``: again every second until Ctrl-C), and leave with a BYE.
 """
 
 from __future__ import annotations
@@ -35,19 +38,24 @@ def describe(event: Event) -> str:
     return f"unsubscribe  {event.subscriber.name}  on {where}"
 
 
-async def run_node(args: argparse.Namespace) -> int:
-    """Run one node until interrupted; print events to stdout."""
+def _make_node(args: argparse.Namespace) -> Node:
     discovery: list[str] | str = args.seed if args.seed else "mdns"
-    try:
-        node = Node(args.cluster, discovery=discovery, host=args.host, port=args.port,
-                    name=args.name)
-    except NotImplementedError as exc:
-        print(f"smartroute: {exc}", file=sys.stderr)
-        return 2
+    return Node(args.cluster, discovery=discovery, host=args.host, port=args.port,
+                name=args.name, interfaces=args.interface or None)
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_node(args: argparse.Namespace) -> int:
+    """Run one node until interrupted; print events to stdout."""
+    node = _make_node(args)
+    stop = _stop_on_signals()
     async with node:
         print(f"node {node.node_id} of cluster {node.cluster!r} at {node.endpoint}", flush=True)
         events = node.events()
@@ -72,25 +80,78 @@ async def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def peer_table(node: Node) -> str:
+    """The table ``smartroute peers`` prints: one line per node met, with its subscriber count."""
+    counts: dict[str, int] = {}
+    for sub in node.subscribers():
+        counts[sub.node_id] = counts.get(sub.node_id, 0) + 1
+    rows = [("CLUSTER", "NODE ID", "NAME", "ENDPOINT", "SUBSCRIBERS", "STATE")]
+    for peer in sorted(node.peers, key=lambda p: (p.name, p.node_id)):
+        rows.append((node.cluster, peer.node_id[:12], peer.name, peer.endpoint,
+                     str(counts.get(peer.node_id, 0)), peer.state))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
+
+
+async def run_peers(args: argparse.Namespace) -> int:
+    """Meet the cluster, print who is there; with ``--watch`` repeat until interrupted."""
+    node = _make_node(args)
+    stop = _stop_on_signals()
+    async with node:
+        # mDNS answers in milliseconds; then HELLOs and tables take a few round trips.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.wait)
+        while True:
+            print(peer_table(node), flush=True)
+            if not args.watch or stop.is_set():
+                break
+            print(flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+    return 0
+
+
+WATCH_INTERVAL_S = 1.0
+"""How often ``smartroute peers --watch`` prints the table again."""
+
+
+def _add_mesh_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default="smartroute",
+                        help="cluster name (default: %(default)s)")
+    parser.add_argument("--seed", action="append", default=[], metavar="ENDPOINT",
+                        help="seed endpoint tcp://host:port (repeatable); without seeds: mDNS")
+    parser.add_argument("--interface", action="append", default=[], metavar="IP",
+                        help="use mDNS only on the interface with this IPv4 address "
+                             "(repeatable; default: all interfaces)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (default: any free)")
+    parser.add_argument("--name", default=None, help="a name shown to peers")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smartroute`` console script."""
     parser = argparse.ArgumentParser(prog="smartroute", description="smartroute mesh tools")
     parser.add_argument("--version", action="version", version=f"smartroute {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     node = commands.add_parser("node", help="run a node and print mesh events")
-    node.add_argument("--cluster", default="smartroute", help="cluster name (default: %(default)s)")
-    node.add_argument("--seed", action="append", default=[], metavar="ENDPOINT",
-                      help="seed endpoint tcp://host:port (repeatable); without seeds: mDNS")
-    node.add_argument("--host", default="0.0.0.0", help="address to bind (default: %(default)s)")
-    node.add_argument("--port", type=int, default=0, help="port to bind (default: any free)")
-    node.add_argument("--name", default=None, help="a name shown to peers")
+    _add_mesh_options(node)
     node.add_argument("--subscribe", action="append", default=[], metavar="NAME",
                       help="subscribe NAME and print what it receives (repeatable)")
-    node.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    peers = commands.add_parser("peers", help="print the nodes of a cluster")
+    _add_mesh_options(peers)
+    peers.add_argument("--watch", action="store_true", help="print the table every second")
+    peers.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                       help="how long to listen before the first table (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return asyncio.run(run_node(args))
+    try:
+        return asyncio.run(run_node(args) if args.command == "node" else run_peers(args))
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"smartroute: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

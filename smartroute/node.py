@@ -27,7 +27,14 @@ import zmq
 
 from . import wire
 from .config import Limits, Timings
-from .discovery import Discovery, StaticDiscovery, parse_endpoint
+from .discovery import (
+    CombinedDiscovery,
+    Discovery,
+    LocalNode,
+    MdnsDiscovery,
+    StaticDiscovery,
+    parse_endpoint,
+)
 from .errors import (
     NodeClosed,
     NoSubscriber,
@@ -257,16 +264,17 @@ class Node:
     def _make_discovery(self, discovery: str | Sequence[str] | Discovery) -> Discovery:
         if isinstance(discovery, str):
             if discovery == "mdns":
-                raise NotImplementedError(
-                    "mDNS discovery is not available yet; pass seed endpoints instead, "
-                    "e.g. Node(discovery=['tcp://127.0.0.1:7001'])"
-                )
-            raise UsageError(f"discovery is 'mdns', a list of seed endpoints or a Discovery, "
-                             f"not {discovery!r}")
+                return MdnsDiscovery(interfaces=self.interfaces)
+            raise UsageError(f"discovery is 'mdns', a list of seed endpoints (which may include "
+                             f"'mdns') or a Discovery, not {discovery!r}")
         if isinstance(discovery, Discovery):
             return discovery
         if isinstance(discovery, Sequence):
-            return StaticDiscovery(list(discovery), retry_s=self.timings.seed_retry_s)
+            seeds = [seed for seed in discovery if seed != "mdns"]
+            static = StaticDiscovery(seeds, retry_s=self.timings.seed_retry_s)
+            if len(seeds) == len(discovery):
+                return static
+            return CombinedDiscovery([MdnsDiscovery(interfaces=self.interfaces), static])
         raise TypeError(f"discovery is 'mdns', a list of seed endpoints or a Discovery, "
                         f"not {type(discovery).__name__}")
 
@@ -322,7 +330,18 @@ class Node:
                   self.cluster, self.endpoint)
         _log.info("%s: no secret: links are neither encrypted nor authenticated",
                   self.node_id[:8])
-        await self._discovery.start(self._hint)
+        await self._discovery.start(self._hint, LocalNode(
+            self.cluster, self.node_id, self.port, self.name, self._announced(bound_host)))
+
+    def _announced(self, bound_host: str) -> tuple[str, ...]:
+        """The addresses discovery should announce (empty: those of its interfaces)."""
+        if self.advertise is not None:
+            host = parse_endpoint(self.advertise)[0] if self.advertise.startswith("tcp://") \
+                else self.advertise
+            return (host,)
+        if bound_host not in ("0.0.0.0", "*", "::"):
+            return (bound_host,)
+        return ()
 
     def _endpoints(self, bound_host: str, port: int) -> tuple[str, str]:
         """(what HELLO advertises, what ``node.endpoint`` shows)."""

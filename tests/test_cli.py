@@ -61,8 +61,23 @@ def test_smartroute_node_prints_the_mesh_and_leaves_with_a_bye(spawn: Spawn) -> 
     assert [d["reason"] for d in downs] == ["bye"]
 
 
-def test_smartroute_node_without_seeds_explains_that_mdns_is_not_there_yet() -> None:
-    result = subprocess.run([sys.executable, "-m", "smartroute.cli", "node"],
-                            capture_output=True, text=True, timeout=30, check=False)
+def test_smartroute_peers_finds_the_cluster_over_mdns(spawn: Spawn) -> None:
+    a = spawn(cluster="cli-peers", mdns=True, interfaces=["127.0.0.1"], name="web-1")
+    a.call("subscribe", name="user:alice")
+    a.call("subscribe", name="room:1")
+    result = subprocess.run(
+        [sys.executable, "-m", "smartroute.cli", "peers", "--cluster", "cli-peers",
+         "--interface", "127.0.0.1", "--host", "127.0.0.1", "--wait", "1.5"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["CLUSTER", "NODE", "ID", "NAME", "ENDPOINT", "SUBSCRIBERS", "STATE"]
+    assert [row.split() for row in rows] == [
+        ["cli-peers", a.node_id[:12], "web-1", a.endpoint, "2", "alive"]]
+
+
+def test_bad_options_are_one_clear_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "smartroute.cli", "node", "--interface",
+                             "eth0"], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
-    assert "mDNS discovery is not available yet" in result.stderr
+    assert result.stderr.startswith("smartroute: ")

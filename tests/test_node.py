@@ -76,8 +76,11 @@ def test_constructor_rejects_bad_options() -> None:
         Node("")
     with pytest.raises(ValueError, match="port"):
         Node(discovery=[], port=70000)
-    with pytest.raises(NotImplementedError, match="mDNS"):
-        Node()
+    with pytest.raises(ValueError, match="discovery is 'mdns'"):
+        Node(discovery="bonjour")
+    with pytest.raises(ValueError):
+        Node(interfaces=["eth0"])  # interfaces are IPv4 addresses
+    Node()  # mDNS on every interface: built, not started (tests never start it)
     with pytest.raises(NotImplementedError, match="secret"):
         Node(discovery=[], secret="s3cret")
 
@@ -325,7 +328,7 @@ async def test_a_handler_raising_cancelled_error_does_not_kill_its_subscription(
 
 async def test_a_failed_start_releases_the_port() -> None:
     class Broken:
-        async def start(self, hint: Any) -> None:
+        async def start(self, hint: Any, me: Any) -> None:
             raise RuntimeError("discovery failed")
 
         async def close(self) -> None:

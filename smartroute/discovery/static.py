@@ -8,7 +8,7 @@ import logging
 import socket
 
 from ..errors import UsageError
-from .base import Hint
+from .base import Hint, LocalNode
 
 _log = logging.getLogger("smartroute.discovery")
 
@@ -39,7 +39,7 @@ class StaticDiscovery:
         self.retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, hint: Hint) -> None:
+    async def start(self, hint: Hint, me: LocalNode) -> None:
         """Resolve host names once, then hint every seed periodically."""
         resolved = [await self._resolve(seed) for seed in self.seeds]
         self._task = asyncio.create_task(self._run(resolved, hint), name="smartroute-seeds")

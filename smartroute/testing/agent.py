@@ -129,8 +129,9 @@ class Agent:
 
 async def serve(args: argparse.Namespace) -> None:
     timings: dict[str, Any] = {k: float(v) for k, v in (t.split("=", 1) for t in args.timing)}
-    node = Node(args.cluster, discovery=args.seed, host=args.host, port=args.port,
-                name=args.name, **timings)
+    discovery = ["mdns", *args.seed] if args.mdns else args.seed
+    node = Node(args.cluster, discovery=discovery, host=args.host, port=args.port,
+                name=args.name, interfaces=args.interface or None, **timings)
     await node.start()
     agent = Agent(node)
     watcher = asyncio.create_task(agent.watch_events())
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", default="smartroute")
     parser.add_argument("--seed", action="append", default=[])
+    parser.add_argument("--mdns", action="store_true", help="discover peers over mDNS too")
+    parser.add_argument("--interface", action="append", default=[], metavar="IP",
+                        help="mDNS only on the interface with this address (repeatable)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default=None)

@@ -42,10 +42,15 @@ class AgentProcess:
     def __init__(self, *, cluster: str = "smartroute", seeds: Sequence[str] = (),
                  host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                  timings: dict[str, float] | None = None, log_path: Path | None = None,
-                 prefix: Sequence[str] = (), log_level: str = "INFO") -> None:
+                 prefix: Sequence[str] = (), log_level: str = "INFO", mdns: bool = False,
+                 interfaces: Sequence[str] = ()) -> None:
         command = [*prefix, sys.executable, "-m", "smartroute.testing.agent",
                    "--cluster", cluster, "--host", host, "--port", str(port),
                    "--log-level", log_level]
+        if mdns:
+            command.append("--mdns")
+        for interface in interfaces:
+            command += ["--interface", interface]
         for seed in seeds:
             command += ["--seed", seed]
         if name is not None:
