@@ -1,0 +1,200 @@
+"""Zero-configuration clustering on a simulated LAN: one network namespace per host, a bridge
+between them, nodes as real processes with mDNS bound to their host's LAN interface only.
+
+Needs root (network namespaces); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smartroute.testing import wait_until
+from smartroute.testing.cluster import AgentProcess
+from smartroute.testing.lan import Host, Lan, lan_available
+
+pytestmark = pytest.mark.lan
+
+CLUSTER = "lan"
+
+
+@pytest.fixture
+def lan_factory(tmp_path: Path) -> Iterator[Callable[[int], Lan]]:
+    reason = lan_available()
+    if reason is not None:
+        pytest.skip(reason)
+    lans: list[Lan] = []
+
+    def make(hosts: int) -> Lan:
+        lan = Lan(hosts)
+        lans.append(lan)
+        return lan
+
+    yield make
+    for lan in lans:
+        lan.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start a node on a LAN host, mDNS on that host's address only; all SIGKILLed at the end."""
+    agents: list[AgentProcess] = []
+
+    def run(host: Host, *, cluster: str = CLUSTER, **kwargs: Any) -> AgentProcess:
+        agent = AgentProcess(cluster=cluster, prefix=host.prefix, host=host.address, mdns=True,
+                             interfaces=[host.address], log_path=tmp_path / f"n{len(agents)}.log",
+                             **kwargs)
+        agents.append(agent)
+        return agent
+
+    yield run
+    for agent in agents:
+        agent.kill()
+
+
+def meet(nodes: list[AgentProcess], timeout: float = 10.0) -> None:
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("peers")) == len(nodes) - 1, timeout,
+                   what=f"{node} meets the other {len(nodes) - 1}")
+
+
+def test_zero_configuration_forms_one_cluster(lan_factory: Callable[[int], Lan],
+                                              start: Callable[..., AgentProcess]) -> None:
+    lan = lan_factory(4)
+    nodes = [start(host) for host in lan.hosts]
+    nodes.append(start(lan.hosts[0]))  # two nodes on one host
+    for i, node in enumerate(nodes):
+        node.call("subscribe", name=f"user:{i}")
+    meet(nodes)
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("subscribers")) == len(nodes), 10,
+                   what="the whole table")
+        assert sorted(s["name"] for s in node.call("subscribers")) == \
+            sorted(f"user:{i}" for i in range(len(nodes)))
+    assert nodes[4].call("send_to", body="hi all", mode="ALL") == 5
+
+
+def test_two_clusters_on_one_lan_never_merge(lan_factory: Callable[[int], Lan],
+                                             start: Callable[..., AgentProcess]) -> None:
+    lan = lan_factory(4)
+    red = [start(lan.hosts[i], cluster="red") for i in (0, 1)]
+    blue = [start(lan.hosts[i], cluster="blue") for i in (2, 3)]
+    meet(red)
+    meet(blue)
+    time.sleep(2.0)  # an observation window: a merge would show within it
+    assert {p["node_id"] for p in red[0].call("peers")} == {red[1].node_id}
+    assert {p["node_id"] for p in blue[0].call("peers")} == {blue[1].node_id}
+
+
+def test_a_late_node_joins_and_every_node_routes_to_it(lan_factory: Callable[[int], Lan],
+                                                       start: Callable[..., AgentProcess]) -> None:
+    lan = lan_factory(4)
+    nodes = [start(host) for host in lan.hosts[:3]]
+    meet(nodes)
+    started = time.monotonic()
+    late = start(lan.hosts[3])
+    late.call("subscribe", name="user:late")
+    for node in nodes:
+        wait_until(lambda node=node: node.call("lookup", name="user:late"), 10,
+                   what="routes to the late node")
+    elapsed = time.monotonic() - started
+    print(f"late join: every node routes to it {elapsed:.3f} s after its process started")
+    assert nodes[0].call("send_to", body="welcome", target="user:late") == 1
+    wait_until(lambda: [d["body"] for d in late.call("received")] == ["welcome"],
+               what="delivered")
+
+
+def test_clean_stop_at_once_and_sigkill_within_the_dead_timeout(
+        lan_factory: Callable[[int], Lan], start: Callable[..., AgentProcess]) -> None:
+    lan = lan_factory(3)
+    a, b, c = (start(host) for host in lan.hosts)
+    meet([a, b, c])
+    stopped = time.monotonic()
+    b.close()
+    for node in (a, c):
+        wait_until(lambda node=node: len(node.call("peers")) == 1, 5, what="BYE seen")
+    assert time.monotonic() - stopped < 1.0
+    c.call("subscribe", name="user:c")
+    a.call("wait_for", name="user:c")
+    c.kill()
+    killed = time.monotonic()
+    wait_until(lambda: not a.call("peers") and not a.call("lookup", name="user:c"), 5,
+               interval=0.02, what="SIGKILL seen")
+    assert time.monotonic() - killed < 2.0  # dead_after_s 1.5 s by default
+
+
+def test_a_host_cut_off_and_healed_is_purged_then_relearned(
+        lan_factory: Callable[[int], Lan], start: Callable[..., AgentProcess]) -> None:
+    lan = lan_factory(3)
+    nodes = [start(host) for host in lan.hosts]
+    for i, node in enumerate(nodes):
+        node.call("subscribe", name=f"user:{i}")
+    meet(nodes)
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("subscribers")) == 3, 10, what="table")
+    lan.hosts[2].cut()
+    for node in nodes[:2]:
+        wait_until(lambda node=node: not node.call("lookup", name="user:2"), 5,
+                   what="the cut host purged")
+    wait_until(lambda: not nodes[2].call("peers"), 5, what="the cut host purges the others")
+    lan.hosts[2].heal()
+    meet(nodes, timeout=40.0)  # re-dial of dead peers and peer exchange heal the mesh
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("subscribers")) == 3, 10, what="re-learned")
+    assert nodes[0].call("send_to", body="back", target="user:2") == 1
+    wait_until(lambda: [d["body"] for d in nodes[2].call("received")] == ["back"],
+               what="messages flow again")
+
+
+def _retransmits(host: Host) -> int:
+    out = subprocess.run([*host.prefix, "nstat", "-az", "TcpRetransSegs"], capture_output=True,
+                         text=True, check=True, timeout=10).stdout
+    for line in out.splitlines():
+        if line.startswith("TcpRetransSegs"):
+            return int(line.split()[1])
+    return 0
+
+
+LOSS_PERCENT = 10
+LOSS_DURATION_S = 60.0
+SEND_INTERVAL_S = 0.05
+
+
+def test_ten_percent_loss_for_a_minute_loses_nothing_and_kills_no_one(
+        lan_factory: Callable[[int], Lan], start: Callable[..., AgentProcess]) -> None:
+    lan = lan_factory(3)
+    nodes = [start(host) for host in lan.hosts]
+    for i, node in enumerate(nodes):
+        node.call("subscribe", name=f"user:{i}", reply="count")
+    meet(nodes)
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("subscribers")) == 3, 10, what="table")
+    before = sum(_retransmits(host) for host in lan.hosts)
+    for host in lan.hosts:
+        host.netem(loss_percent=LOSS_PERCENT)
+    sent: collections.Counter[str] = collections.Counter()
+    deadline = time.monotonic() + LOSS_DURATION_S
+    i = 0
+    while time.monotonic() < deadline:  # bounded by time (and so by count)
+        target = f"user:{i % 3}"
+        assert nodes[(i + 1) % 3].call("send_to", body=i, target=target,
+                                       answer_within_s=30) == 1
+        sent[target] += 1
+        i += 1
+        time.sleep(SEND_INTERVAL_S)
+    for host in lan.hosts:
+        host.clear_netem()
+    for j, node in enumerate(nodes):
+        wait_until(lambda node=node, j=j: node.call("counts")[f"user:{j}"] == sent[f"user:{j}"],
+                   30, what="every message delivered")
+        assert [e for e in node.call("events") if e["event"] == "PeerDown"] == []
+    retransmits = sum(_retransmits(host) for host in lan.hosts) - before
+    print(f"{i} messages under {LOSS_PERCENT}% loss for {LOSS_DURATION_S:.0f} s: all delivered, "
+          f"no false death; TCP retransmitted {retransmits} segments")
+    assert retransmits > 0  # the loss was real
