@@ -2,8 +2,8 @@
 
 Each node registers ``<node id>._smartroute._tcp.local.`` with TXT keys ``v`` (protocol
 version), ``c`` (cluster) and ``p`` (port) - nothing secret - and browses the same type at
-once: a browse answer arrives in milliseconds while registration probing takes ~1.2 s, so a
-node finds the running ones before it is itself visible (its HELLO then makes the link two-way).
+once. Registration skips the ~1 s of probing (the name is a random node id and cannot clash),
+and a node that finds another says HELLO, which makes the link two-way whoever found whom.
 Every find of our cluster becomes a hint to the mesh, which decides who is alive: mDNS records
 outlive a crashed node by up to an hour, so "removed" is never taken as a death.
 """
@@ -134,7 +134,11 @@ class MdnsDiscovery:
     async def _do_register(self) -> None:
         assert self._azc is not None and self._info is not None
         try:
-            waiter = await self._azc.async_register_service(self._info, allow_name_change=True)
+            # No probing (RFC 6762 section 8.1): the instance name is a random 128-bit node id,
+            # so it cannot clash, and probing would keep us invisible for ~1 s at every start
+            # (measured: a cold start of 2 hosts converged in 1.12 s with it).
+            waiter = await self._azc.async_register_service(self._info,
+                                                            cooperating_responders=True)
             await waiter
         except (NonUniqueNameException, BadTypeInNameException, OSError) as exc:
             _log.warning("mDNS registration failed: %s (peers can still find us by HELLO)", exc)
