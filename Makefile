@@ -20,7 +20,7 @@ test: lint typecheck $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check smartroute tests examples
+	$(BIN)/ruff check smartroute tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy smartroute
