@@ -48,7 +48,7 @@ from .events import Event, PeerDown, PeerInfo, PeerUp, Subscriber, SubscriberUp
 from .logs import QuietLog
 from .messages import Message, decode_body, encode_body, type_name_of
 from .modes import ReceiveMode
-from .protocol import Deliver, Protocol, ReplyArrived
+from .protocol import WILDCARD_HOSTS, Deliver, Protocol, ReplyArrived
 from .routing import Plan, Target
 from .transport import Inbox, Links
 
@@ -339,19 +339,18 @@ class Node:
             host = parse_endpoint(self.advertise)[0] if self.advertise.startswith("tcp://") \
                 else self.advertise
             return (host,)
-        if bound_host not in ("0.0.0.0", "*", "::"):
+        if bound_host not in WILDCARD_HOSTS:
             return (bound_host,)
         return ()
 
     def _endpoints(self, bound_host: str, port: int) -> tuple[str, str]:
         """(what HELLO advertises, what ``node.endpoint`` shows)."""
-        if self.advertise is not None:
+        if self.advertise is not None:  # validated in __init__
             if self.advertise.startswith("tcp://"):
-                parse_endpoint(self.advertise)
                 return self.advertise, self.advertise
             host = f"[{self.advertise}]" if ":" in self.advertise else self.advertise
             return f"tcp://{host}:{port}", f"tcp://{host}:{port}"
-        if bound_host in ("0.0.0.0", "*", "::"):
+        if bound_host in WILDCARD_HOSTS:
             # Peers replace the wildcard with the address they see us from.
             return f"tcp://*:{port}", f"tcp://{_best_local_address()}:{port}"
         host = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -59,16 +59,14 @@ class Router:
 
     def names_matching(self, mode: ReceiveMode, target: Target,
                        names: Iterable[str]) -> Iterable[str]:
-        """The names among ``names`` that ``mode`` and ``target`` select (not for ANY/EQ)."""
-        if mode is ReceiveMode.ALL:
-            return names
+        """The names among ``names`` that NOT_EQ or REGEX select (EQ, ANY and ALL are planned
+        without scanning names)."""
         if mode is ReceiveMode.NOT_EQ:
             excluded = _as_set(target)
             return (n for n in names if n not in excluded)
-        if mode is ReceiveMode.REGEX:
-            patterns = [self.pattern(p) for p in _as_list(target)]
-            return (n for n in names if any(p.search(n) for p in patterns))
-        return (n for n in _as_list(target) if n in names)  # EQ / ANY: the target names
+        assert mode is ReceiveMode.REGEX, mode
+        patterns = [self.pattern(p) for p in _as_list(target)]
+        return (n for n in names if any(p.search(n) for p in patterns))
 
     def plan(self, mode: ReceiveMode, target: Target) -> Plan:
         """Plan one ``send_to`` over the whole table."""
