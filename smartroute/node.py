@@ -564,6 +564,10 @@ class Node:
             stats["dropped"] += counters.undeliverable_messages
             stats["peers"] = len(self._protocol.membership.peers)
             stats["subscribers"] = self._protocol.table.size()
+        if self._inbox is not None:
+            # Messages that were not [routing id, batch], and handling that failed inside.
+            stats["malformed_frames"] = stats.get("malformed_frames", 0) + self._inbox.dropped
+            stats["internal_errors"] = stats.get("internal_errors", 0) + self._inbox.errors
         if self._links is not None:
             stats["dropped_batches"] = self._links.dropped_batches
             stats["dropped"] += self._links.dropped_batches

@@ -370,3 +370,20 @@ async def test_a_flood_of_refused_hellos_leaves_the_node_serving() -> None:
     finally:
         ctx.destroy(linger=0)
         await a.close()
+
+
+async def test_a_message_of_the_wrong_shape_is_counted_as_malformed() -> None:
+    node = make_node()
+    await node.start()
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(node.endpoint)
+        sock.send_multipart([b"not", b"one", b"batch"])  # the ROUTER adds a routing id: 4 parts
+        await async_wait_until(lambda: node.stats()["malformed_frames"] == 1,
+                               what="the odd message counted")
+        assert node.stats()["internal_errors"] == 0
+    finally:
+        ctx.destroy(linger=0)
+        await node.close()
