@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,8 +41,19 @@ def describe(event: Event) -> str:
 
 def _make_node(args: argparse.Namespace) -> Node:
     discovery: list[str] | str = args.seed if args.seed else "mdns"
-    return Node(args.cluster, discovery=discovery, host=args.host, port=args.port,
-                name=args.name, interfaces=args.interface or None)
+    return Node(args.cluster, secret=secret_from(args), discovery=discovery, host=args.host,
+                port=args.port, name=args.name, interfaces=args.interface or None)
+
+
+SECRET_ENV = "SMARTROUTE_SECRET"
+"""Environment variable with the cluster secret: safer than ``--secret``, which other users of
+the machine can read in the process list."""
+
+
+def secret_from(args: argparse.Namespace) -> str | None:
+    """The cluster secret: ``--secret``, else ``$SMARTROUTE_SECRET``, else None (no CURVE)."""
+    secret: str | None = args.secret if args.secret is not None else os.environ.get(SECRET_ENV)
+    return secret or None
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -124,6 +136,9 @@ def _add_mesh_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="use mDNS only on the interface with this IPv4 address "
                              "(repeatable; default: all interfaces)")
+    parser.add_argument("--secret", default=None,
+                        help=f"cluster secret: CURVE-encrypt and authenticate every link "
+                             f"(prefer ${SECRET_ENV}: a command line is visible to other users)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: any free)")
     parser.add_argument("--name", default=None, help="a name shown to peers")

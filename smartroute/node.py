@@ -51,6 +51,7 @@ from .modes import ReceiveMode
 from .protocol import WILDCARD_HOSTS, Deliver, Protocol, ReplyArrived
 from .routing import Plan, Target
 from .transport import Inbox, Links
+from .transport.curve import Authenticator, Curve, check_secret
 
 _log = logging.getLogger("smartroute.node")
 
@@ -211,11 +212,8 @@ class Node:
     ) -> None:
         if not isinstance(cluster, str) or not 0 < len(cluster) <= MAX_CLUSTER_LENGTH:
             raise UsageError(f"cluster is a name of 1..{MAX_CLUSTER_LENGTH} characters")
-        if secret is not None:
-            raise NotImplementedError(
-                "secret= (CURVE encryption and authentication) is not available yet; "
-                "run without a secret only on a network you trust"
-            )
+        self._curve = (Curve.from_secret(check_secret(secret), cluster)
+                       if secret is not None else None)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise UsageError(f"port must be 0..65535, not {port!r}")
         self.cluster = cluster
@@ -234,7 +232,8 @@ class Node:
         self.interfaces = list(interfaces) if interfaces is not None else None
         self.name = name if name is not None else f"{socket.gethostname()}:{os.getpid()}"
         self._discovery = self._make_discovery(discovery)
-        self._node_id = _new_node_id()
+        # With a secret the id is bound to this node's CURVE key (see transport.curve).
+        self._node_id = self._curve.node_id if self._curve is not None else _new_node_id()
         self.node_id = self._node_id.hex()
         """This node's id, as hex; new for every ``Node``."""
         self.incarnation = time.time_ns() // 1000
@@ -243,6 +242,7 @@ class Node:
         """The ``tcp://ip:port`` peers dial; set by ``start``."""
         self._protocol: Protocol | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._authenticator: Authenticator | None = None
         self._inbox: Inbox | None = None
         self._links: Links | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -294,13 +294,20 @@ class Node:
             raise UsageError("this node was already started; make a new Node to restart")
         self._loop = asyncio.get_running_loop()
         self._context = zmq.Context()
-        self._context.set(zmq.MAX_SOCKETS, 2 * self.limits.max_peers + 64)
+        # Per peer: its link, and the two sockets watching that link's handshake until it
+        # succeeds; plus the inbox and its watch, the authenticator and some slack.
+        self._context.set(zmq.MAX_SOCKETS, 4 * self.limits.max_peers + 64)
+        if self._curve is not None:
+            # ZAP must answer before the first peer connects.
+            self._authenticator = Authenticator(self._context)
+            self._authenticator.start()
         self._inbox = Inbox(self._context, max_frame_bytes=self.limits.max_frame_bytes,
-                            receive_queue=self.limits.receive_queue_messages)
+                            receive_queue=self.limits.receive_queue_messages,
+                            curve=self._curve)
         try:
             bound = self._inbox.bind(self.host, self.port)
         except zmq.ZMQError as exc:
-            self._context.destroy(linger=0)
+            await self._stop()
             raise OSError(f"cannot bind {self.host}:{self.port}: {exc}") from exc
         try:
             await self._start_bound(bound)
@@ -314,7 +321,7 @@ class Node:
         self.port = bound_port
         wire_endpoint, self.endpoint = self._endpoints(bound_host, bound_port)
         self._links = Links(self._context, send_queue=self.limits.send_queue_messages,
-                            close_linger_s=self.timings.close_linger_s)
+                            close_linger_s=self.timings.close_linger_s, curve=self._curve)
         self._protocol = Protocol(
             cluster=self.cluster, node_id=self._node_id, incarnation=self.incarnation,
             endpoint=wire_endpoint, name=self.name, timings=self.timings, limits=self.limits,
@@ -328,8 +335,12 @@ class Node:
             task.add_done_callback(_task_ended)
         _log.info("%s: node %r of cluster %r listening at %s", self.node_id[:8], self.name,
                   self.cluster, self.endpoint)
-        _log.info("%s: no secret: links are neither encrypted nor authenticated",
-                  self.node_id[:8])
+        if self._curve is None:
+            _log.info("%s: no secret: links are neither encrypted nor authenticated",
+                      self.node_id[:8])
+        else:
+            _log.info("%s: links are CURVE-encrypted; only nodes with the cluster secret can "
+                      "join", self.node_id[:8])
         await self._discovery.start(self._hint, LocalNode(
             self.cluster, self.node_id, self.port, self.name, self._announced(bound_host)))
 
@@ -395,8 +406,14 @@ class Node:
         if self._context is not None:
             # Waits up to close_linger_s for the BYEs to leave: not on the loop thread.
             linger_ms = int(self.timings.close_linger_s * 1000)
-            await asyncio.get_running_loop().run_in_executor(None, self._context.destroy,
+            await asyncio.get_running_loop().run_in_executor(None, self._close_context,
                                                              linger_ms)
+
+    def _close_context(self, linger_ms: int) -> None:
+        assert self._context is not None
+        if self._authenticator is not None:
+            self._authenticator.stop()  # joins its thread; its socket must close before destroy
+        self._context.destroy(linger_ms)
 
     @property
     def running(self) -> bool:
@@ -568,8 +585,12 @@ class Node:
             # Messages that were not [routing id, batch], and handling that failed inside.
             stats["malformed_frames"] = stats.get("malformed_frames", 0) + self._inbox.dropped
             stats["internal_errors"] = stats.get("internal_errors", 0) + self._inbox.errors
+            stats["impostor_frames"] = self._inbox.impostors
+            stats["handshake_failures"] = self._inbox.handshake_failures
         if self._links is not None:
             stats["dropped_batches"] = self._links.dropped_batches
+            stats["handshake_failures"] = (stats.get("handshake_failures", 0)
+                                           + self._links.handshake_failures)
             stats["dropped"] += self._links.dropped_batches
         return stats
 
@@ -652,11 +673,18 @@ class Node:
             try:
                 core.tick(self._now())
                 self._pump()
+                self._check_handshakes()
             except Exception:
                 # A timer must never stop: heartbeats and death detection live here.
                 self._stats["internal_errors"] += 1
                 _log.exception("%s: internal error in the timers (node keeps running)",
                                self.node_id[:8])
+
+    def _check_handshakes(self) -> None:
+        if self._inbox is not None:
+            self._inbox.check_handshakes()
+        if self._links is not None:
+            self._links.check_handshakes()
 
     def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
         core = self._protocol

@@ -24,6 +24,7 @@ from smartroute import (
     RequestTimeout,
     SmartRouteError,
     SubscriberUp,
+    UsageError,
     WaitTimeout,
     message,
     wire,
@@ -81,8 +82,10 @@ def test_constructor_rejects_bad_options() -> None:
     with pytest.raises(ValueError):
         Node(interfaces=["eth0"])  # interfaces are IPv4 addresses
     Node()  # mDNS on every interface: built, not started (tests never start it)
-    with pytest.raises(NotImplementedError, match="secret"):
-        Node(discovery=[], secret="s3cret")
+    with pytest.raises(UsageError, match="secret is empty"):
+        Node(discovery=[], secret="")
+    with pytest.raises(TypeError, match="secret is a str"):
+        Node(discovery=[], secret=b"bytes")  # type: ignore[arg-type]
 
 
 async def test_api_rejects_bad_arguments(pair: tuple[Node, Node]) -> None:

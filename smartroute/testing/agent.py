@@ -130,8 +130,10 @@ class Agent:
 async def serve(args: argparse.Namespace) -> None:
     timings: dict[str, Any] = {k: float(v) for k, v in (t.split("=", 1) for t in args.timing)}
     discovery = ["mdns", *args.seed] if args.mdns else args.seed
-    node = Node(args.cluster, discovery=discovery, host=args.host, port=args.port,
-                name=args.name, interfaces=args.interface or None, **timings)
+    # The secret comes from the environment only: never on a command line.
+    node = Node(args.cluster, secret=os.environ.get("SMARTROUTE_SECRET") or None,
+                discovery=discovery, host=args.host, port=args.port, name=args.name,
+                interfaces=args.interface or None, **timings)
     await node.start()
     agent = Agent(node)
     watcher = asyncio.create_task(agent.watch_events())

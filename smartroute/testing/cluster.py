@@ -43,7 +43,7 @@ class AgentProcess:
                  host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                  timings: dict[str, float] | None = None, log_path: Path | None = None,
                  prefix: Sequence[str] = (), log_level: str = "INFO", mdns: bool = False,
-                 interfaces: Sequence[str] = ()) -> None:
+                 interfaces: Sequence[str] = (), secret: str | None = None) -> None:
         command = [*prefix, sys.executable, "-m", "smartroute.testing.agent",
                    "--cluster", cluster, "--host", host, "--port", str(port),
                    "--log-level", log_level]
@@ -61,8 +61,11 @@ class AgentProcess:
         # The log file lives as long as the process, closed in _reap().
         self._log: IO[bytes] | int = (open(log_path, "ab")  # noqa: SIM115
                                       if log_path is not None else subprocess.DEVNULL)
+        env = {k: v for k, v in os.environ.items() if k != "SMARTROUTE_SECRET"}
+        if secret is not None:
+            env["SMARTROUTE_SECRET"] = secret
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._log)
+                                        stderr=self._log, env=env)
         self.pid = self.process.pid
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._answers: dict[int, dict[str, Any]] = {}

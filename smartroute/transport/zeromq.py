@@ -10,14 +10,19 @@ connection, so a receiver that falls behind pushes back to its senders instead o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import cast
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from ..logs import QuietLog
+from ..wire import NODE_ID_BYTES
+from .curve import HANDSHAKE_EVENTS, Curve, client_options, handshake_failure, server_options
 
 _log = logging.getLogger("smartroute.transport")
 
@@ -41,7 +46,7 @@ class Inbox:
     """The node's ROUTER: every peer's batches arrive here."""
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, max_frame_bytes: int,
-                 receive_queue: int) -> None:
+                 receive_queue: int, curve: Curve | None = None) -> None:
         sock: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # A peer whose TCP connection broke reconnects with the same routing id; without
@@ -49,9 +54,18 @@ class Inbox:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         sock.setsockopt(zmq.RCVHWM, receive_queue)
+        if curve is not None:
+            server_options(sock, curve)
         self._sock = sock
+        self._secure = curve is not None
+        # Watched for the node's whole life: a stranger's failed handshake is reported here.
+        self._watch = HandshakeWatch(sock)
+        self._quiet = QuietLog(_log)
         self.dropped = 0
         self.errors = 0
+        self.impostors = 0
+        """Frames whose routing id names another node than the key they came with."""
+        self.handshake_failures = 0
 
     def bind(self, host: str, port: int) -> str:
         """Bind and return the bound endpoint, with the real port when ``port`` was 0."""
@@ -75,6 +89,7 @@ class Inbox:
         assert isinstance(fd, int)
         loop.add_reader(fd, readable.set)
         clock = time.monotonic
+        secure = self._secure
         try:
             while True:
                 deadline = clock() + RECEIVE_BUDGET_S
@@ -83,7 +98,10 @@ class Inbox:
                     if len(frames) != 2:
                         self.dropped += 1
                         continue
-                    self._guard(received, frames[0].bytes, frames[1])
+                    routing_id = frames[0].bytes
+                    if secure and not self._is_bound(routing_id, frames[1]):
+                        continue
+                    self._guard(received, routing_id, frames[1])
                     if clock() > deadline:
                         break
                 else:
@@ -95,6 +113,35 @@ class Inbox:
         finally:
             loop.remove_reader(fd)
 
+    def _is_bound(self, routing_id: bytes, frame: zmq.Frame) -> bool:
+        # The authenticator named the connection after its key; a routing id is only believed
+        # when it starts with that node id.
+        claimed = routing_id[:NODE_ID_BYTES].hex()
+        try:
+            key_id = frame.get("User-Id")
+        except zmq.ZMQError:
+            key_id = None
+        if key_id == claimed:
+            return True
+        self.impostors += 1
+        self._quiet.warning(f"impostor:{key_id}", "dropped a frame from node %s that claims "
+                            "to be node %s (a member posing as another)", str(key_id)[:8],
+                            claimed[:8])
+        return False
+
+    def check_handshakes(self) -> None:
+        """Log (rate-limited) and count the connections that failed their handshake."""
+        for event, value in self._watch.read():
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                continue
+            self.handshake_failures += 1
+            line = handshake_failure(event, value, secure=self._secure, dialled=None)
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # The other side hung up first: it logs the reason; a guess here would not help.
+                _log.debug("%s", line)
+            else:
+                self._quiet.warning(f"handshake:{event}:{value}", "%s", line)
+
     def _guard(self, call: Callable[..., None], *args: object) -> None:
         # Nothing one message does may stop the inbox: the node would go deaf for good.
         try:
@@ -105,6 +152,7 @@ class Inbox:
 
     def close(self) -> None:
         """Close the socket (pending input is dropped)."""
+        self._watch.close()
         self._sock.close(linger=0)
 
 
@@ -116,13 +164,17 @@ class Links:
     """Our DEALERs, one per link id; sends never block."""
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, send_queue: int,
-                 close_linger_s: float) -> None:
+                 close_linger_s: float, curve: Curve | None = None) -> None:
         self._context = context
         self._send_queue = send_queue
         self._linger_ms = int(close_linger_s * 1000)
+        self._curve = curve
         self._socks: dict[int, zmq.Socket[bytes]] = {}
+        self._watches: dict[int, _Watched] = {}
+        """Links whose handshake has not succeeded yet."""
         self._quiet = QuietLog(_log)
         self.dropped_batches = 0
+        self.handshake_failures = 0
 
     def dial(self, link: int, endpoint: str, routing_id: bytes) -> None:
         """Open a DEALER to ``endpoint``; batches queue until the connection is up. A link that
@@ -139,13 +191,54 @@ class Links:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         if endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)
+        if self._curve is not None:
+            client_options(sock, self._curve)
+        try:
+            watch = HandshakeWatch(sock)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self._quiet.warning("socket", "cannot open a link to %s: %s", endpoint, exc)
+            return
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
+            watch.close()
             sock.close(linger=0)
             self._quiet.warning(f"dial:{endpoint}", "cannot dial %s: %s", endpoint, exc)
             return
         self._socks[link] = sock
+        self._watches[link] = _Watched(endpoint, watch)
+
+    def check_handshakes(self) -> None:
+        """Log (rate-limited) and count failed handshakes of our links; a link whose handshake
+        succeeded is no longer watched."""
+        for link, watched in list(self._watches.items()):
+            for event, value in watched.watch.read():
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self._unwatch(link)
+                    break
+                self.handshake_failures += 1
+                self._report(watched, event, value)
+
+    def _report(self, watched: _Watched, event: int, value: int) -> None:
+        line = handshake_failure(event, value, secure=self._curve is not None,
+                                 dialled=watched.endpoint)
+        if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            watched.explained = True
+            self._quiet.warning(f"handshake:{watched.endpoint}:{event}:{value}", "%s", line)
+            return
+        # A hang-up without a reason often races with one that has a reason (the other
+        # side saw a mechanism mismatch first): only a repeated, unexplained one is told.
+        watched.hang_ups += 1
+        if watched.hang_ups == UNEXPLAINED_HANG_UPS and not watched.explained:
+            self._quiet.warning(f"handshake:{watched.endpoint}", "%s", line)
+        else:
+            _log.debug("%s", line)
+
+    def _unwatch(self, link: int) -> None:
+        watched = self._watches.pop(link, None)
+        if watched is not None:
+            watched.watch.close()
 
     def send(self, link: int, batch: bytes) -> bool:
         """Queue one batch on a link; False (and counted) if the link is full or gone."""
@@ -156,13 +249,19 @@ class Links:
             sock.send(batch, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.dropped_batches += 1
-            self._quiet.warning(f"full:{link}", "link %d to %s is full: batch dropped", link,
-                                sock.getsockopt(zmq.LAST_ENDPOINT))
+            watched = self._watches.get(link)
+            if watched is not None and watched.hang_ups:
+                self._quiet.warning(f"full:{link}", "link %d to %s has no connection (its "
+                                    "handshake fails): batch dropped", link, watched.endpoint)
+            else:
+                self._quiet.warning(f"full:{link}", "link %d to %s is full: batch dropped",
+                                    link, sock.getsockopt(zmq.LAST_ENDPOINT))
             return False
         return True
 
     def hang_up(self, link: int) -> None:
         """Close a link, giving queued batches (a BYE) ``close_linger_s`` to leave."""
+        self._unwatch(link)
         sock = self._socks.pop(link, None)
         if sock is not None:
             sock.close(linger=self._linger_ms)
@@ -171,3 +270,53 @@ class Links:
         """Close every link."""
         for link in list(self._socks):
             self.hang_up(link)
+
+
+UNEXPLAINED_HANG_UPS = 3
+"""Hang-ups without a reason during a link's handshake before one is logged as such."""
+
+
+class _Watched:
+    __slots__ = ("endpoint", "explained", "hang_ups", "watch")
+
+    def __init__(self, endpoint: str, watch: HandshakeWatch) -> None:
+        self.endpoint = endpoint
+        self.watch = watch
+        self.hang_ups = 0
+        self.explained = False
+        """A failure with a reason was logged for this link."""
+
+
+class HandshakeWatch:
+    """Handshake events of one socket, read without blocking (ZeroMQ's socket monitor)."""
+
+    _addresses = itertools.count()
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        # A unique address of our own: the default one is derived from the socket's file
+        # descriptor, which is reused as soon as a socket closes.
+        address = f"inproc://smartroute-watch-{id(self):x}-{next(self._addresses)}"
+        sock.monitor(address, HANDSHAKE_EVENTS)
+        reader: zmq.Socket[bytes] = sock.context.socket(zmq.PAIR)
+        reader.setsockopt(zmq.LINGER, 0)
+        reader.connect(address)
+        self._sock = sock
+        self._reader = reader
+
+    def read(self) -> list[tuple[int, int]]:
+        """The (event, value) pairs that arrived since the last read."""
+        events: list[tuple[int, int]] = []
+        while True:
+            try:
+                frames = self._reader.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return events
+            parsed = parse_monitor_message(frames)
+            events.append((int(parsed["event"]), int(parsed["value"])))
+
+    def close(self) -> None:
+        """Stop watching (the socket itself stays open)."""
+        # A socket already closed has no monitor left to disable.
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disable_monitor()
+        self._reader.close(linger=0)
