@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,3 +199,67 @@ def test_ten_percent_loss_for_a_minute_loses_nothing_and_kills_no_one(
     print(f"{i} messages under {LOSS_PERCENT}% loss for {LOSS_DURATION_S:.0f} s: all delivered, "
           f"no false death; TCP retransmitted {retransmits} segments")
     assert retransmits > 0  # the loss was real
+
+
+SECRET = "lan test secret: long enough, random enough for a test"
+
+RAW_PROBE = """
+import sys, zmq
+from smartroute import wire
+context = zmq.Context()
+sock = context.socket(zmq.DEALER)
+sock.setsockopt(zmq.LINGER, 0)
+sock.setsockopt(zmq.ROUTING_ID, bytes(range(1, 21)))
+sock.connect(sys.argv[1])
+hello = wire.encode_batch([wire.encode_msg(wire.Msg(1, None, 0, "user:0", "str", b"x", None,
+                                                    None))])
+for _ in range(50):
+    try:
+        sock.send(hello, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+print(sock.poll(2000))
+context.destroy(linger=0)
+"""
+
+
+def test_a_secret_cluster_admits_members_only(lan_factory: Callable[[int], Lan],
+                                              start: Callable[..., AgentProcess]) -> None:
+    """Two members with the secret and, on a third host of the same LAN, an outsider without
+    it, one with a wrong secret and a raw ZeroMQ socket: all three get nothing in."""
+    lan = lan_factory(3)
+    members = [start(lan.hosts[0], secret=SECRET), start(lan.hosts[1], secret=SECRET)]
+    members[0].call("subscribe", name="user:0", reply="echo")
+    members[1].call("subscribe", name="user:1")
+    meet(members)
+    assert members[1].call("request", target="user:0", body="ping") == {
+        "echo": "ping", "by": members[0].node_id}
+    outsiders = [start(lan.hosts[2]), start(lan.hosts[2], secret="a wrong secret, also long")]
+    for outsider in outsiders:
+        outsider.call("subscribe", name="user:0")  # would receive user:0's mail if it got in
+    probe = lan.hosts[2].run([sys.executable, "-c", RAW_PROBE, members[0].endpoint],
+                             stdout=subprocess.PIPE, text=True)
+    answers, _ = probe.communicate(timeout=30)
+    assert answers.strip() == "0", "the raw socket got an answer"
+    # Both outsiders have had mDNS finds and handshakes fail by now, several times over.
+    wait_until(lambda: all(o.call("stats")["handshake_failures"] > 0 for o in outsiders), 10,
+               what="each outsider's handshakes fail")
+    wait_until(lambda: members[0].call("stats")["handshake_failures"] >= 3, 10,
+               what="the member refuses the outsiders and the raw socket")
+    assert [m["body"] for m in members[0].call("received")] == ["ping"]
+    assert members[1].call("send_to", body="members only", mode="ALL") == 2
+    arrived: list[str] = []
+    wait_until(lambda: arrived.extend(m["body"] for m in members[0].call("received"))
+               or arrived == ["members only"], 10, what="the member's delivery")
+    for outsider in outsiders:
+        assert outsider.call("peers") == []
+        assert outsider.call("subscribers") == [
+            {"name": "user:0", "node_id": outsider.node_id, "meta": {}}]
+        assert outsider.call("send_to", body="forged", mode="ALL") == 1  # only its own
+        assert [m["body"] for m in outsider.call("received")] == ["forged"]
+    for member in members:
+        assert len(member.call("peers")) == 1
+        assert sorted(s["name"] for s in member.call("subscribers")) == ["user:0", "user:1"]
+    # Observation window: had anything forged got in, it would have arrived by now.
+    time.sleep(0.5)
+    assert members[0].call("received") == []
