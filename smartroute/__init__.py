@@ -9,6 +9,7 @@ import logging as _logging
 from .config import Limits, Timings
 from .discovery import Discovery, StaticDiscovery
 from .errors import (
+    LinkFull,
     NodeClosed,
     NoSubscriber,
     RemoteError,
@@ -31,6 +32,7 @@ __all__ = [
     "Discovery",
     "EventStream",
     "Limits",
+    "LinkFull",
     "Message",
     "NoSubscriber",
     "Node",

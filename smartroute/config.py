@@ -55,6 +55,10 @@ CLOSE_LINGER_S = 0.5
 REFUSAL_MEMORY_S = 10.0
 """A refused endpoint is not dialled back again within this time (one log line, not a storm)."""
 
+SEND_TIMEOUT_S = 1.0
+"""``send_to`` to a peer whose link is full (a slow or frozen peer) waits this long for room,
+then raises ``LinkFull`` and sends nothing; a frozen peer is declared dead soon after."""
+
 # --- limits -------------------------------------------------------------------------------------
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -82,12 +86,19 @@ a node opens at most ``2 * MAX_PEERS + 64`` (ZeroMQ's own default cap is 1023)."
 REGEX_CACHE_SIZE = 1024
 """Compiled patterns kept; patterns arrive from the network, so the cache is bounded."""
 
-SEND_QUEUE_MESSAGES = 10_000
-"""ZeroMQ send high-water mark per link, in batches; past it the batch is dropped and counted."""
+SEND_QUEUE_MESSAGES = 1_000
+"""ZeroMQ send high-water mark per link, in batches of at most ``MAX_BATCH_BYTES``: past it the
+link holds batches in a small backlog and ``send_to`` waits (then raises ``LinkFull``). Measured:
+10,000 let one frozen peer cost its sender ~490 MB (1 KB bodies, 50 per batch)."""
 
-RECEIVE_QUEUE_MESSAGES = 10_000
+MAX_BATCH_BYTES = 256 * 1024
+"""What one loop turn queues for one link leaves in batches of at most this many bytes (a
+bigger record travels alone), so ``SEND_QUEUE_MESSAGES`` also bounds a link in bytes."""
+
+RECEIVE_QUEUE_MESSAGES = 1_000
 """ZeroMQ receive high-water mark per peer connection, in batches: a node that cannot keep up
-stops reading, so the sender's link fills and the sender drops and counts."""
+stops reading, so the sender's link fills and the sender waits (its ``send_to`` raises
+``LinkFull`` if it lasts)."""
 
 HANDLER_QUEUE_SIZE = 10_000
 """Messages waiting for one async handler; past it new messages are dropped and counted."""
@@ -113,6 +124,7 @@ class Timings:
     tick_interval_s: float = TICK_INTERVAL_S
     close_linger_s: float = CLOSE_LINGER_S
     refusal_memory_s: float = REFUSAL_MEMORY_S
+    send_timeout_s: float = SEND_TIMEOUT_S
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -25,6 +25,15 @@ class WaitTimeout(SmartRouteError, TimeoutError):
     """``Node.wait_for`` gave up: not enough subscribers of the name became known in time."""
 
 
+class LinkFull(SmartRouteError):
+    """``send_to`` or ``request`` waited ``send_timeout_s`` for room on the link to a peer that
+    does not keep up (slow or frozen) and sent nothing; ``node_id`` names the peer."""
+
+    def __init__(self, message: str, *, node_id: str = "") -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
 class RemoteProtocolError(SmartRouteError):
     """A peer sent bytes that are not a valid frame; dropped and counted, never raised to users."""
 

@@ -26,7 +26,7 @@ import msgpack
 import zmq
 
 from . import wire
-from .config import Limits, Timings
+from .config import MAX_BATCH_BYTES, Limits, Timings
 from .discovery import (
     CombinedDiscovery,
     Discovery,
@@ -36,6 +36,7 @@ from .discovery import (
     parse_endpoint,
 )
 from .errors import (
+    LinkFull,
     NodeClosed,
     NoSubscriber,
     RemoteError,
@@ -64,6 +65,9 @@ _MODES = tuple(ReceiveMode)
 
 MAX_CLUSTER_LENGTH = 128
 """Longest cluster name, in characters."""
+
+ROOM_POLL_S = 0.002
+"""While ``send_to`` waits for room on a full link, it looks again this often."""
 
 
 def _new_node_id() -> bytes:
@@ -462,13 +466,38 @@ class Node:
         """Send ``body`` to the subscribers ``mode`` and ``target`` select, one hop each.
 
         Returns how many subscribers matched in this node's view of the table; 0 means nobody
-        was online for it. Remote nodes get one frame each and fan out locally.
+        was online for it. Remote nodes get one frame each and fan out locally. When the link
+        to one of those nodes is full (the peer is slow or frozen), waits up to
+        ``send_timeout_s`` for room, then raises ``LinkFull`` having sent nothing.
         """
         core = self._core()
         mode, target = self._check_target(mode, target)
         if sender is not None:
             self._check_name(sender, "sender")
+        if self._links is not None and self._links.backlogs:
+            await self._room_for(core, mode, target)
         return self._send(core, body, mode, target, sender, None).matches
+
+    async def _room_for(self, core: Protocol, mode: ReceiveMode, target: Target) -> None:
+        """Wait until no peer this send reaches has a full link; ``LinkFull`` after
+        ``send_timeout_s`` (then nothing is sent: the caller decides to retry or drop)."""
+        links = self._links
+        assert links is not None
+        deadline = self._now() + self.timings.send_timeout_s
+        while True:
+            links.flush()
+            peers = core.membership.peers
+            full = [peers[node] for node in core.router.plan(mode, target).remote
+                    if node in peers and peers[node].link in links.backlogs]
+            if not full:
+                return
+            if self._now() >= deadline:
+                self._stats["link_full"] += 1
+                peer = full[0]
+                raise LinkFull(f"the link to {peer.hex[:8]} ({peer.endpoint}) has been full for "
+                               f"{self.timings.send_timeout_s} s: nothing was sent (the peer is "
+                               f"slow or frozen)", node_id=peer.node_id.hex())
+            await asyncio.sleep(ROOM_POLL_S)
 
     def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
               sender: str | None, request_id: int | None) -> Plan:
@@ -496,12 +525,15 @@ class Node:
         """Send ``body`` and wait for the first reply (the handler's return value).
 
         Raises ``NoSubscriber`` when nobody matches, ``RequestTimeout`` when no reply comes
-        within ``timeout`` seconds, ``RemoteError`` when the handler raised.
+        within ``timeout`` seconds, ``RemoteError`` when the handler raised, ``LinkFull`` as
+        ``send_to`` does.
         """
         core = self._core()
         mode, target = self._check_target(mode, target)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise UsageError("timeout must be a positive number of seconds")
+        if self._links is not None and self._links.backlogs:
+            await self._room_for(core, mode, target)
         request_id = next(self._request_ids)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         request = _Request(future, 0)
@@ -573,7 +605,7 @@ class Node:
         """Counters since start (messages sent, received, delivered, dropped, malformed...)."""
         stats = dict.fromkeys(
             ("sent", "sent_remote_frames", "received", "delivered", "dropped",
-             "handler_errors", "queue_full"), 0)
+             "handler_errors", "queue_full", "link_full"), 0)
         stats.update(self._stats)
         if self._protocol is not None:
             counters = self._protocol.counters
@@ -671,6 +703,8 @@ class Node:
             core = self._protocol
             assert core is not None
             try:
+                if self._links is not None:
+                    self._links.flush()
                 core.tick(self._now())
                 self._pump()
                 self._check_handshakes()
@@ -709,7 +743,8 @@ class Node:
         for dial in out.dials:
             links.dial(dial.link, dial.endpoint, dial.routing_id)
         for link, records in out.sends.items():
-            links.send(link, wire.encode_batch(records))
+            for batch in wire.encode_batches(records, MAX_BATCH_BYTES):
+                links.send(link, batch)
         for link in out.hangups:
             links.hang_up(link)
         for event in core.events_received():

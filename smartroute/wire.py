@@ -217,6 +217,22 @@ def encode_batch(records: list[bytes]) -> bytes:
     return header + b"".join(records)
 
 
+def encode_batches(records: list[bytes], max_bytes: int) -> list[bytes]:
+    """``encode_batch`` in pieces of at most ``max_bytes`` of records (one bigger record makes a
+    batch of its own), in order."""
+    if sum(map(len, records)) <= max_bytes:
+        return [encode_batch(records)]
+    batches: list[bytes] = []
+    start = size = 0
+    for i, record in enumerate(records):
+        if size and size + len(record) > max_bytes:
+            batches.append(encode_batch(records[start:i]))
+            start, size = i, 0
+        size += len(record)
+    batches.append(encode_batch(records[start:]))
+    return batches
+
+
 # --- decoding -----------------------------------------------------------------------------------
 
 class Decoder:

@@ -7,7 +7,8 @@ import logging
 import smartroute
 
 DOCUMENTED = {
-    "Discovery", "EventStream", "Limits", "Message", "NoSubscriber", "Node", "NodeClosed",
+    "Discovery", "EventStream", "Limits", "LinkFull", "Message", "NoSubscriber", "Node",
+    "NodeClosed",
     "PeerDown", "PeerInfo", "PeerUp", "ReceiveMode", "RemoteError", "RequestError",
     "RequestTimeout", "SmartRouteError", "StaticDiscovery", "Subscriber", "SubscriberDown",
     "SubscriberUp", "Subscription", "Timings", "UsageError", "WaitTimeout", "__version__",
@@ -22,8 +23,8 @@ def test_all_is_the_documented_surface() -> None:
 
 
 def test_every_error_derives_from_the_one_root() -> None:
-    for name in ("NoSubscriber", "NodeClosed", "RemoteError", "RequestError", "RequestTimeout",
-                 "UsageError", "WaitTimeout"):
+    for name in ("LinkFull", "NoSubscriber", "NodeClosed", "RemoteError", "RequestError",
+                 "RequestTimeout", "UsageError", "WaitTimeout"):
         assert issubclass(getattr(smartroute, name), smartroute.SmartRouteError), name
     assert issubclass(smartroute.UsageError, ValueError)
     assert issubclass(smartroute.RequestTimeout, TimeoutError)

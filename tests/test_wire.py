@@ -95,6 +95,22 @@ def test_a_batch_keeps_its_records_in_order() -> None:
     assert decode_all(wire.encode_batch(records)) == [record for record, _ in ROUND_TRIPS]
 
 
+@given(sizes=st.lists(st.integers(0, 300), max_size=60), max_bytes=st.integers(1, 2000))
+def test_encode_batches_splits_by_size_and_keeps_order(sizes: list[int], max_bytes: int) -> None:
+    records = [wire.encode_msg(wire.Msg(i, None, 0, "n", "bytes", b"x" * size, None, None))
+               for i, size in enumerate(sizes)]
+    batches = wire.encode_batches(records, max_bytes)
+    assert [r for batch in batches for r in decode_all(batch)] == [
+        wire.Msg(i, None, 0, "n", "bytes", b"x" * size, None, None)
+        for i, size in enumerate(sizes)]
+    for batch in batches:
+        parts = msgpack.unpackb(batch)
+        # Within the bound, or a single record that is bigger on its own.
+        assert len(parts) == 1 or sum(len(msgpack.packb(p)) for p in parts) <= max_bytes
+    if sum(map(len, records)) <= max_bytes:
+        assert len(batches) == 1
+
+
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65535, 65536, 70000])
 def test_encode_batch_is_a_msgpack_array_of_any_length(n: int) -> None:
     records = [wire.encode_heartbeat(1, i) for i in range(n)]

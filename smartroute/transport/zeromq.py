@@ -2,14 +2,17 @@
 
 The core decides what to send; this module only moves batches. Receiving drains the ROUTER
 without awaiting between messages (one await per burst, not per message), and sending is a
-non-blocking ``send`` on a DEALER: a link whose queue is full drops the batch and counts it,
-it never blocks the loop. ``ZMQ_SNDHWM`` bounds each link and ``ZMQ_RCVHWM`` each incoming
-connection, so a receiver that falls behind pushes back to its senders instead of growing.
+non-blocking ``send`` on a DEALER that never blocks the loop: a link whose queue is full keeps
+later batches, in order, in a bounded backlog (``Node.send_to`` waits while its peer's link has
+one) and drops and counts beyond it. ``ZMQ_SNDHWM`` bounds each link and ``ZMQ_RCVHWM`` each
+incoming connection, so a receiver that falls behind pushes back to its senders instead of
+growing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -30,6 +33,11 @@ RECEIVE_BUDGET_S = 0.005
 """Longest the inbox handles messages before it lets other tasks run: the timers that send our
 heartbeats must not wait behind a flood, or busy nodes get declared dead (measured: one
 2048-batch burst of 500-message batches held the loop for ~8 s)."""
+
+BACKLOG_BATCHES = 1024
+"""Batches a full link holds back (in order) until its peer reads again; beyond that they are
+dropped and counted. ``send_to`` waits instead of adding to a backlog, so what lands here is the
+node's own traffic: heartbeats, table changes, replies, messages of the same loop turn."""
 
 RECONNECT_IVL_MS = 100
 """ZeroMQ's reconnect interval for a link whose peer is gone (its default, stated)."""
@@ -173,6 +181,9 @@ class Links:
         self._watches: dict[int, _Watched] = {}
         """Links whose handshake has not succeeded yet."""
         self._quiet = QuietLog(_log)
+        self.backlogs: dict[int, collections.deque[bytes]] = {}
+        """Links that were full, with the batches waiting for room: while a link is here,
+        ``send_to`` to its peer waits (see ``Node.send_to``)."""
         self.dropped_batches = 0
         self.handshake_failures = 0
 
@@ -241,27 +252,56 @@ class Links:
             watched.watch.close()
 
     def send(self, link: int, batch: bytes) -> bool:
-        """Queue one batch on a link; False (and counted) if the link is full or gone."""
+        """Queue one batch on a link, in order; a full link holds it in its backlog. False (and
+        counted) if the link is gone or its backlog is full too."""
         sock = self._socks.get(link)
         if sock is None:
             return False
-        try:
-            sock.send(batch, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        backlog = self.backlogs.get(link)
+        if backlog is None:
+            try:
+                sock.send(batch, zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                backlog = self.backlogs[link] = collections.deque()
+                self._quiet.warning(f"full:{link}", "link %d to %s is full (the peer is slow, "
+                                    "frozen or unreachable): holding batches back", link,
+                                    self._endpoint(link, sock))
+        if len(backlog) >= BACKLOG_BATCHES:
             self.dropped_batches += 1
-            watched = self._watches.get(link)
-            if watched is not None and watched.hang_ups:
-                self._quiet.warning(f"full:{link}", "link %d to %s has no connection (its "
-                                    "handshake fails): batch dropped", link, watched.endpoint)
-            else:
-                self._quiet.warning(f"full:{link}", "link %d to %s is full: batch dropped",
-                                    link, sock.getsockopt(zmq.LAST_ENDPOINT))
+            self._quiet.warning(f"drop:{link}", "link %d to %s: backlog of %d batches full, "
+                                "batch dropped", link, self._endpoint(link, sock),
+                                BACKLOG_BATCHES)
             return False
+        backlog.append(batch)
         return True
+
+    def flush(self) -> None:
+        """Move backlogged batches into links that have room again."""
+        for link, backlog in list(self.backlogs.items()):
+            sock = self._socks.get(link)
+            while backlog and sock is not None:
+                try:
+                    sock.send(backlog[0], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                backlog.popleft()
+            if not backlog or sock is None:
+                del self.backlogs[link]
+
+    def _endpoint(self, link: int, sock: zmq.Socket[bytes]) -> str:
+        watched = self._watches.get(link)
+        if watched is not None and watched.hang_ups:
+            return f"{watched.endpoint} (no connection: its handshake fails)"
+        last = sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode(errors="replace") if isinstance(last, bytes) else str(last)
 
     def hang_up(self, link: int) -> None:
         """Close a link, giving queued batches (a BYE) ``close_linger_s`` to leave."""
         self._unwatch(link)
+        backlog = self.backlogs.pop(link, None)
+        if backlog:
+            self.dropped_batches += len(backlog)
         sock = self._socks.pop(link, None)
         if sock is not None:
             sock.close(linger=self._linger_ms)
