@@ -76,6 +76,21 @@ def test_smartroute_peers_finds_the_cluster_over_mdns(spawn: Spawn) -> None:
         ["cli-peers", a.node_id[:12], "web-1", a.endpoint, "2", "alive"]]
 
 
+def test_smartroute_peers_takes_the_secret_from_the_environment(spawn: Spawn) -> None:
+    secret = "the cli test's cluster secret, long enough"
+    a = spawn(cluster="cli-secret", secret=secret)
+    command = [sys.executable, "-m", "smartroute.cli", "peers", "--cluster", "cli-secret",
+               "--host", "127.0.0.1", "--seed", a.endpoint, "--wait", "1.0"]
+    env = {k: v for k, v in os.environ.items() if k != "SMARTROUTE_SECRET"}
+    with_secret = subprocess.run(command, capture_output=True, text=True, timeout=30,
+                                 check=False, env={**env, "SMARTROUTE_SECRET": secret})
+    without = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False,
+                             env=env)
+    assert with_secret.returncode == 0 and without.returncode == 0, without.stderr
+    assert [row.split()[1] for row in with_secret.stdout.splitlines()[1:]] == [a.node_id[:12]]
+    assert without.stdout.splitlines()[1:] == []  # the same seed, no secret: nobody
+
+
 def test_bad_options_are_one_clear_line() -> None:
     result = subprocess.run([sys.executable, "-m", "smartroute.cli", "node", "--interface",
                              "eth0"], capture_output=True, text=True, timeout=30, check=False)
