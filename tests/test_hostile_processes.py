@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from smartroute import wire
 from smartroute.config import Limits
 from smartroute.errors import RemoteProtocolError
 from smartroute.testing import wait_until
-from smartroute.testing.cluster import AgentProcess
+from smartroute.testing.cluster import AgentError, AgentProcess
 
 from .conftest import Spawn
 
@@ -362,3 +363,115 @@ def test_a_node_under_a_fuzz_flood_serves_its_subscribers_with_flat_memory(
     finally:
         ctx.destroy(linger=0)
         sink_ctx.destroy(linger=0)
+
+
+# --- slow consumers and a frozen peer -------------------------------------------------------
+
+def rss_floor(pid: int, samples: int = 3, interval_s: float = 0.05) -> int:
+    """The least of a few RSS samples (single samples wander with allocator noise)."""
+    values = []
+    for _ in range(samples):
+        values.append(rss_bytes(pid))
+        time.sleep(interval_s)  # spacing between samples, not a wait for anything
+    return min(values)
+
+
+HANDLER_QUEUE = Limits().handler_queue_size
+
+
+def test_a_stuck_async_handler_holds_a_bounded_queue_and_drops_the_rest(spawn: Spawn) -> None:
+    """A handler that never returns: 1 message in it, ``handler_queue_size`` queued, every
+    other one dropped and counted; a request past the bound gets a RemoteError at once; the
+    node's memory does not grow with what it drops."""
+    a = spawn(cluster=CLUSTER, log_level="WARNING")
+    b = spawn(cluster=CLUSTER, seeds=[a.endpoint], log_level="WARNING")
+    a.call("subscribe", name="stuck", reply="silent")
+    b.call("wait_for", name="stuck")
+    flood = 3 * HANDLER_QUEUE
+    assert b.call("flood", target="stuck", count=flood, per_turn=100, answer_within_s=60) == flood
+    wait_until(lambda: a.call("stats")["received"] == flood, 30, what="the flood arrives")
+    stats = a.call("stats")
+    assert stats["delivered"] == HANDLER_QUEUE + 1  # one in the handler, the rest queued
+    assert stats["queue_full"] == flood - HANDLER_QUEUE - 1
+    assert stats["dropped"] >= stats["queue_full"]
+    with pytest.raises(AgentError) as full:
+        b.call("request", target="stuck", body="anyone?", mode="EQ", timeout=5.0)
+    assert full.value.kind == "RemoteError" and "queue full" in str(full.value)
+
+    floor = rss_floor(a.pid)
+    for _ in range(3):  # nine times the queue more, all dropped: no growth
+        b.call("flood", target="stuck", count=flood, per_turn=100, answer_within_s=60)
+    wait_until(lambda: a.call("stats")["received"] == 4 * flood + 1, 30,
+               what="the second flood arrives")
+    growth = rss_floor(a.pid) - floor
+    assert growth < 8 * MIB, f"RSS grew {growth / MIB:.1f} MiB while dropping"
+    assert a.call("stats")["delivered"] == HANDLER_QUEUE + 1
+    assert peer_downs(a) == [] and peer_downs(b) == []
+
+
+FREEZE_FLOOD_S = 5.0
+"""How long the sender floods its frozen peer: past the dead timeout (1.5 s) by enough to see
+that nothing accumulates once the peer is dead."""
+
+
+FROZEN_LINK_BOUND = 16 * MIB
+"""Most the sender may grow by while its peer is frozen. The link holds at most SNDHWM=10,000
+batches (here one ~250-byte message each; measured +1.4 MiB at the peak), and once the peer is
+dead nothing is queued for it. Without the bound, the ~80,000 messages sent in the 1.5 s before
+the death would hold 20-30 MB."""
+
+
+def test_a_frozen_peer_costs_bounded_memory_is_declared_dead_and_rejoins(
+        spawn: Spawn) -> None:
+    a = spawn(cluster=CLUSTER, log_level="WARNING")
+    b = spawn(cluster=CLUSTER, seeds=[a.endpoint], log_level="WARNING")
+    a.call("subscribe", name="back", reply="count")
+    b.call("subscribe", name="sink", reply="count")
+    a.call("wait_for", name="sink")
+    b.call("wait_for", name="back")
+    baseline = rss_floor(a.pid)
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        samples: list[tuple[float, int]] = []
+        dead_at: float | None = None
+        while time.monotonic() - frozen_at < FREEZE_FLOOD_S:
+            # One batch per message (per_turn=1): the link to the frozen peer fills up in
+            # batches, the bound ZeroMQ's SNDHWM puts on it.
+            a.call("flood", target="sink", count=2000, per_turn=1, size=200,
+                   answer_within_s=30)
+            samples.append((time.monotonic() - frozen_at, rss_bytes(a.pid)))
+            if dead_at is None and not a.call("lookup", name="sink"):
+                dead_at = time.monotonic() - frozen_at
+        stats = a.call("stats")
+        downs = peer_downs(a)
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    assert downs == [{"event": "PeerDown", "node_id": b.node_id, "reason": "timeout"}]
+    assert dead_at is not None and dead_at < 1.5 + 1.0, f"declared dead after {dead_at} s"
+    assert stats["peers"] == 0 and stats["dropped_batches"] > 0
+    peak = max(rss for _, rss in samples)
+    after_death = [rss for t, rss in samples if t > dead_at + 0.5]
+    assert len(after_death) >= 3
+    print(f"frozen peer: dead after {dead_at:.2f} s, baseline {baseline / MIB:.1f} MiB, "
+          f"peak {peak / MIB:.1f} MiB, dropped_batches {stats['dropped_batches']}, "
+          f"samples {[(round(t, 1), round(r / MIB, 1)) for t, r in samples]}")
+    assert peak - baseline < FROZEN_LINK_BOUND, f"peak {(peak - baseline) / MIB:.1f} MiB"
+    assert max(after_death) - min(after_death) < 8 * MIB  # nothing accumulates once dead
+
+    # Woken up, it rejoins: alive on both sides, tables restored, messages both ways.
+    wait_until(lambda: [p["state"] for p in a.call("peers")] == ["alive"]
+               and [p["state"] for p in b.call("peers")] == ["alive"], 15,
+               what="the woken peer is alive again on both sides")
+    a.call("wait_for", name="sink")
+    b.call("wait_for", name="back")
+    b.call("subscribe", name="b-inbox")  # new subscribers replicate both ways too
+    a.call("subscribe", name="a-inbox")
+    a.call("wait_for", name="b-inbox")
+    b.call("wait_for", name="a-inbox")
+    assert a.call("send_to", body="welcome back", target="b-inbox") == 1
+    assert b.call("send_to", body="thanks", target="a-inbox") == 1
+    assert collect_from(b, a.node_id, 1) == ["welcome back"]
+    assert collect_from(a, b.node_id, 1) == ["thanks"]
+    events = a.call("events")
+    assert [e["event"] for e in events if e["event"].startswith("Peer")] == ["PeerUp"]
