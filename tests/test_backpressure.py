@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import pytest
+import zmq
 
 from smartroute import Limits, Message, Node, PeerUp, ReceiveMode, RemoteError
 from smartroute.testing import FAST_TIMINGS, async_wait_until
@@ -88,3 +89,29 @@ async def test_an_events_iterator_that_falls_behind_drops_the_oldest_counted_and
 async def _take(stream: Any, n: int) -> Any:
     for _ in range(n):
         yield await asyncio.wait_for(anext(stream), 5)
+
+
+async def test_a_frame_over_max_frame_bytes_never_reaches_the_decoder() -> None:
+    """ZeroMQ's MAXMSGSIZE refuses it (and drops that connection); the sender reconnects and
+    what it sends next is read again."""
+    node = make_node(limits=Limits(max_frame_bytes=1024))
+    await node.start()
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(node.endpoint)
+        sock.send(b"\xc1" * 1025)  # garbage our decoder would count, were it let through
+        await asyncio.sleep(0.3)  # an observation window: it would have been counted by now
+        assert node.stats()["frames_received"] == 0
+        for _ in range(50):  # the socket reconnects (100 ms) and is heard again
+            sock.send(b"\xc1" * 1024)
+            await asyncio.sleep(0.02)
+            if node.stats()["malformed_frames"]:
+                break
+        stats = node.stats()
+        assert stats["malformed_frames"] >= 1
+        assert stats["frames_received"] == stats["malformed_frames"]
+    finally:
+        ctx.destroy(linger=0)
+        await node.close()
