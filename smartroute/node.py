@@ -90,6 +90,8 @@ class Subscription:
         self.handler = handler
         self.is_async = _is_async_callable(handler)
         self._queue: collections.deque[Message] = collections.deque()
+        self._awaiting = 0
+        """Awaitables a sync handler returned that still run (bounded like the queue)."""
         self._ready = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         if self.is_async:
@@ -128,6 +130,9 @@ class Subscription:
         self._ready.set()
         return True
 
+    def _awaitable_done(self, task: asyncio.Future[None]) -> None:
+        self._awaiting -= 1
+
     async def _work(self) -> None:
         queue = self._queue
         while not self.closed:
@@ -164,6 +169,7 @@ class EventStream:
     def _push(self, event: Event) -> None:
         if len(self._events) == self._events.maxlen:
             self.dropped += 1
+            self._node._event_dropped()
         self._events.append(event)
         self._ready.set()
 
@@ -605,7 +611,7 @@ class Node:
         """Counters since start (messages sent, received, delivered, dropped, malformed...)."""
         stats = dict.fromkeys(
             ("sent", "sent_remote_frames", "received", "delivered", "dropped",
-             "handler_errors", "queue_full", "link_full"), 0)
+             "handler_errors", "queue_full", "link_full", "events_dropped"), 0)
         stats.update(self._stats)
         if self._protocol is not None:
             counters = self._protocol.counters
@@ -803,26 +809,43 @@ class Node:
             if sub._offer(msg):
                 self._stats["delivered"] += 1
             else:
-                self._stats["queue_full"] += 1
-                self._stats["dropped"] += 1
-                self._quiet.warning(f"full:{sub.name}",
-                                    "%s: handler queue of %r is full (%d): message dropped",
-                                    self.node_id[:8], sub.name, self.limits.handler_queue_size)
-                if msg._replier is not None:
-                    self._reply_later(msg, RuntimeError("subscriber queue full"), error=True)
+                self._queue_full(sub, msg)
             return
-        self._stats["delivered"] += 1
         try:
             result = sub.handler(msg)
         except Exception as exc:
+            self._stats["delivered"] += 1
             self._handler_failed(sub, msg, exc)
             return
         if result is not None and inspect.isawaitable(result):
+            # A plain function that returns an awaitable queues work on the loop: bounded
+            # like an async handler's queue, or a flood would grow tasks without limit.
+            if sub._awaiting >= self.limits.handler_queue_size:
+                _drop_awaitable(result)
+                self._queue_full(sub, msg)
+                return
+            sub._awaiting += 1
             task = asyncio.ensure_future(self._finish(sub, msg, result))
             self._handler_tasks.add(task)
             task.add_done_callback(self._handler_task_done)
+            task.add_done_callback(sub._awaitable_done)
         elif msg._replier is not None:
             self._reply_later(msg, result, error=False)
+        self._stats["delivered"] += 1
+
+    def _queue_full(self, sub: Subscription, msg: Message) -> None:
+        self._stats["queue_full"] += 1
+        self._stats["dropped"] += 1
+        self._quiet.warning(f"full:{sub.name}",
+                            "%s: handler queue of %r is full (%d): message dropped",
+                            self.node_id[:8], sub.name, self.limits.handler_queue_size)
+        if msg._replier is not None:
+            self._reply_later(msg, RuntimeError("subscriber queue full"), error=True)
+
+    def _event_dropped(self) -> None:
+        self._stats["events_dropped"] += 1
+        self._quiet.warning("events-full", "%s: an events() iterator is %d events behind: the "
+                            "oldest are dropped", self.node_id[:8], self.limits.event_queue_size)
 
     def _handler_task_done(self, task: asyncio.Future[None]) -> None:
         self._handler_tasks.discard(task)
@@ -945,6 +968,14 @@ def _task_ended(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         _log.error("smartroute task %s died: the node no longer works", task.get_name(),
                    exc_info=task.exception())
+
+
+def _drop_awaitable(result: Awaitable[Any]) -> None:
+    """Never run ``result``: close a coroutine (no "never awaited" warning), cancel a future."""
+    if inspect.iscoroutine(result):
+        result.close()
+    elif isinstance(result, asyncio.Future):
+        result.cancel()
 
 
 def _discard_result(task: asyncio.Future[Any]) -> None:

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from .. import Message, Node, ReceiveMode, Subscription
+from .. import LinkFull, Message, Node, ReceiveMode, Subscription
 from ..events import PeerDown, PeerUp, SubscriberDown, SubscriberUp
 
 
@@ -94,12 +94,16 @@ class Agent:
         if op == "counts":
             return self.counts
         if op == "flood":
-            # send `count` bodies of `size` bytes, yielding to the loop every `per_turn`
+            # send `count` bodies of `size` bytes, yielding to the loop every `per_turn`;
+            # returns how many send_to accepted (it stops at the first LinkFull)
             body = b"x" * args.get("size", 100)
             per_turn = args.get("per_turn", 500)
             mode = ReceiveMode[args.get("mode", "EQ")]
             for i in range(args["count"]):
-                await node.send_to(body, mode, args.get("target"))
+                try:
+                    await node.send_to(body, mode, args.get("target"))
+                except LinkFull:
+                    return i
                 if i % per_turn == per_turn - 1:
                     await asyncio.sleep(0)
             return args["count"]
