@@ -269,7 +269,7 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
         lines += ["(No chart: matplotlib is missing; `pip install -e '.[bench]'`.)", ""]
     shown: set[int] = set()
     for section in SECTIONS:
-        picked = [one for one in rows if section.holds(one["workload"])]
+        picked = ordered([one for one in rows if section.holds(one["workload"])])
         shown |= {id(one) for one in picked}
         lines += [f"## {section.title}", "", section.about, ""]
         lines += [*table(picked), ""] if picked else ["Not measured in this run.", ""]
@@ -315,61 +315,63 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     return "\n".join(lines)
 
 
+SHORT = {"local dispatch": "local", "cross-node throughput": "cross-node",
+         "cross-node throughput, LAN harness": "LAN", "fan-out to 4 nodes": "fan-out x4",
+         "request/reply round trip": "loopback", "request/reply round trip, LAN harness": "LAN"}
+"""Workload names as the chart's labels say them."""
+
+
+def ordered(rows: Sequence[Row]) -> list[Row]:
+    """Rows grouped by workload (in order of first appearance), smartroute's first."""
+    first = {workload: i for i, workload in reversed(list(enumerate(
+        one["workload"] for one in rows)))}
+    return sorted(rows, key=lambda one: (first[one["workload"]],
+                                         not one["system"].startswith(REFERENCE)))
+
+
 def draw(data: dict[str, Any], path: Path) -> bool:
-    """Draw the throughput and round-trip figures as a PNG; False without matplotlib."""
+    """Draw throughput, p50 and p99 as horizontal bars in a PNG; False without matplotlib."""
     try:
         import matplotlib  # noqa: PLC0415 - optional: the bench extra
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
     except ImportError:
         return False
-    rows: list[Row] = data.get("rows", [])
-    rates = [one for one in rows if one["unit"] == "msg/s" and one["metric"] == "throughput"
-             and not one["workload"].startswith("discovery")]
-    trips = [one for one in rows if one["workload"].startswith("request/reply round trip")]
-    trip_systems = list(dict.fromkeys((one["workload"], one["system"]) for one in trips))
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(10, 2.2 + 0.32 * (len(rates) + 2 * len(trip_systems))),
-        gridspec_kw={"height_ratios": [max(1, len(rates)), max(1, 2 * len(trip_systems))]})
-
-    def label(workload: str, system: str) -> str:
-        return f"{workload}: {system}"
-
-    def colour(system: str) -> str:
-        return "#1f6fb4" if system.startswith(REFERENCE) else "#9a9a9a"
-
-    if rates:
-        names = [label(one["workload"], one["system"]) for one in rates]
-        values = [one["value"] for one in rates]
-        errors = [[one["value"] - one["min"] for one in rates],
-                  [one["max"] - one["value"] for one in rates]]
-        top.barh(names, values, xerr=errors, color=[colour(one["system"]) for one in rates])
-        top.set_xscale("log")
-        top.set_xlabel("messages per second (log scale; bars: median, whiskers: min-max)")
-        top.set_title("Throughput, 100-byte messages")
-        top.invert_yaxis()
-        for y, value in enumerate(values):
-            top.text(value, y, f" {value:,.0f}", va="center", fontsize=8)
-    if trips:
-        names, values, colours, lows, highs = [], [], [], [], []
-        for workload, system in trip_systems:
-            for metric in ("p50", "p99"):
-                found = find(trips, workload, system, metric)
-                if found is None:
-                    continue
-                names.append(f"{label(workload, system)} {metric}")
-                values.append(found["value"])
-                lows.append(found["value"] - found["min"])
-                highs.append(found["max"] - found["value"])
-                colours.append(colour(system))
-        bottom.barh(names, values, xerr=[lows, highs], color=colours)
-        bottom.set_xscale("log")
-        bottom.set_xlabel("microseconds (log scale)")
-        bottom.set_title("Request/reply round trip")
-        bottom.invert_yaxis()
-        for y, value in enumerate(values):
-            bottom.text(value, y, f" {value:,.0f}", va="center", fontsize=8)
+    rows = ordered(data.get("rows", []))
+    panels = [
+        ("Throughput, 100-byte messages (messages per second)",
+         [one for one in rows if one["workload"] in SHORT and one["metric"] == "throughput"]),
+        ("Request/reply round trip, p50 (microseconds)",
+         [one for one in rows if one["workload"] in SHORT and one["metric"] == "p50"]),
+        ("Request/reply round trip, p99 (microseconds)",
+         [one for one in rows if one["workload"] in SHORT and one["metric"] == "p99"]),
+    ]
+    panels = [(title, picked) for title, picked in panels if picked]
+    if not panels:
+        return False
+    heights = [len(picked) for _, picked in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(10, 1.2 * len(panels) + 0.3 * sum(heights)),
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, picked) in zip(axes[:, 0], panels, strict=True):
+        names = [f"{SHORT[one['workload']]}: {one['system']}" for one in picked]
+        values = [one["value"] for one in picked]
+        ax.barh(names, values,
+                xerr=[[one["value"] - one["min"] for one in picked],
+                      [one["max"] - one["value"] for one in picked]],
+                color=["#1f6fb4" if one["system"].startswith(REFERENCE) else "#a0a0a0"
+                       for one in picked], error_kw={"elinewidth": 1, "capsize": 2})
+        for y, one in enumerate(picked):
+            ax.text(one["max"], y, f"  {one['value']:,.0f}", va="center", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(one["max"] for one in picked) * 1.18)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.tick_params(labelsize=8)
+    fig.suptitle("smartroute (blue) and baselines (grey): median, whiskers min-max",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

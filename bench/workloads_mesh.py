@@ -65,11 +65,18 @@ def rtt_count(bench: Bench) -> int:
     return bench.scale.count(4000, 1000)
 
 
-def throughput(bench: Bench, workload: str, a: Worker, b: Worker) -> None:
-    """Cross-node throughput A -> one subscriber on B, sync and async handler."""
-    count = bench.scale.count(300_000, 50_000)
-    for system, name, handler in (("smartroute", "sink", "count"),
-                                  ("smartroute, async handler", "sink:async", "count_async")):
+HANDLERS = (("smartroute", "sink", "count"),
+            ("smartroute, async handler", "sink:async", "count_async"))
+"""System name, subscriber name and handler of each cross-node throughput figure."""
+
+
+def throughput(bench: Bench, workload: str, a: Worker, b: Worker, *,
+               handlers: tuple[tuple[str, str, str], ...] = HANDLERS,
+               counts: tuple[int, int] = (300_000, 50_000)) -> None:
+    """Cross-node throughput A -> one subscriber on B, for each of ``handlers``; ``counts``
+    messages per run (full, quick)."""
+    count = bench.scale.count(*counts)
+    for system, name, handler in handlers:
         b.call("subscribe", name=name, handler=handler)
         a.call("wait_for", name=name)
         flood_rate(a, [b], count // 10, name)
