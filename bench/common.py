@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import inspect
 import itertools
 import json
@@ -56,6 +57,12 @@ CALL_TIMEOUT_S = 60.0
 
 STOP_TIMEOUT_S = 5.0
 """How long a worker asked to close may take before it is SIGKILLed."""
+
+PARENT_ENV = "SMARTROUTE_BENCH_RUNNER"
+"""Environment variable holding the runner's PID, which every worker's parent must be."""
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when its parent dies."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,8 @@ class Worker:
         self._log: IO[bytes] | int = (open(log_path, "ab")  # noqa: SIM115
                                       if log_path is not None else subprocess.DEVNULL)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._log)
+                                        stderr=self._log,
+                                        env={**os.environ, PARENT_ENV: str(os.getpid())})
         self.pid = self.process.pid
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._answers: dict[int, dict[str, Any]] = {}
@@ -187,9 +195,9 @@ class Worker:
                               f"{self._log_tail()}") from exc
         return request_id
 
-    def wait(self, request_id: int, timeout: float = CALL_TIMEOUT_S) -> Any:
+    def wait(self, request_id: int, answer_within_s: float = CALL_TIMEOUT_S) -> Any:
         """The result of a submitted command; ``WorkerError`` if it failed or took too long."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + answer_within_s
         while request_id not in self._answers:
             line = self._next_line(deadline - time.monotonic())
             if "id" in line:
@@ -199,9 +207,9 @@ class Worker:
             raise WorkerError(f"{self.name}: {answer['error']}: {answer['message']}")
         return answer["result"]
 
-    def call(self, op: str, *, timeout: float = CALL_TIMEOUT_S, **args: Any) -> Any:
-        """Run one command and return its result."""
-        return self.wait(self.submit(op, **args), timeout)
+    def call(self, op: str, *, answer_within_s: float = CALL_TIMEOUT_S, **args: Any) -> Any:
+        """Run one command (``args`` are its fields) and return its result."""
+        return self.wait(self.submit(op, **args), answer_within_s)
 
     @property
     def alive(self) -> bool:
@@ -352,7 +360,18 @@ async def serve(ops: dict[str, Op], ready: dict[str, Any]) -> None:
         task.cancel()
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the runner dies, even by SIGKILL: a worker blocked
+    in a receive would otherwise outlive it. Best effort: elsewhere it is a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    runner = os.environ.get(PARENT_ENV)
+    if runner is not None and os.getppid() != int(runner):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_worker(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Entry point of a worker script: run ``main`` and exit quietly when the runner hangs up."""
+    die_with_parent()
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
         asyncio.run(main())

@@ -77,7 +77,10 @@ SECTIONS = (
             "smartroute is measured on the same two hosts for the ratio. pyre's WHISPER goes "
             "through its node thread, and a peer whose send queue (3,000) fills is dropped, "
             "so its sender keeps at most 2,000 whispers unacknowledged (the receiver acks "
-            "every 1,000). Round trip: whisper, and the peer whispers it back."),
+            "every 1,000). Round trip: whisper, and the peer whispers it back. pyre's beacons are "
+            "UDP broadcasts to the subnet's broadcast address from the first non-loopback "
+            "interface (eth0 in a namespace): across the bridge they work, and two pyre nodes "
+            "see each other within milliseconds."),
     Section("5. Subscription propagation", ("subscription propagation",),
             "From just before `subscribe` on node A until `wait_for` on node B returns (B "
             "would route to it), two processes on loopback; p50 and p99 of each run."),
@@ -290,7 +293,10 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
               ""]
     skipped = data.get("skipped", [])
     if skipped:
-        lines += ["## Not measured", "", "| what | why |", "|---|---|"]
+        lines += ["## Not measured, and runs discarded", "",
+                  "A flood run that loses messages is discarded and run again (at most twice); "
+                  "smartroute delivers at most once, so a peer wrongly declared dead loses "
+                  "what was in flight to it.", "", "| what | why |", "|---|---|"]
         lines += [f"| {skip['what']} | {skip['reason']} |" for skip in skipped]
         lines.append("")
     lines += ["## The machine", "", *machine(info), ""]

@@ -24,12 +24,18 @@ MESSAGE_WAIT_S = 10.0
 """Longest a reply may take before the round trip counts as lost."""
 
 
+def connect(port: int) -> redis.Redis:
+    """A client without a socket timeout: a subscriber may wait between runs for longer than
+    redis-py's default 5 s, and a timeout would kill it mid-suite."""
+    return redis.Redis(host=HOST, port=port, socket_timeout=None)
+
+
 class RedisWorker:
     """One client connection, and one pub/sub connection once subscribed."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.client = redis.Redis(host=HOST, port=port)
+        self.client = connect(port)
         self.pubsub: Any = None
 
     def _subscribe(self, channel: str) -> Any:
@@ -75,7 +81,7 @@ class RedisWorker:
     def echo_server(self, args: dict[str, Any]) -> bool:
         """Publish every message of ``request`` back on ``reply``, on a thread of its own."""
         pubsub = self._subscribe(args["request"])
-        client = redis.Redis(host=HOST, port=self.port)
+        client = connect(self.port)
 
         def echo() -> None:
             for message in pubsub.listen():

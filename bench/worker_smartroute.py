@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import sys
 import time
 from typing import Any
 
@@ -86,8 +88,11 @@ class BenchNode:
         try:
             await asyncio.wait_for(self.finished.wait(), args.get("timeout", 30.0))
         except TimeoutError:
-            raise TimeoutError(f"{self.received} of {self.target} messages arrived; "
-                               f"stats {self.node.stats()}") from None
+            stats = self.node.stats()
+            telling = {key: stats.get(key, 0) for key in (
+                "dropped", "queue_full", "dropped_batches", "peer_downs", "unknown_sender_records")}
+            raise TimeoutError(f"{self.received} of {self.target} messages arrived "
+                               f"({telling})") from None
         return {"t_last": self.t_last, "received": self.received}
 
     async def flood(self, args: dict[str, Any]) -> dict[str, float]:
@@ -171,6 +176,9 @@ async def main() -> None:
     parser.add_argument("--seed", action="append", default=[])
     parser.add_argument("--timing", action="append", default=[], metavar="NAME=SECONDS")
     args = parser.parse_args()
+    # Joins, leaves and deaths are INFO: the worker's log then explains a failed run.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     timings = {key: float(value) for key, value in (t.split("=", 1) for t in args.timing)}
     async with Node(args.cluster, discovery=args.seed, host=args.host, port=args.port,
                     **timings) as node:

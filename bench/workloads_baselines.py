@@ -52,7 +52,7 @@ PYRE_ENTER_S = 15.0
 def pyzmq(bench: Bench) -> None:
     """PUSH/PULL throughput (blocking; asyncio with batch draining) and the asyncio
     DEALER/ROUTER round trip, each end in its own process on loopback."""
-    count = bench.scale.count(1_000_000, 200_000)
+    count = bench.scale.count(500_000, 100_000)
     for system, use_asyncio in (("pyzmq PUSH/PULL, blocking", False),
                                 ("pyzmq PUSH/PULL, asyncio batch drain", True)):
         with bench.worker("worker_zmq.py") as pull, bench.worker("worker_zmq.py") as push:
@@ -161,7 +161,7 @@ def redis_baselines(bench: Bench) -> None:
     with redis_server(binary, bench.log_dir) as server:
         bench.machine["redis_server"] = server.version
         port = str(server.port)
-        count = bench.scale.count(300_000, 30_000)
+        count = bench.scale.count(200_000, 30_000)
         with bench.worker("worker_redis.py", "--port", port) as sub, \
                 bench.worker("worker_redis.py", "--port", port) as pub:
             sub.call("subscribe", channel="sink")
@@ -175,7 +175,7 @@ def redis_baselines(bench: Bench) -> None:
             values = [once(count) for _ in range(bench.scale.runs)]
         bench.add(row("cross-node throughput", "Redis pub/sub", "throughput", values, "msg/s"))
 
-        fan_count = bench.scale.count(100_000, 10_000)
+        fan_count = bench.scale.count(50_000, 10_000)
         with contextlib.ExitStack() as stack:
             subs = [stack.enter_context(bench.worker("worker_redis.py", "--port", port))
                     for _ in range(FAN_OUT_NODES)]
@@ -224,13 +224,13 @@ def lan_baselines(bench: Bench) -> None:
         with a, b:
             # The sync handler only: the comparison with pyre is about the transport.
             throughput(bench, "cross-node throughput, LAN harness", a, b,
-                       handlers=HANDLERS[:1], counts=(200_000, 30_000))
+                       handlers=HANDLERS[:1], counts=(150_000, 30_000))
             round_trips(bench, "request/reply round trip, LAN harness", a, b,
                         system="smartroute")
 
 
 def _pyre(bench: Bench, prefix_a: list[str], prefix_b: list[str]) -> None:
-    count = bench.scale.count(40_000, 8_000)
+    count = bench.scale.count(30_000, 8_000)
     with bench.worker("worker_pyre.py", prefix=prefix_a) as a, \
             bench.worker("worker_pyre.py", prefix=prefix_b) as b:
         uuid_a = a.call("start", name="bench-a", group="bench")
