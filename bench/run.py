@@ -219,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker logs kept in {kept}", flush=True)
     machine.update(bench.machine)
     machine["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    current = {"mode": mode, "machine": machine, "families": families, "skipped": skipped,
-               "rows": bench.rows, "seconds": round(time.monotonic() - suite_started, 1)}
+    current: dict[str, Any] = {
+        "mode": mode, "machine": machine, "families": families, "skipped": skipped,
+        "rows": bench.rows, "seconds": round(time.monotonic() - suite_started, 1)}
     if args.only and LATEST.exists():
         current = merge(json.loads(LATEST.read_text()), current)
     LATEST.write_text(json.dumps(current, indent=1) + "\n")

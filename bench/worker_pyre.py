@@ -102,11 +102,11 @@ class PyreWorker:
 
     def echo(self, args: dict[str, Any]) -> int:
         """Whisper each of the next ``count`` whispers back to its sender."""
-        node = self._node()
-        for _ in range(args["count"]):
+        node, count = self._node(), int(args["count"])
+        for _ in range(count):
             sender, body = self._whisper_from()
             node.whisper(sender, body)
-        return args["count"]
+        return count
 
     def rtt(self, args: dict[str, Any]) -> list[float]:
         """Seconds of each of ``count`` sequential whisper round trips to ``peer`` (after

@@ -80,7 +80,7 @@ class ZmqWorker:
         sock, shadow = self._shadow()
         count, received = args["count"], 0
         while received < count:
-            await sock.poll(flags=zmq.POLLIN)
+            await sock.poll()  # readable (POLLIN is the default)
             while received < count:
                 try:
                     shadow.recv(zmq.NOBLOCK)
