@@ -204,6 +204,8 @@ def table(rows: Sequence[Row]) -> list[str]:
     for one in rows:
         if one["system"] == REFERENCE:
             shown = "reference"
+        elif one["system"].startswith(REFERENCE):  # a variant of ours, not a baseline
+            shown = ""
         else:
             value = ratio(rows, one["workload"], one["metric"], one["system"])
             shown = "" if value is None else number(value, "x")
