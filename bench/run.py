@@ -76,8 +76,11 @@ def chat_gateway(bench: Bench) -> None:
                    "bench/results/chat_gateway.json")
         return
     rows = json.loads(GATEWAY_RESULTS.read_text())
+    if not isinstance(rows, list):
+        bench.skip("chat gateway", "chat_gateway.json is not a list of rows")
+        return
     bad = [one for one in rows if not isinstance(one, dict) or set(ROW_KEYS) - set(one)]
-    if not isinstance(rows, list) or bad:
+    if bad:
         bench.skip("chat gateway", f"chat_gateway.json has rows without {ROW_KEYS}: {bad[:1]}")
         return
     bench.add(*({key: one[key] for key in ROW_KEYS} for one in rows))
