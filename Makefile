@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit processes clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: demo test lint typecheck unit processes clean bench bench-quick redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +30,26 @@ typecheck: $(STAMP)
 ## unit: only the fast tests of the pure core (no processes)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not processes"
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The Redis baseline needs redis-server: installed from the distribution when we are root;
+# otherwise bench/run.py skips the Redis rows and says why in the report.
+redis-server:
+	@if command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+	else echo "redis-server missing and not root: the Redis baselines will be skipped"; fi
+
+## bench: the whole benchmark suite (< 10 min): bench/results/latest.json, bench/REPORT.md
+bench: $(BENCH_STAMP) redis-server
+	$(BIN)/python bench/run.py
+
+## bench-quick: the same, fewer messages and runs (< 2 min)
+bench-quick: $(BENCH_STAMP) redis-server
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,407 @@
+"""Turn bench/results/latest.json into bench/REPORT.md and bench/results/chart.png.
+
+    python bench/report.py        # redraw from the last results, without measuring
+
+``bench/run.py`` calls ``write`` after every run. Standard library only, except the chart
+(matplotlib, from the ``bench`` extra; without it the report says so and has no chart).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+LATEST = RESULTS / "latest.json"
+REPORT = HERE / "REPORT.md"
+CHART = RESULTS / "chart.png"
+
+REFERENCE = "smartroute"
+"""The system every ratio is taken from."""
+
+LOADED_MACHINE = 0.5
+"""Load average per core above which the report warns that other work shared the machine."""
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One table of the report: the rows of some workloads, and what they measure."""
+
+    title: str
+    workloads: tuple[str, ...]
+    """Workload names; one ending in ``*`` is a prefix."""
+    about: str
+    """What is measured and how each system is set up, so the comparison can be judged."""
+
+    def holds(self, workload: str) -> bool:
+        return any(workload.startswith(name[:-1]) if name.endswith("*") else workload == name
+                   for name in self.workloads)
+
+
+SECTIONS = (
+    Section("1. Local dispatch", ("local dispatch",),
+            "`send_to` EQ from a coroutine to a sync handler on the same node, one process; the "
+            "loop yields every 500 sends. Messages per second."),
+    Section("2. Cross-node throughput", ("cross-node throughput",),
+            "One sender process to one receiver process on loopback, 100-byte bodies, timed "
+            "from the sender's first send to the receiver's last receipt (one clock: "
+            "CLOCK_MONOTONIC). smartroute: node A `send_to` EQ to one subscriber on node B, "
+            "yielding every 500 sends; the handler only counts (sync, or async through the "
+            "subscriber's queue). pyzmq blocking: PUSH `send` / PULL `recv`, one call per "
+            "message. pyzmq asyncio: the PULL awaits readiness once, then drains with "
+            "non-blocking `recv` (what smartroute's inbox does); the PUSH awaits only when "
+            "ZeroMQ's pipe is full. Redis: publisher -> redis-server -> subscriber, three "
+            "processes, redis-py with hiredis, PUBLISH pipelined 500 per round trip (the same "
+            "batch as smartroute's turn), the subscriber reading with `listen()`."),
+    Section("3. Fan-out", ("fan-out to 4 nodes",),
+            "ALL from one sender to one subscriber on each of 4 other nodes (five processes); "
+            "throughput counts each message once, deliveries four times, until the slowest "
+            "receiver has all. Redis: one publisher, four subscriber processes on one channel."),
+    Section("4. Request/reply round trip", ("request/reply round trip",),
+            "Sequential round trips with a 100-byte body between two processes, p50 and p99 of "
+            "each run (after 100 unmeasured). smartroute: `node.request` to a sync handler on "
+            "the other node that returns the body. pyzmq: asyncio DEALER `send`/`recv` to an "
+            "asyncio ROUTER that echoes. Redis: PUBLISH on a request channel, an echo process "
+            "publishes it back on a reply channel the client is subscribed to."),
+    Section("Next to pyre, on the LAN harness",
+            ("cross-node throughput, LAN harness", "request/reply round trip, LAN harness"),
+            "pyre finds peers with UDP broadcast beacons, so it runs only on the LAN harness: "
+            "two network namespaces on one bridge (veth pairs), one process per host; "
+            "smartroute is measured on the same two hosts for the ratio. pyre's WHISPER goes "
+            "through its node thread, and a peer whose send queue (3,000) fills is dropped, "
+            "so its sender keeps at most 2,000 whispers unacknowledged (the receiver acks "
+            "every 1,000). Round trip: whisper, and the peer whispers it back. pyre's beacons are "
+            "UDP broadcasts to the subnet's broadcast address from the first non-loopback "
+            "interface (eth0 in a namespace): across the bridge they work, and two pyre nodes "
+            "see each other within milliseconds."),
+    Section("5. Subscription propagation", ("subscription propagation",),
+            "From just before `subscribe` on node A until `wait_for` on node B returns (B "
+            "would route to it), two processes on loopback; p50 and p99 of each run."),
+    Section("6. Failure detection", ("failure detection",),
+            "Three nodes with default timings (suspect after 0.75 s, dead after 1.5 s); one "
+            "is SIGKILLed and the two others are asked for their peers every 5 ms until "
+            "neither lists it (adds up to ~6 ms)."),
+    Section("7. Discovery", ("discovery *",),
+            "mDNS on the LAN harness, measured by `bench/lan_convergence.py` (16 hosts in "
+            "[DISCOVERY.md](DISCOVERY.md)). Cold: N nodes started at once, seconds from the "
+            "last one up until every node routes to every other. Warm: one node joins N-1, "
+            "seconds from its `start()` returning. `from_*spawn_s` includes starting Python."),
+    Section("Memory", ("memory, 100,000 subscribers",),
+            "Node A subscribes 100,000 names (sync handlers); node B only observes. B's RSS "
+            "after its table holds them all, minus before; B's and A's RSS; replication time "
+            "from A's first `subscribe` until B's table is complete. Fresh processes each "
+            "run."),
+)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target of issue 5: the figure it is judged on, and the bar."""
+
+    text: str
+    target: str
+    measure: Callable[[Sequence[Row]], float | None]
+    met: Callable[[float], bool]
+    unit: str
+
+
+def find(rows: Sequence[Row], workload: str, system: str, metric: str) -> Row | None:
+    """The row of one figure, if measured."""
+    return next((one for one in rows if (one["workload"], one["system"], one["metric"])
+                 == (workload, system, metric)), None)
+
+
+def ratio(rows: Sequence[Row], workload: str, metric: str, baseline: str) -> float | None:
+    """smartroute's value divided by ``baseline``'s, for the same workload and metric."""
+    ours = find(rows, workload, REFERENCE, metric)
+    theirs = find(rows, workload, baseline, metric)
+    if ours is None or theirs is None or not theirs["value"]:
+        return None
+    return float(ours["value"]) / float(theirs["value"])
+
+
+def _value(workload: str, system: str, metric: str) -> Callable[[Sequence[Row]], float | None]:
+    def measure(rows: Sequence[Row]) -> float | None:
+        found = find(rows, workload, system, metric)
+        return None if found is None else float(found["value"])
+    return measure
+
+
+def _ratio(workload: str, metric: str, baseline: str) -> Callable[[Sequence[Row]], float | None]:
+    return lambda rows: ratio(rows, workload, metric, baseline)
+
+
+def _slowest_warm_join(rows: Sequence[Row]) -> float | None:
+    warm = [float(one["value"]) for one in rows
+            if one["workload"].startswith("discovery warm start") and one["metric"] == "from_up_s"]
+    return max(warm) * 1000 if warm else None
+
+
+GOALS = (
+    Goal("Cross-node throughput vs Redis pub/sub", ">= 3x",
+         _ratio("cross-node throughput", "throughput", "Redis pub/sub"), lambda x: x >= 3, "x"),
+    Goal("Cross-node throughput vs raw blocking pyzmq PUSH/PULL", ">= 0.6x",
+         _ratio("cross-node throughput", "throughput", "pyzmq PUSH/PULL, blocking"),
+         lambda x: x >= 0.6, "x"),
+    Goal("Request/reply p50 vs raw asyncio DEALER/ROUTER", "<= 1.3x",
+         _ratio("request/reply round trip", "p50", "pyzmq DEALER/ROUTER, asyncio"),
+         lambda x: x <= 1.3, "x"),
+    Goal("Request/reply p99 vs raw asyncio DEALER/ROUTER", "<= 2x",
+         _ratio("request/reply round trip", "p99", "pyzmq DEALER/ROUTER, asyncio"),
+         lambda x: x <= 2, "x"),
+    Goal("Local dispatch", ">= 1,000,000 msg/s",
+         _value("local dispatch", REFERENCE, "throughput"), lambda x: x >= 1e6, "msg/s"),
+    Goal("SIGKILL detection (default timings)", "< 1.5 s",
+         _value("failure detection", REFERENCE, "SIGKILL to dead everywhere"),
+         lambda x: x < 1.5, "s"),
+    Goal("Warm join (slowest cluster size measured)", "< 300 ms", _slowest_warm_join,
+         lambda x: x < 300, "ms"),
+    Goal("Memory of 100,000 subscribers in the table (observer's RSS growth)", "< 100 MB",
+         _value("memory, 100,000 subscribers", REFERENCE, "observer RSS growth"),
+         lambda x: x < 100, "MB"),
+)
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def number(value: float, unit: str) -> str:
+    """A figure with its unit, at a precision that suits the unit."""
+    if unit == "msg/s":
+        return f"{value:,.0f} msg/s"
+    if unit == "us":
+        return f"{value:,.0f} µs" if value >= 100 else f"{value:.1f} µs"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if unit == "ms":
+        return f"{value:.0f} ms"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:.4g} {unit}"
+
+
+def _bare(value: float, unit: str) -> str:
+    return number(value, unit).rsplit(" ", 1)[0] if unit in ("msg/s", "us", "s", "MB") else (
+        number(value, unit))
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    """A markdown table of ``rows``, with each row's ratio to smartroute's same figure."""
+    several = len({one["workload"] for one in rows}) > 1
+    head = ["workload"] if several else []
+    lines = ["| " + " | ".join([*head, "system", "metric", "median", "min - max", "runs",
+                                "smartroute ÷ this"]) + " |",
+             "|" + "---|" * (len(head) + 6)]
+    for one in rows:
+        if one["system"] == REFERENCE:
+            shown = "reference"
+        elif one["system"].startswith(REFERENCE):  # a variant of ours, not a baseline
+            shown = ""
+        else:
+            value = ratio(rows, one["workload"], one["metric"], one["system"])
+            shown = "" if value is None else number(value, "x")
+        cells = [one["workload"]] if several else []
+        cells += [one["system"], one["metric"], number(one["value"], one["unit"]),
+                  f"{_bare(one['min'], one['unit'])} - {_bare(one['max'], one['unit'])}",
+                  str(one["runs"]), shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def goals(rows: Sequence[Row]) -> list[str]:
+    """The goals table: each target, where we stand, met or not."""
+    lines = ["| goal | target | measured | status |", "|---|---|---|---|"]
+    for goal in GOALS:
+        value = goal.measure(rows)
+        if value is None:
+            lines.append(f"| {goal.text} | {goal.target} | — | not measured |")
+        else:
+            status = "met" if goal.met(value) else "**not met**"
+            lines.append(f"| {goal.text} | {goal.target} | {number(value, goal.unit)} | "
+                         f"{status} |")
+    return lines
+
+
+def machine(info: dict[str, Any]) -> list[str]:
+    """The machine and software versions, as a two-column table."""
+    names = {"date": "date", "cpu": "CPU", "cores": "cores", "memory": "memory", "os": "OS",
+             "python": "Python", "smartroute": "smartroute", "commit": "commit",
+             "pyzmq": "pyzmq", "libzmq": "libzmq", "msgpack": "msgpack",
+             "zeroconf": "zeroconf", "redis_server": "redis-server", "redis": "redis-py",
+             "hiredis": "hiredis", "zeromq-pyre": "zeromq-pyre",
+             "load_average_at_start": "load average (1 min) at start",
+             "load_average_at_end": "load average (1 min) at end"}
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {label} | {info[key]} |" for key, label in names.items() if key in info]
+    return lines
+
+
+def render(data: dict[str, Any], *, chart: bool = True) -> str:
+    """The whole REPORT.md for one latest.json."""
+    rows: list[Row] = data.get("rows", [])
+    info: dict[str, Any] = data.get("machine", {})
+    lines = ["# smartroute benchmarks", "",
+             "smartroute side by side with raw pyzmq, Redis pub/sub and pyre, measured in one "
+             "run on one machine. Written by `bench/run.py` (`make bench`, or `make "
+             "bench-quick`) from `bench/results/latest.json`: do not edit by hand. "
+             "Medians of the runs, min - max across runs; 100-byte bodies everywhere. The "
+             "last column divides smartroute's figure by the row's: above 1 smartroute "
+             "delivers more per second, or takes longer per round trip.", ""]
+    warnings = []
+    if data.get("mode") != "full":
+        warnings.append(f"this is a **{data.get('mode')}** run (fewer messages and runs)")
+    cores = info.get("cores") or 1
+    load = max(info.get("load_average_at_start", 0), info.get("load_average_at_end", 0))
+    if load > LOADED_MACHINE * cores:
+        warnings.append(f"the machine was shared with other work (load average up to {load} "
+                        f"on {cores} cores)")
+    if warnings:
+        lines += [f"**Provisional figures:** {'; '.join(warnings)}.", ""]
+    lines += ["## Goals", "", *goals(rows), "",
+              "Goals are targets to move toward (issue 5); no test asserts them.", ""]
+    if chart:
+        lines += ["![throughput and round trips](results/chart.png)", ""]
+    else:
+        lines += ["(No chart: matplotlib is missing; `pip install -e '.[bench]'`.)", ""]
+    shown: set[int] = set()
+    for section in SECTIONS:
+        picked = ordered([one for one in rows if section.holds(one["workload"])])
+        shown |= {id(one) for one in picked}
+        lines += [f"## {section.title}", "", section.about, ""]
+        lines += [*table(picked), ""] if picked else ["Not measured in this run.", ""]
+    others: dict[str, list[Row]] = {}
+    for one in rows:
+        if id(one) not in shown:
+            others.setdefault(one["workload"], []).append(one)
+    if others:
+        lines += ["## Other figures", "",
+                  "Rows from other scripts (the chat gateway's come from "
+                  "`bench/chat_gateway.py`).", ""]
+        for workload, picked in others.items():
+            lines += [f"### {workload}", "", *table(picked), ""]
+    lines += ["## Profile and fixes", "",
+              "Where the cross-node path spends its time and what was done about it, with "
+              "figures before and after: [PROFILE.md](PROFILE.md) (probe: "
+              "`bench/hot_path.py`). Discovery in more detail: [DISCOVERY.md](DISCOVERY.md).",
+              ""]
+    skipped = data.get("skipped", [])
+    if skipped:
+        lines += ["## Not measured, and runs discarded", "",
+                  "A flood run that loses messages is discarded and run again (at most twice); "
+                  "smartroute delivers at most once, so a peer wrongly declared dead loses "
+                  "what was in flight to it.", "", "| what | why |", "|---|---|"]
+        lines += [f"| {skip['what']} | {skip['reason']} |" for skip in skipped]
+        lines.append("")
+    lines += ["## The machine", "", *machine(info), ""]
+    families = data.get("families", {})
+    if families:
+        lines += ["## Time per family", "",
+                  f"Whole run: {data.get('seconds', '?')} s (`make bench` must stay under 10 "
+                  "minutes on 2 cores, `make bench-quick` under 2).", "",
+                  "| family | mode | seconds | date |", "|---|---|---|---|"]
+        lines += [f"| {name} | {family['mode']} | {family['seconds']} | {family['date']} |"
+                  for name, family in families.items()]
+        lines.append("")
+    lines += ["## Reproduce", "",
+              "`make bench` (about 10 minutes) or `make bench-quick` (about 2) from a fresh "
+              "checkout: they create the virtualenv, install the `bench` extra (redis-py, "
+              "hiredis, zeromq-pyre, matplotlib) and, as root, redis-server from the "
+              "distribution. One family: `.venv/bin/python bench/run.py --only redis`. The "
+              "LAN harness (pyre, discovery) needs root; without it those rows are skipped "
+              "with the reason above. Redis runs on 127.0.0.1 on a free port, without "
+              "persistence, and without the pub/sub output-buffer limit (a subscriber behind "
+              "a pipelined publisher would otherwise be disconnected mid-run).", ""]
+    return "\n".join(lines)
+
+
+SHORT = {"local dispatch": "local", "cross-node throughput": "cross-node",
+         "cross-node throughput, LAN harness": "LAN", "fan-out to 4 nodes": "fan-out x4",
+         "request/reply round trip": "loopback", "request/reply round trip, LAN harness": "LAN"}
+"""Workload names as the chart's labels say them."""
+
+
+def ordered(rows: Sequence[Row]) -> list[Row]:
+    """Rows grouped by workload (in order of first appearance), smartroute's first."""
+    first = {workload: i for i, workload in reversed(list(enumerate(
+        one["workload"] for one in rows)))}
+    return sorted(rows, key=lambda one: (first[one["workload"]],
+                                         not one["system"].startswith(REFERENCE)))
+
+
+def draw(data: dict[str, Any], path: Path) -> bool:
+    """Draw throughput, p50 and p99 as horizontal bars in a PNG; False without matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional: the bench extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+    except ImportError:
+        return False
+    rows = ordered(data.get("rows", []))
+    panels = [
+        ("Throughput, 100-byte messages (messages per second)",
+         [one for one in rows if one["workload"] in SHORT and one["metric"] == "throughput"]),
+        ("Request/reply round trip, p50 (microseconds)",
+         [one for one in rows if one["workload"] in SHORT and one["metric"] == "p50"]),
+        ("Request/reply round trip, p99 (microseconds)",
+         [one for one in rows if one["workload"] in SHORT and one["metric"] == "p99"]),
+    ]
+    panels = [(title, picked) for title, picked in panels if picked]
+    if not panels:
+        return False
+    heights = [len(picked) for _, picked in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(10, 1.2 * len(panels) + 0.3 * sum(heights)),
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, picked) in zip(axes[:, 0], panels, strict=True):
+        names = [f"{SHORT[one['workload']]}: {one['system']}" for one in picked]
+        values = [one["value"] for one in picked]
+        ax.barh(names, values,
+                xerr=[[one["value"] - one["min"] for one in picked],
+                      [one["max"] - one["value"] for one in picked]],
+                color=["#1f6fb4" if one["system"].startswith(REFERENCE) else "#a0a0a0"
+                       for one in picked], error_kw={"elinewidth": 1, "capsize": 2})
+        for y, one in enumerate(picked):
+            ax.text(one["max"], y, f"  {one['value']:,.0f}", va="center", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(one["max"] for one in picked) * 1.18)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.tick_params(labelsize=8)
+    fig.suptitle("smartroute (blue) and baselines (grey): median, whiskers min-max",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(data: dict[str, Any], report: Path = REPORT, chart: Path = CHART) -> list[Path]:
+    """Write the chart (when matplotlib is there) and the report; returns what was written."""
+    drawn = draw(data, chart)
+    report.write_text(render(data, chart=drawn))
+    return [chart, report] if drawn else [report]
+
+
+def main() -> int:
+    if not LATEST.exists():
+        print(f"no {LATEST}: run bench/run.py first", file=sys.stderr)
+        return 1
+    for path in write(json.loads(LATEST.read_text())):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
