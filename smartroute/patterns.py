@@ -40,9 +40,10 @@ from typing import Any, Final
 
 from .errors import UsageError
 
-MAX_NFA_STATES = 2000
-"""Largest NFA one pattern may compile to. A DFA step costs up to one pass over it, so this
-bounds the worst case per character (measured: see bench/regex_safety.py)."""
+MAX_NFA_STATES = 1024
+"""Largest NFA one pattern may compile to. Any pattern of at most 512 characters without
+counted repeats fits (it has at most one state per character, plus one). A DFA step costs up
+to one pass over the NFA, so this bounds the worst case per character (bench/regex_safety.py)."""
 
 MAX_NESTING = 100
 """Deepest group nesting accepted; the compiler recurses once per level."""

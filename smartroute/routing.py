@@ -36,7 +36,8 @@ class Router:
         self._table = table
         self._regex_cache_size = regex_cache_size
         self._max_pattern_length = max_pattern_length
-        self._patterns: collections.OrderedDict[str, Pattern] = collections.OrderedDict()
+        self._patterns: collections.OrderedDict[str, Pattern | UsageError] = (
+            collections.OrderedDict())
         self._regex_budget = CacheBudget()  # the DFA caches of all cached patterns, together
         self._turns: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
         self._turn_memory = regex_cache_size
@@ -47,13 +48,21 @@ class Router:
         compiled = self._patterns.get(source)
         if compiled is not None:
             self._patterns.move_to_end(source)
+            if isinstance(compiled, UsageError):
+                raise UsageError(str(compiled))
             return compiled
         if len(source) > self._max_pattern_length:
             raise UsageError(f"REGEX pattern longer than {self._max_pattern_length} characters")
-        compiled = compile_pattern(source, budget=self._regex_budget)
+        try:
+            compiled = compile_pattern(source, budget=self._regex_budget)
+        except UsageError as exc:
+            # Remembered too: a peer repeating a refused pattern costs a lookup, not a compile.
+            compiled = exc
         self._patterns[source] = compiled
         if len(self._patterns) > self._regex_cache_size:
             self._patterns.popitem(last=False)
+        if isinstance(compiled, UsageError):
+            raise UsageError(str(compiled))
         return compiled
 
     def names_matching(self, mode: ReceiveMode, target: Target,

@@ -9,8 +9,12 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from smartroute import Node, ReceiveMode, wire
 from smartroute.errors import UsageError
 from smartroute.patterns import MAX_NFA_STATES, CacheBudget, compile_pattern
+from smartroute.protocol import Deliver
+from smartroute.testing import FAST_TIMINGS, async_wait_until
+from tests.memnet import MemNet, msg
 
 # --- the proof of semantics: differential against re.search ------------------------------------
 
@@ -259,3 +263,68 @@ def test_empty_groups_repeated_any_number_of_times_compile_at_once() -> None:
     compiled = compile_pattern("(?:){4294967294}x")
     assert time.perf_counter() - started < SAFETY_BOUND_S
     assert compiled.search("x") and not compiled.search("y")
+
+
+# --- in the node: a pattern from a peer --------------------------------------------------------
+
+ADVERSARIAL_NAME = "a" * 255 + "!"
+
+
+def test_a_catastrophic_regex_from_a_peer_does_not_hold_up_the_next_message() -> None:
+    net = MemNet()
+    a, b = net.mesh("a", "b")
+    trap = b.proto.subscribe(ADVERSARIAL_NAME, {}, net.now)
+    user = b.proto.subscribe("user:x", {}, net.now)
+    net.flush()
+    routing_id = a.node_id + b"\x00\x00\x00\x01"
+    # What a hostile or careless peer sends: re would backtrack on b's name for ages.
+    batch = wire.encode_batch([
+        wire.encode_msg(msg("(a+)+$", "trap", mode=ReceiveMode.REGEX, seq=1)),
+        wire.encode_msg(msg(["^user:x$", "(a|a)*b"], "both", mode=ReceiveMode.REGEX, seq=2)),
+        wire.encode_msg(msg("user:x", "next", seq=3)),
+    ])
+    started = time.perf_counter()
+    b.proto.receive(routing_id, batch, net.now)
+    assert time.perf_counter() - started < SAFETY_BOUND_S * 4
+    delivered = [(d.msg.seq, d.sub_ids) for d in b.proto.events_received()
+                 if type(d) is Deliver]
+    assert delivered == [(2, [user]), (3, [user])]
+    assert trap not in {sub for _, subs in delivered for sub in subs}
+
+
+def test_a_refused_regex_from_a_peer_is_dropped_and_counted() -> None:
+    net = MemNet()
+    a, b = net.mesh("a", "b")
+    user = b.proto.subscribe("user:x", {}, net.now)
+    net.flush()
+    before = b.proto.counters.malformed_records
+    batch = wire.encode_batch([
+        wire.encode_msg(msg(r"(user):\1", mode=ReceiveMode.REGEX, seq=1)),
+        wire.encode_msg(msg("(?=user)", mode=ReceiveMode.REGEX, seq=2)),
+        wire.encode_msg(msg("user:x", "next", seq=3)),
+    ])
+    b.proto.receive(a.node_id + b"\x00\x00\x00\x01", batch, net.now)
+    assert b.proto.counters.malformed_records == before + 2
+    assert [(d.msg.seq, d.sub_ids) for d in b.proto.events_received()
+            if type(d) is Deliver] == [(3, [user])]
+
+
+async def test_nodes_on_loopback_deliver_past_a_catastrophic_regex() -> None:
+    a = Node("patterns", discovery=[], host="127.0.0.1", **FAST_TIMINGS)
+    await a.start()
+    b = Node("patterns", discovery=[a.endpoint], host="127.0.0.1", **FAST_TIMINGS)
+    try:
+        await b.start()
+        got: list[tuple[str, object]] = []
+        await a.subscribe(ADVERSARIAL_NAME, lambda m: got.append((m.subscriber, m.body)))
+        await a.subscribe("user:x", lambda m: got.append((m.subscriber, m.body)))
+        await b.wait_for("user:x")
+        await b.wait_for(ADVERSARIAL_NAME)
+        # b plans this one to a (user:x matches); a then runs it over all its own names.
+        assert await b.send_to("regex", ReceiveMode.REGEX, "^user:x$|(a+)+$") == 1
+        assert await b.send_to("next", ReceiveMode.EQ, "user:x") == 1
+        await async_wait_until(lambda: len(got) == 2, timeout=5.0, what="both delivered")
+        assert got == [("user:x", "regex"), ("user:x", "next")]
+    finally:
+        await b.close()
+        await a.close()
