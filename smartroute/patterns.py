@@ -53,8 +53,16 @@ DFA_CACHE_BYTES = 32 * 1024 * 1024
 are dropped and rebuilt as the walks go on: a pattern from the network cannot grow a node."""
 
 FAST_PATH_MAX_ITEMS = 32
-"""Longest pattern (in atoms, anchors and repeats) run on ``re``: the proof bounds its work by
-(len(name) + 1) ** 2 * items steps, about 2M here, a few milliseconds in C."""
+"""Longest pattern (in atoms, anchors and repeats) run on ``re``; see ``_backtracks_linearly``."""
+
+FAST_PATH_MAX_SKIPPED = 2
+"""Most anchors and optional repeats between a repeat and what must follow it, on ``re``."""
+
+FAST_PATH_MAX_NAME = 64
+"""Longest name given to ``re``; longer ones go to the DFA. ``re``'s work is quadratic in the
+name (see ``_backtracks_linearly``): on 64 characters its worst case stays near the DFA's
+(tens of microseconds, ``bench/regex_safety.py``), on 256 it would be ~100x the DFA's. Real
+names (``user:alice123``) are far shorter."""
 
 FINITE_SET_MAX = 4096
 """A character class with at most this many members is enumerated for the disjointness test."""
@@ -327,8 +335,9 @@ class _DState:
         self.at_end: bool | None = None
 
 
+# The two ends of a walk; every other state holds at least the start state, so kernel > 0.
 _MATCHED: Final = _DState(0, False, False)
-_DEAD: Final = _DState(0, False, False)
+_DEAD: Final = _DState(-1, False, False)
 
 # What the assertions can see of one position, as bits of a small int.
 _AT_START, _PREV_WORD, _NEXT_WORD, _AT_END, _DOLLAR_HOLDS = 1, 2, 4, 8, 16
@@ -407,37 +416,60 @@ class _LazyDfa:
 
     def search(self, name: str) -> bool:
         """Whether ``re.search`` would find a match in ``name``."""
-        if self._generation != self._budget.generation:  # another pattern spent the budget
-            self._generation = self._budget.generation
-            self.resets += 1
-            self._clear()
+        if self._generation != self._budget.generation:
+            self._drop_stale()
+        return self._walk(name)
+
+    def select(self, names: Iterable[str]) -> list[str]:
+        """The names that match, in order."""
+        if self._generation != self._budget.generation:
+            self._drop_stale()
+        walk = self._walk
+        return [name for name in names if walk(name)]
+
+    def _drop_stale(self) -> None:
+        # Another pattern spent the shared budget: every cache built before goes.
+        self._generation = self._budget.generation
+        self.resets += 1
+        self._clear()
+
+    def _walk(self, name: str) -> bool:
         state = self._initial
-        body = name
         if self._nfa.uses_dollar and name.endswith("\n"):
-            body = name[:-1]
-        for ch in body:
-            nxt = state.next.get(ch)
-            if nxt is None:
-                nxt = self._step(state, ch, ch, last=False)
-            if nxt is _MATCHED:
-                return True
-            if nxt is _DEAD:
-                return False
-            state = nxt
-        if len(body) != len(name):
-            nxt = state.next.get(_LAST_NEWLINE)
-            if nxt is None:
-                nxt = self._step(state, _LAST_NEWLINE, "\n", last=True)
-            if nxt is _MATCHED:
-                return True
-            if nxt is _DEAD:
-                return False
-            state = nxt
+            return self._walk_to_final_newline(state, name)
+        for ch in name:
+            try:
+                state = state.next[ch]
+            except KeyError:
+                state = self._step(state, ch, ch, last=False)
+            if state.kernel <= 0:  # matched or dead: the rest of the name cannot matter
+                return state is _MATCHED
         at_end = state.at_end
         if at_end is None:
-            closure = self._closure(state.kernel, self._context(state, None, last=True))
-            at_end = state.at_end = bool(closure & self._match_bit)
+            at_end = self._at_end(state)
         return at_end
+
+    def _walk_to_final_newline(self, state: _DState, name: str) -> bool:
+        """``_walk`` for a name that ends with '\\n' when the pattern has '$' (which holds
+        before that '\\n' too): the last step has a transition key of its own."""
+        for ch in name[:-1]:
+            nxt = state.next.get(ch)
+            state = self._step(state, ch, ch, last=False) if nxt is None else nxt
+            if state.kernel <= 0:
+                return state is _MATCHED
+        nxt = state.next.get(_LAST_NEWLINE)
+        state = self._step(state, _LAST_NEWLINE, "\n", last=True) if nxt is None else nxt
+        if state.kernel <= 0:
+            return state is _MATCHED
+        at_end = state.at_end
+        if at_end is None:
+            at_end = self._at_end(state)
+        return at_end
+
+    def _at_end(self, state: _DState) -> bool:
+        closure = self._closure(state.kernel, self._context(state, None, last=True))
+        state.at_end = bool(closure & self._match_bit)
+        return state.at_end
 
     def _context(self, state: _DState, ch: str | None, *, last: bool) -> int:
         context = _PREV_WORD if state.prev_word else 0
@@ -677,23 +709,21 @@ def _backtracks_linearly(tree: Any) -> bool:
     character class, an anchor, or a repeat of one character class; and every repeat R with a
     choice (lo < hi) is *followed by disjoint classes*: no character of R's class is in the
     class of any item after R up to and including the first one that must consume (lo >= 1),
-    anchors and optional repeats skipped over.
+    with at most ``FAST_PATH_MAX_SKIPPED`` anchors and optional repeats (lo = 0) in between.
 
-    Proof that a match attempt from one start position costs O((n + k) * k) steps, n the name
-    length, k the item count. Classes, anchors and fixed repeats match in at most one way, so
+    Proof that a search costs O(n * (n * (s + 2) + k)) steps, n the name length, k the item
+    count, s the skip bound. Classes, anchors and fixed repeats match in at most one way, so
     the only choice points of the backtracking are how many characters each repeat R takes.
     Suppose R stops at a position q where the name's character s[q] is still in R's class (it
     could have taken more, or it hit hi). What follows R must then consume s[q] with the class
-    of one of the items of the disjointness rule, or skip every item zero-width to the end of
-    the pattern (a match: the search stops). Optional repeats in between cannot take s[q]
-    either (their classes are disjoint from R's too). So such a stop fails or succeeds after
-    at most k zero-width steps, without reaching another choice point. The only stop that can
-    go on consuming is the one where R's run ends (s[q] not in R's class, or the end): one
-    deep path. R's run is tried once per length: at most (run + 1) * k steps per repeat; the
-    runs of the repeats on the deep path are consecutive, disjoint stretches of the name, so
-    they add up to at most n. With at most n + 1 start positions, a search costs
-    O(n * (n + k) * k): for n = 256 and k = 32, about 2.4M steps in C, milliseconds.
-    ``tests/test_patterns.py`` times the worst such pattern we know.
+    of one of the items of the disjointness rule, which cannot, or pass every item zero-width
+    to the end of the pattern (a match: the search stops). The optional repeats in between
+    cannot take s[q] either (disjoint too), so such a stop ends, failing or matching, within
+    s + 2 steps and reaches no other choice point. The only stop of R that can go on
+    consuming is the one where R's run ends (s[q] not in R's class, or the name's end): one
+    deep path through the pattern, at most n + k steps. Along it each repeat tries at most
+    run + 1 stops, and the runs are consecutive, disjoint stretches of the name: at most
+    n * (s + 2) + n + k steps per start position, and re tries n + 1 of them.
     """
     items: list[_Flat] = []
     if not _flatten(tree, items) or len(items) > FAST_PATH_MAX_ITEMS:
@@ -702,7 +732,9 @@ def _backtracks_linearly(tree: Any) -> bool:
         if kind != "repeat" or lo == hi:
             continue
         assert cls is not None
-        for later_kind, later_lo, _, later_cls in items[i + 1:]:
+        for skipped, (later_kind, later_lo, _, later_cls) in enumerate(items[i + 1:]):
+            if skipped > FAST_PATH_MAX_SKIPPED:  # every item before this one was skipped
+                return False
             if later_kind == "anchor":
                 continue
             assert later_cls is not None
@@ -721,29 +753,29 @@ class Pattern:
 
     __slots__ = ("_dfa", "_re", "engine", "source")
 
-    def __init__(self, source: str, compiled: re.Pattern[str] | None,
-                 dfa: _LazyDfa | None) -> None:
+    def __init__(self, source: str, dfa: _LazyDfa, fast: re.Pattern[str] | None) -> None:
         self.source = source
-        self._re = compiled
         self._dfa = dfa
-        self.engine = "re" if compiled is not None else "dfa"
-        """Which engine runs it: "re" (proved linear) or "dfa"."""
+        self._re = fast
+        self.engine = "re" if fast is not None else "dfa"
+        """Which engine runs names of up to ``FAST_PATH_MAX_NAME`` characters: "re" (proved
+        to backtrack little) or "dfa"; longer names always go to the DFA."""
 
     def search(self, name: str) -> bool:
         """Whether the pattern matches anywhere in ``name``."""
-        if self._re is not None:
+        if self._re is not None and len(name) <= FAST_PATH_MAX_NAME:
             return self._re.search(name) is not None
-        assert self._dfa is not None
         return self._dfa.search(name)
 
     def select(self, names: Iterable[str]) -> list[str]:
         """The names that match, in order."""
-        if self._re is not None:
-            search = self._re.search
-            return [name for name in names if search(name)]
-        assert self._dfa is not None
+        if self._re is None:
+            return self._dfa.select(names)
         dfa_search = self._dfa.search
-        return [name for name in names if dfa_search(name)]
+        search = self._re.search
+        limit = FAST_PATH_MAX_NAME
+        return [name for name in names
+                if (search(name) if len(name) <= limit else dfa_search(name))]
 
     def __repr__(self) -> str:
         return f"<Pattern {self.source!r} on {self.engine}>"
@@ -772,6 +804,4 @@ def compile_pattern(source: str, *, fast_path: bool = True,
         # re's parse tree is private API: a shape we do not know is refused, never guessed at.
         raise UsageError(f"bad REGEX pattern {source!r}: not understood on this Python "
                          f"({type(exc).__name__}: {exc})") from exc
-    if use_re:
-        return Pattern(source, compiled, None)
-    return Pattern(source, None, _LazyDfa(nfa, budget or CacheBudget()))
+    return Pattern(source, _LazyDfa(nfa, budget or CacheBudget()), compiled if use_re else None)

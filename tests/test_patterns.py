@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from smartroute import Node, ReceiveMode, wire
 from smartroute.errors import UsageError
-from smartroute.patterns import MAX_NFA_STATES, CacheBudget, compile_pattern
+from smartroute.patterns import (
+    FAST_PATH_MAX_NAME,
+    MAX_NFA_STATES,
+    CacheBudget,
+    compile_pattern,
+)
 from smartroute.protocol import Deliver
 from smartroute.testing import FAST_TIMINGS, async_wait_until
 from tests.memnet import MemNet, msg
@@ -170,7 +175,7 @@ def test_simple_patterns_run_on_re(pattern: str) -> None:
 
 @pytest.mark.parametrize("pattern", [
     "(a+)+$", "(a|a)*b", ".*.*.*.*x", "(a*)*b", "a*a*b", r"^(\w+\s?)*$", ".*x",
-    "(user|room):", "[0-9]+[0-9]", r"\d+1", "a*(?:b|a)",
+    "(user|room):", "[0-9]+[0-9]", r"\d+1", "a*(?:b|a)", r"a*\B\B\Bx", "a*b?c?d?x",
 ])
 def test_patterns_that_may_backtrack_run_on_the_dfa(pattern: str) -> None:
     assert compile_pattern(pattern).engine == "dfa"
@@ -215,14 +220,14 @@ def test_catastrophic_patterns_finish_within_the_safety_bound(pattern: str, name
 
 
 def test_the_fast_path_worst_case_finishes_within_the_safety_bound() -> None:
-    # The worst shape the proof allows: a repeat given back one character at a time, each
-    # try walking many zero-width items before failing, from every start position.
-    pattern = "a*" + r"\B" * 29 + "x"
-    compiled = compile_pattern(pattern)
+    # The worst shape the proof allows: a repeat given back one character at a time, each stop
+    # walking the skipped zero-width items before failing, from every start position.
+    compiled = compile_pattern(r"a*\B\Bx")
     assert compiled.engine == "re"
-    started = time.perf_counter()
-    assert not compiled.search("a" * 256)
-    assert time.perf_counter() - started < SAFETY_BOUND_S
+    for name in ["a" * FAST_PATH_MAX_NAME, "a" * 256]:  # the longer one goes to the DFA
+        started = time.perf_counter()
+        assert not compiled.search(name)
+        assert time.perf_counter() - started < SAFETY_BOUND_S
 
 
 # --- refusals ------------------------------------------------------------------------------------
