@@ -771,11 +771,13 @@ class Pattern:
         """The names that match, in order."""
         if self._re is None:
             return self._dfa.select(names)
-        dfa_search = self._dfa.search
         search = self._re.search
-        limit = FAST_PATH_MAX_NAME
+        names = names if isinstance(names, list) else list(names)
+        if max(map(len, names), default=0) <= FAST_PATH_MAX_NAME:  # the usual table
+            return [name for name in names if search(name)]
+        dfa_search = self._dfa.search
         return [name for name in names
-                if (search(name) if len(name) <= limit else dfa_search(name))]
+                if (search(name) if len(name) <= FAST_PATH_MAX_NAME else dfa_search(name))]
 
     def __repr__(self) -> str:
         return f"<Pattern {self.source!r} on {self.engine}>"

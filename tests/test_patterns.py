@@ -163,6 +163,21 @@ def test_patterns_sharing_a_budget_drop_their_caches_together() -> None:
     assert budget.used_bytes <= budget.limit_bytes
 
 
+@pytest.mark.parametrize("pattern", ["^user:", "room:[0-9]+$", r"\w+@\d+", "a$", r"\bx"])
+def test_names_longer_than_the_fast_path_limit_answer_like_re_too(pattern: str) -> None:
+    long = FAST_PATH_MAX_NAME + 1
+    names = ["user:" + "x" * long, "room:" + "1" * long, "room:" + "1" * long + "x", "room:12",
+             "x" * long + "@5", "a" * long + "\n", "a" * 3, "a" * long + "!", "x"]
+    compiled = compile_pattern(pattern)
+    assert compiled.engine == "re"
+    expected = [n for n in names if _re_search(pattern, n)]
+    assert compiled.select(names) == expected
+    assert compiled.select(iter(names)) == expected
+    assert [n for n in names if compiled.search(n)] == expected
+    assert compiled.select([n for n in names if len(n) <= FAST_PATH_MAX_NAME]) == [
+        n for n in expected if len(n) <= FAST_PATH_MAX_NAME]
+
+
 # --- which engine runs what ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("pattern", [
