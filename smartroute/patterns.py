@@ -29,6 +29,7 @@ that expand past ``MAX_NFA_STATES``, groups nested deeper than ``MAX_NESTING``.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 # The parser of ``re`` is private API (``re._parser`` since 3.11). It is imported here and
@@ -299,26 +300,30 @@ def _adds_nothing(items: Any) -> bool:
 class CacheBudget:
     """Memory shared by the DFA caches of many patterns (one per ``Router``).
 
-    Past ``limit_bytes`` every cache that draws on it is dropped (each at its next search), so
-    they hold at most twice the limit between them, however many patterns are compiled.
+    When the estimate passes ``limit_bytes``, every cache that draws on it is dropped at once
+    (a walk in progress keeps only the states it holds until it returns), so together they
+    stay under the limit however many patterns are compiled or how long they sit idle.
     """
 
     def __init__(self, limit_bytes: int = DFA_CACHE_BYTES) -> None:
         self.limit_bytes = limit_bytes
         self.used_bytes = 0
-        self.generation = 0
         self.resets = 0
         """How many times the budget was spent and every cache dropped."""
+        self._caches: weakref.WeakSet[_LazyDfa] = weakref.WeakSet()
 
-    def charge(self, nbytes: int) -> bool:
-        """Count ``nbytes``; True when the budget is spent (the caller then drops its cache)."""
+    def add(self, cache: _LazyDfa) -> None:
+        """Let ``cache`` draw on this budget (until it is garbage)."""
+        self._caches.add(cache)
+
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` more; past the limit, drop every cache."""
         self.used_bytes += nbytes
-        if self.used_bytes <= self.limit_bytes:
-            return False
-        self.used_bytes = 0
-        self.generation += 1
-        self.resets += 1
-        return True
+        if self.used_bytes > self.limit_bytes:
+            self.used_bytes = 0
+            self.resets += 1
+            for cache in list(self._caches):
+                cache.clear()
 
 
 class _DState:
@@ -360,7 +365,6 @@ class _LazyDfa:
     def __init__(self, nfa: _Nfa, budget: CacheBudget) -> None:
         self._nfa = nfa
         self._budget = budget
-        self._generation = budget.generation
         n = len(nfa.kinds)
         self._nbytes = (n + 7) // 8
         self._start_bit = 1 << nfa.start
@@ -396,44 +400,32 @@ class _LazyDfa:
         # Past position 0 the start state may be unable to do anything ('^...'): then, once no
         # other NFA state is alive, no match can come and the search stops.
         self._start_dead_later = not self._may_live(nfa.start)
-        self.resets = 0
+        self.resets = -1
         """How many times this cache was dropped (for tests and benchmarks)."""
-        self._clear()
+        self.clear()
+        budget.add(self)
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
+        """Drop everything cached (the budget's call); it is rebuilt as walks need it."""
         self._closures: dict[int, list[int]] = {}  # context -> closure of each NFA state
         self._closure_table: dict[int, int] = {}  # context, byte index, byte -> closure bits
         self._succ_table: dict[int, int] = {}  # byte index, byte -> successor bits
         self._accepting: dict[str, int] = {}  # character -> char states that accept it
-        self._states: dict[tuple[int, bool, bool], _DState] = {}
-        self._initial = self._state(self._start_bit, False, True)
+        initial = _DState(self._start_bit, False, True)  # charged to no one: tiny
+        self._states = {(self._start_bit, False, True): initial}
+        self._initial = initial
+        self.resets += 1
 
     def _charge(self, nbytes: int) -> None:
-        if self._budget.charge(nbytes):
-            self._generation = self._budget.generation
-            self.resets += 1
-            self._clear()  # states in use live on only until the search returns
-
-    def search(self, name: str) -> bool:
-        """Whether ``re.search`` would find a match in ``name``."""
-        if self._generation != self._budget.generation:
-            self._drop_stale()
-        return self._walk(name)
+        self._budget.charge(nbytes)
 
     def select(self, names: Iterable[str]) -> list[str]:
         """The names that match, in order."""
-        if self._generation != self._budget.generation:
-            self._drop_stale()
-        walk = self._walk
-        return [name for name in names if walk(name)]
+        search = self.search
+        return [name for name in names if search(name)]
 
-    def _drop_stale(self) -> None:
-        # Another pattern spent the shared budget: every cache built before goes.
-        self._generation = self._budget.generation
-        self.resets += 1
-        self._clear()
-
-    def _walk(self, name: str) -> bool:
+    def search(self, name: str) -> bool:
+        """Whether ``re.search`` would find a match in ``name``."""
         state = self._initial
         if self._nfa.uses_dollar and name.endswith("\n"):
             return self._walk_to_final_newline(state, name)
@@ -450,7 +442,7 @@ class _LazyDfa:
         return at_end
 
     def _walk_to_final_newline(self, state: _DState, name: str) -> bool:
-        """``_walk`` for a name that ends with '\\n' when the pattern has '$' (which holds
+        """``search`` for a name that ends with '\\n' when the pattern has '$' (which holds
         before that '\\n' too): the last step has a transition key of its own."""
         for ch in name[:-1]:
             nxt = state.next.get(ch)
