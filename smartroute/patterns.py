@@ -12,9 +12,10 @@ so ``compile_pattern`` runs it on one of two engines:
   character. The cache is bounded (``CacheBudget``, shared by a ``Router``'s patterns); when
   it is full it is dropped and the walk goes on, so a step costs at most one closure over the
   NFA: O(len(name) * NFA size), whatever the pattern.
-* **``re`` itself**, only for patterns where backtracking is provably linear per start
-  position (see ``_backtracks_linearly`` for the proof): ``^user:``, ``room:[0-9]+$``,
-  ``\\w+@\\d+``. ``re`` runs them in C, several times faster than the DFA in Python.
+* **``re`` itself**, only for flat patterns whose backtracking is provably short (see
+  ``_backtracks_linearly`` for the proof): ``^user:``, ``room:[0-9]+$``, ``\\w+@\\d+``, and only
+  on names of up to ``FAST_PATH_MAX_NAME`` characters (its bound is quadratic in the name).
+  ``re`` runs them in C, several times faster than the DFA in Python.
 
 The answer is ``re.search(pattern, name) is not None``, for the subset below; everything else
 is refused with ``UsageError("bad REGEX pattern ...")``, never run.
@@ -87,7 +88,7 @@ _ASSERTIONS: Final = {
     _c.AT_NON_BOUNDARY: _A_NOT_BOUNDARY,  # '\B'
 }
 
-# sre refuses both \b and \B on an empty string (Python 3.11 to 3.13); ask it, not the docs.
+# sre refuses both \b and \B on an empty string (so in 3.11); ask this Python, not the docs.
 _BOUNDARY_ON_EMPTY: Final = re.search(r"\b", "") is not None
 _NON_BOUNDARY_ON_EMPTY: Final = re.search(r"\B", "") is not None
 

@@ -207,7 +207,7 @@ def test_a_catastrophic_pattern_plans_at_once(table: Table) -> None:
     router = Router(table, regex_cache_size=4, max_pattern_length=512)
     started = time.perf_counter()
     plan = router.plan(REGEX, "(a+)+$")  # re: hours on one of those names
-    assert time.perf_counter() - started < 1.0  # safety bound; measured ~10 ms
+    assert time.perf_counter() - started < 1.0  # safety bound; measured ~1 ms
     assert plan.matches == 0
     assert router.plan(REGEX, "(a+)+[0-9]+$").matches == 100
 
