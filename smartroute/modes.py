@@ -15,6 +15,11 @@ class ReceiveMode(enum.IntEnum):
     ALL = 2
     """Every subscriber; the target is ignored."""
     REGEX = 3
-    """Every subscriber whose name matches a pattern (``re.search``), one or a list."""
+    """Every subscriber whose name matches a pattern, one or a list: the answer of
+    ``re.search``, in time linear in the name (``smartroute.patterns``). Syntax: literals and
+    escapes, ``.``, classes ``[...]`` with ranges and negation, ``\\d \\w \\s \\D \\W \\S``, ``|``,
+    groups (capturing, named, ``(?:...)``), ``* + ? {m} {m,} {m,n}`` greedy or lazy, anchors
+    ``^ $ \\A \\Z \\b \\B``. Backreferences, lookarounds, conditionals, atomic groups,
+    possessive repeats, inline flags and huge counted repeats raise ``UsageError``."""
     ANY = 4
     """Exactly one subscriber among those ``EQ`` would reach, round-robin."""

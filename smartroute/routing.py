@@ -7,12 +7,12 @@ subscribers: it fans out locally with ``local_matches`` on the same mode and tar
 from __future__ import annotations
 
 import collections
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from .errors import UsageError
 from .modes import ReceiveMode
+from .patterns import CacheBudget, Pattern, compile_pattern
 from .registry import Table
 
 Target = str | list[str] | None
@@ -36,25 +36,33 @@ class Router:
         self._table = table
         self._regex_cache_size = regex_cache_size
         self._max_pattern_length = max_pattern_length
-        self._patterns: collections.OrderedDict[str, re.Pattern[str]] = collections.OrderedDict()
+        self._patterns: collections.OrderedDict[str, Pattern | UsageError] = (
+            collections.OrderedDict())
+        self._regex_budget = CacheBudget()  # the DFA caches of all cached patterns, together
         self._turns: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
         self._turn_memory = regex_cache_size
 
-    def pattern(self, source: str) -> re.Pattern[str]:
-        """The compiled pattern, cached; a bad or over-long pattern raises ``UsageError``."""
+    def pattern(self, source: str) -> Pattern:
+        """The compiled pattern (linear-time, see ``patterns.py``), cached; a bad, unsupported
+        or over-long pattern raises ``UsageError``."""
         compiled = self._patterns.get(source)
         if compiled is not None:
             self._patterns.move_to_end(source)
+            if isinstance(compiled, UsageError):
+                raise UsageError(str(compiled))
             return compiled
         if len(source) > self._max_pattern_length:
             raise UsageError(f"REGEX pattern longer than {self._max_pattern_length} characters")
         try:
-            compiled = re.compile(source)
-        except (re.error, RecursionError, OverflowError) as exc:
-            raise UsageError(f"bad REGEX pattern {source!r}: {exc}") from exc
+            compiled = compile_pattern(source, budget=self._regex_budget)
+        except UsageError as exc:
+            # Remembered too: a peer repeating a refused pattern costs a lookup, not a compile.
+            compiled = exc
         self._patterns[source] = compiled
         if len(self._patterns) > self._regex_cache_size:
             self._patterns.popitem(last=False)
+        if isinstance(compiled, UsageError):
+            raise UsageError(str(compiled))
         return compiled
 
     def names_matching(self, mode: ReceiveMode, target: Target,
@@ -66,6 +74,8 @@ class Router:
             return (n for n in names if n not in excluded)
         assert mode is ReceiveMode.REGEX, mode
         patterns = [self.pattern(p) for p in _as_list(target)]
+        if len(patterns) == 1:
+            return patterns[0].select(names)
         return (n for n in names if any(p.search(n) for p in patterns))
 
     def plan(self, mode: ReceiveMode, target: Target) -> Plan:

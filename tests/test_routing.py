@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import collections
+import time
+from typing import Any
 
 import pytest
 
+from smartroute import routing
 from smartroute.errors import UsageError
 from smartroute.modes import ReceiveMode
+from smartroute.patterns import Pattern
 from smartroute.registry import Table
 from smartroute.routing import Plan, Router
 
@@ -158,7 +162,8 @@ def test_local_matches_any_falls_back_when_the_chosen_subscriber_left(
 
 # --- patterns -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pattern", ["(", "[a-", "a{2,1}", "x" * 17, "(?P<n>a)(?P<n>b)"])
+@pytest.mark.parametrize("pattern", ["(", "[a-", "a{2,1}", "x" * 17, "(?P<n>a)(?P<n>b)",
+                                     r"(a)\1", "a(?=b)", "(?i)room", "x{9999}"])
 def test_bad_or_over_long_patterns_are_usage_errors(router: Router, pattern: str) -> None:
     with pytest.raises(UsageError):
         router.plan(REGEX, pattern)
@@ -178,6 +183,33 @@ def test_the_regex_cache_stays_bounded(router: Router) -> None:
         router.local_matches(REGEX, [f"a{i}", f"b{i}"], None)
     assert len(router._patterns) <= 4  # cache size of the fixture
     assert router.pattern("^room:99$") is router.pattern("^room:99$")
+
+
+def test_a_refused_pattern_is_remembered_not_compiled_again(
+        router: Router, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = routing.compile_pattern
+
+    def counting(source: str, **kwargs: Any) -> Pattern:
+        calls.append(source)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(routing, "compile_pattern", counting)
+    for _ in range(3):
+        with pytest.raises(UsageError, match="backreferences"):
+            router.local_matches(REGEX, r"(a)\1", None)
+    assert calls == [r"(a)\1"]
+
+
+def test_a_catastrophic_pattern_plans_at_once(table: Table) -> None:
+    for i in range(100):
+        table.add_local("a" * 200 + str(i), {})
+    router = Router(table, regex_cache_size=4, max_pattern_length=512)
+    started = time.perf_counter()
+    plan = router.plan(REGEX, "(a+)+$")  # re: hours on one of those names
+    assert time.perf_counter() - started < 1.0  # safety bound; measured ~1 ms
+    assert plan.matches == 0
+    assert router.plan(REGEX, "(a+)+[0-9]+$").matches == 100
 
 
 def test_the_any_round_robin_memory_stays_bounded(router: Router) -> None:
