@@ -112,6 +112,12 @@ class Membership:
         if peer.state is PeerState.SUSPECT:
             peer.state = PeerState.ALIVE
 
+    def forgive(self, stall_s: float, now: float) -> None:
+        """Our own loop did not run for ``stall_s``: nothing could be heard meanwhile, so that
+        time is not counted as anyone's silence (capped at ``now``: never in the future)."""
+        for peer in self.peers.values():
+            peer.last_heard = min(peer.last_heard + stall_s, max(peer.last_heard, now))
+
     def expire(self, now: float) -> list[Peer]:
         """Mark silent peers suspect; remove and return the dead ones."""
         dead: list[Peer] = []

@@ -157,6 +157,8 @@ class Protocol:
         self._events: list[CoreEvent] = []
         self._quiet = QuietLog(_log)
         self._last_exchange = 0.0
+        self._last_tick = float("inf")
+        """When ``tick`` last ran (none yet: no stall can be measured)."""
         self._closed = False
 
     # --- outputs --------------------------------------------------------------------------------
@@ -206,6 +208,15 @@ class Protocol:
         if self._closed:
             return
         timings = self.timings
+        stall = now - self._last_tick - timings.tick_interval_s
+        self._last_tick = now
+        if stall > timings.heartbeat_interval_s:
+            # Our loop was blocked (a handler, a GC pause, a starved CPU): peers' frames are
+            # still waiting in our inbox, so their silence is ours. Declaring them dead now
+            # would purge healthy peers and lose what they sent.
+            self._quiet.warning("stall", "%s: this node's event loop was blocked for %.2f s; "
+                                "that time does not count against peers", self.hex[:8], stall)
+            self.membership.forgive(stall, now)
         for peer in self.membership.expire(now):
             _log.info("%s: peer %s (%s) is dead: silent for %.2f s", self.hex[:8], peer.hex[:8],
                       peer.endpoint, now - peer.last_heard)

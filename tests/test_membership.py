@@ -124,3 +124,13 @@ def test_by_endpoint(members: Membership) -> None:
     peer = add(members, endpoint="tcp://10.0.0.1:7001")
     assert members.by_endpoint("tcp://10.0.0.1:7001") is peer
     assert members.by_endpoint("tcp://10.0.0.1:7002") is None
+
+
+def test_forgive_moves_silence_forward_by_a_stall_but_never_past_now(
+        members: Membership) -> None:
+    quiet = members.add(b"q" * 16, 1, "tcp://q:1", "", 1, now=10.0)
+    fresh = members.add(b"f" * 16, 1, "tcp://f:1", "", 2, now=14.5)
+    members.forgive(4.0, now=15.0)
+    assert quiet.last_heard == 14.0  # its 4 s of silence were our stall
+    assert fresh.last_heard == 15.0  # capped at now, never in the future
+    assert members.expire(15.0 + members.dead_after_s - 1.1) == []

@@ -393,6 +393,23 @@ def test_a_healthy_idle_mesh_has_no_false_deaths(net: MemNet) -> None:
     assert net.records(wire.Heartbeat), "an idle mesh must carry heartbeats"
 
 
+def test_a_stall_of_our_own_loop_is_not_held_against_peers(net: MemNet) -> None:
+    """After a blocked loop the timer may run before the inbox is read: the peers' frames
+    are waiting there, so their silence is ours and nobody is declared dead."""
+    a, b = net.mesh("a", "b")
+    net.run(1.0)
+    net.now += 5 * DEAD_AFTER_S  # a's loop was blocked: nothing ran, nothing was read
+    a.proto.tick(net.now)  # the timer first, before the waiting heartbeats are handled
+    net.flush()
+    assert a.downs() == [] and a.peers() == {b.node_id}
+    net.run(1.0)
+    assert a.downs() == b.downs() == []
+    # Silence after the stall still counts.
+    net.crash(b)
+    net.run(DEAD_AFTER_S + 2 * TICK_S)
+    assert a.downs() == [(b.hex, "timeout")]
+
+
 def test_a_node_declared_dead_that_still_talks_to_us_is_reconnected(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     b.proto.subscribe("x", {}, net.now)
