@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from smartroute import (
     Subscription,
     message,
 )
+from smartroute.config import HEARTBEAT_INTERVAL_S
 
 log = logging.getLogger("chat_gateway")
 
@@ -60,6 +62,10 @@ MAX_LINE_BYTES = 16 * 1024
 
 NAME_PATTERN = re.compile(r"[\w.-]{1,32}")
 """User and room names: letters, digits, ``_``, ``.``, ``-``; 1..32 characters."""
+
+MAX_LISTED_MEMBERS = 100
+"""A ``joined`` answer names at most this many members (``count`` tells how many there are;
+``who`` lists them all)."""
 
 MAX_ROOMS_PER_CONNECTION = 64
 """Each room costs a subscriber replicated to every gateway: bound what one client can add."""
@@ -81,8 +87,15 @@ its error reply comes in order."""
 MAX_PENDING_LINES = 32
 """Lines read from one client and not yet handled before we stop reading from it."""
 
+SLICE_S = 0.005
+"""The gateway's own work (requests, table events) yields to the event loop this often, as
+the node's inbox does: the mesh's timers and I/O must keep running under load."""
+
 ACCEPT_BACKLOG = 1024
 """Pending TCP connections the kernel queues for us (a reconnect storm after a restart)."""
+
+LOOP_PROBE_S = 0.1
+"""How often the gateway checks that its event loop is not stalled."""
 
 SHUTDOWN_FLUSH_S = 1.0
 """On shutdown, clients get this long to receive their ``bye``."""
@@ -147,8 +160,7 @@ class Connection(asyncio.Protocol):
     """One TCP client: splits lines, queues them for the gateway, writes what it pushes."""
 
     __slots__ = ("buffer", "closing", "discarding", "gateway", "last_heard", "lost", "paused",
-                 "pending", "pinged", "rooms", "transport", "user", "user_sub", "wants_events",
-                 "worker")
+                 "pinged", "queued", "rooms", "transport", "user", "user_sub", "wants_events")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -156,8 +168,8 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.discarding = False
         """True while skipping the rest of an over-long line."""
-        self.pending: collections.deque[bytes] = collections.deque()
-        self.worker: asyncio.Task[None] | None = None
+        self.queued = 0
+        """Lines of ours in the gateway's queue."""
         self.paused = False
         self.closing = False
         self.lost = False
@@ -187,17 +199,15 @@ class Connection(asyncio.Protocol):
                 if self.discarding:  # the tail of an over-long line
                     self.discarding = False
                 elif len(line) > MAX_LINE_BYTES:
-                    self.pending.append(TOO_LONG)
+                    self.gateway.enqueue(self, TOO_LONG)
                 elif line.strip():
-                    self.pending.append(bytes(line))
+                    self.gateway.enqueue(self, bytes(line))
         if len(buffer) > MAX_LINE_BYTES:
             buffer.clear()
             if not self.discarding:
                 self.discarding = True
-                self.pending.append(TOO_LONG)
-        if self.pending and self.worker is None and not self.closing:
-            self.worker = asyncio.create_task(self.work())
-        if len(self.pending) >= MAX_PENDING_LINES and not self.paused and self.transport:
+                self.gateway.enqueue(self, TOO_LONG)
+        if self.queued >= MAX_PENDING_LINES and not self.paused and self.transport:
             # Backpressure: a client that sends faster than we handle waits in its own TCP
             # window, not in our memory.
             self.paused = True
@@ -207,26 +217,17 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.lost = True
         self.gateway.forget(self)
-        if self.worker is None:
-            self.gateway.spawn(self.release())
-        # else: the worker releases when it sees ``closing``
+        self.gateway.enqueue(self, None)  # release, after its lines already queued
 
     # the gateway's side
 
-    async def work(self) -> None:
-        """Handle queued lines in order, then exit (an idle connection costs no task)."""
-        try:
-            while self.pending and not self.closing:
-                line = self.pending.popleft()
-                if self.paused and len(self.pending) < MAX_PENDING_LINES // 2:
-                    self.paused = False
-                    if self.transport is not None:
-                        self.transport.resume_reading()
-                await self.gateway.handle(self, line)
-        finally:
-            self.worker = None
-            if self.lost:
-                await self.release()
+    def dequeued(self) -> None:
+        """One of our lines left the gateway's queue: read again once it is half empty."""
+        self.queued -= 1
+        if self.paused and self.queued < MAX_PENDING_LINES // 2 and not self.closing:
+            self.paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     async def release(self) -> None:
         """Unsubscribe everything this connection held (its users and rooms leave the table)."""
@@ -318,8 +319,13 @@ class Gateway:
             "join": self.join, "leave": self.leave, "say": self.say, "who": self.who,
             "ping": self.ping, "pong": self.pong, "stats": self.report,
         }
+        self.queue: collections.deque[tuple[Connection, bytes | None]] = collections.deque()
+        """Lines of every connection, in arrival order (None: release that connection)."""
+        self.queue_ready = asyncio.Event()
         self._stream = self._watch()
+        self.spawn(self.dispatch())
         self.spawn(self.follow_table())
+        self.spawn(self.watch_loop())
         self.spawn(self.sweep_idle())
 
     def now(self) -> float:
@@ -358,6 +364,32 @@ class Gateway:
         return self._last_line
 
     # --- requests -------------------------------------------------------------------------------
+
+    def enqueue(self, conn: Connection, line: bytes | None) -> None:
+        conn.queued += 1
+        self.queue.append((conn, line))
+        self.queue_ready.set()
+
+    async def dispatch(self) -> None:
+        """Handle every connection's lines in arrival order, in one task that yields every
+        ``SLICE_S``: thousands of clients ready at once (a reconnect storm) must not hold the
+        loop for seconds, or the mesh heartbeats stall and the peers declare us dead."""
+        queue = self.queue
+        slice_end = self.now() + SLICE_S
+        while True:
+            if not queue:
+                self.queue_ready.clear()
+                await self.queue_ready.wait()
+                slice_end = self.now() + SLICE_S
+            conn, line = queue.popleft()
+            conn.dequeued()
+            if line is None:
+                await conn.release()
+            elif not conn.closing:
+                await self.handle(conn, line)
+            if self.now() >= slice_end:
+                await asyncio.sleep(0)
+                slice_end = self.now() + SLICE_S
 
     async def handle(self, conn: Connection, line: bytes) -> None:
         """Answer one request line; a bad one gets an error reply, never a disconnect."""
@@ -441,9 +473,12 @@ class Gateway:
             if conn.wants_events:
                 self.room_listeners.setdefault(room, set()).add(conn)
         # Members as this connection's join/leave events will tell them (the table may be a
-        # few events ahead): every later event is then news to the list.
-        members = {conn.user, *self.room_members.get(room, ())}
-        return {"type": "joined", "room": room, "members": sorted(members)}
+        # few events ahead): every later event is then news to the list. At most
+        # MAX_LISTED_MEMBERS: listing all would make filling a big room quadratic.
+        others = self.room_members.get(room) or collections.Counter[str]()
+        listed = {conn.user, *itertools.islice(others, MAX_LISTED_MEMBERS - 1)}
+        count = len(others) + (conn.user not in others)
+        return {"type": "joined", "room": room, "members": sorted(listed), "count": count}
 
     async def leave(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         room = _name(request, "room")
@@ -521,7 +556,11 @@ class Gateway:
 
     async def follow_table(self) -> None:
         stream = self._stream
+        slice_end = self.now() + SLICE_S
         while True:
+            if self.now() >= slice_end:  # a snapshot of a big peer is thousands of events
+                await asyncio.sleep(0)
+                slice_end = self.now() + SLICE_S
             try:
                 event = await anext(stream)
             except StopAsyncIteration:
@@ -600,6 +639,15 @@ class Gateway:
                 elif silent >= timeout / 2 and not conn.pinged:
                     conn.pinged = True
                     conn.send({"type": "ping"})
+
+    async def watch_loop(self) -> None:
+        """Record the longest event-loop stall (``stats``: ``loop_stall_max_ms``): over the
+        mesh's ``dead_after_s``, peers declare this gateway dead."""
+        while True:
+            before = self.now()
+            await asyncio.sleep(LOOP_PROBE_S)
+            stall_ms = int((self.now() - before - LOOP_PROBE_S) * 1000)
+            self.stats["loop_stall_max_ms"] = max(self.stats["loop_stall_max_ms"], stall_ms)
 
     async def close(self) -> None:
         """Say bye to every client, then stop the gateway's tasks."""
@@ -683,10 +731,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"drop clients silent this long (default {IDLE_TIMEOUT_S:g} s)")
     parser.add_argument("--max-output-bytes", type=int, default=MAX_OUTPUT_BYTES, metavar="N",
                         help=f"drop clients with more unsent bytes (default {MAX_OUTPUT_BYTES})")
+    parser.add_argument("--dead-after", type=float, default=None, metavar="S",
+                        help="a silent peer gateway is dead after this long (default: the "
+                             "mesh's 1.5 s; raise it on an overloaded machine)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.idle_timeout <= 0 or args.max_output_bytes <= 0:
         parser.error("--idle-timeout and --max-output-bytes must be positive")
+    if args.dead_after is not None and args.dead_after <= 2 * HEARTBEAT_INTERVAL_S:
+        parser.error(f"--dead-after must be over {2 * HEARTBEAT_INTERVAL_S} s")
     return args
 
 
@@ -696,6 +749,8 @@ async def run(args: argparse.Namespace) -> None:
     secret = args.secret or os.environ.get("SMARTROUTE_SECRET")
     # Only when given: a node without a secret says in its log that links are unencrypted.
     options: dict[str, Any] = {"secret": secret} if secret else {}
+    if args.dead_after is not None:
+        options.update(dead_after_s=args.dead_after, suspect_after_s=args.dead_after / 2)
     node = Node(args.cluster, discovery=discovery, host=args.host,
                 interfaces=args.interface or None, name=args.name, **options)
     stop = asyncio.Event()
