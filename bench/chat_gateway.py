@@ -486,8 +486,9 @@ def measure_room(members: int, messages: int, runs: int, log_dir: Path) -> list[
             if time.monotonic() > deadline:
                 raise TimeoutError("the gateways' tables did not converge")
             time.sleep(0.1)
-        print(f"  every gateway knows all of them after {time.monotonic() - started:.1f} s",
-              flush=True)
+        stalls = [loop.run_until_complete(stats_of(g))["loop_stall_max_ms"] for g in gateways]
+        print(f"  every gateway knows all of them after {time.monotonic() - started:.1f} s "
+              f"(longest event-loop stalls so far: {stalls} ms)", flush=True)
         rates = broadcast(loop, clients, per_client, baseline, sender, messages, runs)
         rows.append(row(workload, "smartroute chat gateway, 3 gateways", "deliveries_per_s",
                         rates, "deliveries/s"))

@@ -222,7 +222,8 @@ async def interactive(host: str, port: int, name: str) -> int:
         answer = await client.request("register", name=name)
         if answer["type"] == "error":
             return 1
-        print(HELP)
+        if prompt:
+            print(HELP)
         lines = _stdin_lines()
         while not client.closed_by_gateway:
             if prompt:
@@ -238,6 +239,10 @@ async def interactive(host: str, port: int, name: str) -> int:
                 continue
             if request is not None:
                 await client.send(request)
+        if not client.closed_by_gateway:
+            # The gateway answers in order: once this is answered, so is everything we sent.
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await client.request("ping")
     finally:
         await client.close()
     return 0

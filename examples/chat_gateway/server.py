@@ -33,6 +33,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
@@ -46,9 +47,9 @@ from smartroute import (
     SubscriberDown,
     SubscriberUp,
     Subscription,
+    Timings,
     message,
 )
-from smartroute.config import HEARTBEAT_INTERVAL_S
 
 log = logging.getLogger("chat_gateway")
 
@@ -93,6 +94,11 @@ the node's inbox does: the mesh's timers and I/O must keep running under load.""
 
 ACCEPT_BACKLOG = 1024
 """Pending TCP connections the kernel queues for us (a reconnect storm after a restart)."""
+
+ACCEPTS_PER_TURN = 64
+"""Connections accepted per event-loop turn (asyncio accepts up to its ``backlog`` per turn):
+in a storm, accepting 1,024 at once took up to ~1 s of one turn here, while the mesh's
+heartbeats waited."""
 
 LOOP_PROBE_S = 0.1
 """How often the gateway checks that its event loop is not stalled."""
@@ -159,8 +165,8 @@ class ChatError(Exception):
 class Connection(asyncio.Protocol):
     """One TCP client: splits lines, queues them for the gateway, writes what it pushes."""
 
-    __slots__ = ("buffer", "closing", "discarding", "gateway", "last_heard", "lost", "paused",
-                 "pinged", "queued", "rooms", "transport", "user", "user_sub", "wants_events")
+    __slots__ = ("buffer", "closing", "discarding", "gateway", "last_heard", "paused", "pinged",
+                 "queued", "rooms", "transport", "user", "user_sub", "wants_events")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -172,7 +178,7 @@ class Connection(asyncio.Protocol):
         """Lines of ours in the gateway's queue."""
         self.paused = False
         self.closing = False
-        self.lost = False
+        """No more writes: closed, closing, or dropped as slow."""
         self.user: str | None = None
         self.wants_events = True
         self.user_sub: Subscription | None = None
@@ -215,7 +221,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.lost = True
         self.gateway.forget(self)
         self.gateway.enqueue(self, None)  # release, after its lines already queued
 
@@ -383,7 +388,7 @@ class Gateway:
                 slice_end = self.now() + SLICE_S
             conn, line = queue.popleft()
             conn.dequeued()
-            if line is None:
+            if line is None:  # queued behind the connection's lines: runs after them
                 await conn.release()
             elif not conn.closing:
                 await self.handle(conn, line)
@@ -418,12 +423,17 @@ class Gateway:
                 reply["for"] = request["type"]
         except SmartRouteError as exc:  # e.g. the node is closing
             reply = {"type": "error", "code": "unavailable", "message": str(exc)}
+        except Exception:
+            # A bug must cost one request, not the task that serves every connection.
+            self.stats["internal_errors"] += 1
+            log.exception("internal error handling %r", line[:200])
+            reply = {"type": "error", "code": "internal", "message": "internal error"}
         if reply is not None:
             if isinstance(request, dict) and isinstance(request.get("id"), str | int):
                 reply["id"] = request["id"]
             conn.send(reply)
 
-    async def register(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any] | None:
+    async def register(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         if conn.user is not None:
             raise ChatError("already_registered", f"this connection is {conn.user!r}")
         name = _name(request, "name")
@@ -434,9 +444,6 @@ class Gateway:
         # that user's whispers. There is no password: a real service authenticates here.
         sub = await self.node.subscribe(f"user:{name}", conn.on_user_message,
                                         meta={"gateway": self.name})
-        if conn.lost:  # gone while we subscribed
-            await sub.close()
-            return None
         conn.user, conn.user_sub, conn.wants_events = name, sub, events
         if events:
             self.listeners.add(conn)
@@ -458,7 +465,7 @@ class Gateway:
             raise ChatError("no_such_user", f"{to!r} is not online")
         return {"type": "ok", "for": "whisper", "connections": count}
 
-    async def join(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any] | None:
+    async def join(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         assert conn.user is not None
         room = _name(request, "room")
         if room not in conn.rooms:
@@ -466,9 +473,6 @@ class Gateway:
                 raise ChatError("too_many_rooms", f"at most {MAX_ROOMS_PER_CONNECTION} rooms")
             sub = await self.node.subscribe(f"room:{room}", conn.on_room_message,
                                             meta={"user": conn.user, "gateway": self.name})
-            if conn.lost:
-                await sub.close()
-                return None
             conn.rooms[room] = sub
             if conn.wants_events:
                 self.room_listeners.setdefault(room, set()).add(conn)
@@ -738,9 +742,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.idle_timeout <= 0 or args.max_output_bytes <= 0:
         parser.error("--idle-timeout and --max-output-bytes must be positive")
-    if args.dead_after is not None and args.dead_after <= 2 * HEARTBEAT_INTERVAL_S:
-        parser.error(f"--dead-after must be over {2 * HEARTBEAT_INTERVAL_S} s")
+    # Suspected at half of it, which must stay above the heartbeat interval.
+    least = 2 * Timings().heartbeat_interval_s
+    if args.dead_after is not None and args.dead_after <= least:
+        parser.error(f"--dead-after must be over {least} s")
     return args
+
+
+async def serve_clients(gateway: Gateway, host: str,
+                        port: int) -> tuple[asyncio.Server, tuple[str, int]]:
+    """Listen for clients with a deep kernel queue but few accepts per loop turn."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        server = await asyncio.get_running_loop().create_server(
+            lambda: Connection(gateway), sock=sock, backlog=ACCEPTS_PER_TURN)
+        # create_server listened with ACCEPTS_PER_TURN, which asyncio also uses as the
+        # accepts per turn; listening again only deepens the kernel's queue.
+        sock.listen(ACCEPT_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    bound_host, bound_port = sock.getsockname()[:2]
+    return server, (bound_host, bound_port)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -760,9 +785,7 @@ async def run(args: argparse.Namespace) -> None:
     async with node:
         gateway = Gateway(node, args.name or node.name, idle_timeout_s=args.idle_timeout,
                           max_output_bytes=args.max_output_bytes)
-        server = await loop.create_server(lambda: Connection(gateway), args.host, args.port,
-                                          backlog=ACCEPT_BACKLOG)
-        host, port = server.sockets[0].getsockname()[:2]
+        server, (host, port) = await serve_clients(gateway, args.host, args.port)
         print(f"chat gateway {gateway.name} listening on {host}:{port} (cluster "
               f"{args.cluster!r}, mesh node {node.node_id[:8]} at {node.endpoint})", flush=True)
         await stop.wait()
