@@ -493,8 +493,8 @@ def measure_room(members: int, messages: int, runs: int, log_dir: Path) -> list[
         rows.append(row(workload, "smartroute chat gateway, 3 gateways", "deliveries_per_s",
                         rates, "deliveries/s"))
         stalls = [loop.run_until_complete(stats_of(g))["loop_stall_max_ms"] for g in gateways]
-        rows.append(row(workload, "smartroute chat gateway, 3 gateways", "longest_loop_stall",
-                        [float(stall) for stall in stalls], "ms"))
+        rows.append(row(workload, "smartroute chat gateway, each of 3 gateways",
+                        "longest_loop_stall", [float(stall) for stall in stalls], "ms"))
         loop.run_until_complete(sender.close())
     finally:
         for client in clients:
