@@ -6,16 +6,26 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit processes clean bench bench-quick redis-server
+.PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-## demo: three nodes on loopback: seeds, every receive mode, request/reply, a node dying
+## demo: three chat gateways on loopback (mDNS on 127.0.0.1) and users chatting across them
 demo: $(STAMP)
+	$(BIN)/python -m examples.chat_gateway.demo
+
+## demo-nodes: three nodes on loopback: seeds, every receive mode, request/reply, a node dying
+demo-nodes: $(STAMP)
 	$(BIN)/python examples/three_nodes.py
+
+## chat: one chat gateway on 127.0.0.1:7070 (mDNS on loopback); connect with the client or nc
+CHAT_PORT ?= 7070
+chat: $(STAMP)
+	$(BIN)/python examples/chat_gateway/server.py --host 127.0.0.1 --port $(CHAT_PORT) \
+		--interface 127.0.0.1 --log-level INFO
 
 ## test: the whole suite: lint, types, unit tests and the multi-process tests
 test: lint typecheck $(STAMP)

@@ -1,0 +1,1 @@
+"""The sample chat gateway: server, terminal client, demo (see README.md)."""
