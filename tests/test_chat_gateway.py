@@ -23,6 +23,7 @@ from examples.chat_gateway.client import ChatClient
 from examples.chat_gateway.demo import wait_for_mesh
 from examples.chat_gateway.processes import GatewayProcess, start_gateways
 from examples.chat_gateway.server import MAX_LINE_BYTES
+from smartroute.testing import async_wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -346,3 +347,38 @@ def test_make_demo_converses_and_leaves_no_process() -> None:
     for pid in (int(p) for p in done.group(1).split(", ")):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_gateways_with_a_secret_chat_and_one_without_is_left_out(
+        tmp_path: Path, connect: Connect) -> None:
+    cluster = f"chat-secret-{os.getpid()}"
+    secret = "the chat test's cluster secret, long and random enough"
+    secure = start_gateways(2, cluster=cluster, options=["--secret", secret], log_dir=tmp_path,
+                            prefix="sec")
+    try:
+        outsider = GatewayProcess("plain", cluster=cluster, log_path=tmp_path / "plain.log",
+                                  options=["--interface", "127.0.0.1"])
+        try:
+            await wait_for_mesh(secure)
+            ann, ben = await connect(secure[0], "sec-ann"), await connect(secure[1], "sec-ben")
+            eve = await connect(outsider, "sec-eve")
+            await wait_for_mesh(secure, has_users({"sec-ann": 1, "sec-ben": 1}))
+            assert (await ann.request("whisper", to="sec-ben", text="psst"))["type"] == "ok"
+            await arrives(ben, type="whisper", text="psst")
+            # The gateway without the secret finds the others over mDNS and gets nowhere.
+            async def refused() -> bool:
+                answer = await eve.request("stats")
+                return bool(answer["counters"]["mesh_handshake_failures"] > 0)
+
+            await async_wait_until(refused, DELIVERY_TIMEOUT_S, what="eve's gateway refused")
+            assert has_users({"sec-eve": 1})(await eve.request("who"))
+            assert (await eve.request("stats"))["counters"]["peers"] == 0
+            answer = await eve.request("whisper", to="sec-ann", text="let me in")
+            assert answer["type"] == "error", answer
+            await asyncio.sleep(OBSERVE_S)  # nothing of eve's reaches ann
+            assert messages(ann, text="let me in") == []
+        finally:
+            outsider.kill()
+    finally:
+        for gateway in secure:
+            gateway.kill()

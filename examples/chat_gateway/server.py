@@ -537,6 +537,7 @@ class Gateway:
             "peers": len(self.node.peers),
             "table_subscribers": node_stats["subscribers"],
             "mesh_dropped": node_stats["dropped"],
+            "mesh_handshake_failures": node_stats["handshake_failures"],
             **dict.fromkeys(("slow_disconnects", "idle_disconnects", "bad_requests"), 0),
             **self.stats,
         }
