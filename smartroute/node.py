@@ -331,7 +331,8 @@ class Node:
         self.port = bound_port
         wire_endpoint, self.endpoint = self._endpoints(bound_host, bound_port)
         self._links = Links(self._context, send_queue=self.limits.send_queue_messages,
-                            close_linger_s=self.timings.close_linger_s, curve=self._curve)
+                            close_linger_s=self.timings.close_linger_s, curve=self._curve,
+                            max_frame_bytes=self.limits.max_frame_bytes)
         self._protocol = Protocol(
             cluster=self.cluster, node_id=self._node_id, incarnation=self.incarnation,
             endpoint=wire_endpoint, name=self.name, timings=self.timings, limits=self.limits,

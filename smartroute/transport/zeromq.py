@@ -172,8 +172,10 @@ class Links:
     """Our DEALERs, one per link id; sends never block."""
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, send_queue: int,
-                 close_linger_s: float, curve: Curve | None = None) -> None:
+                 close_linger_s: float, curve: Curve | None = None,
+                 max_frame_bytes: int | None = None) -> None:
         self._context = context
+        self._max_frame_bytes = max_frame_bytes
         self._send_queue = send_queue
         self._linger_ms = int(close_linger_s * 1000)
         self._curve = curve
@@ -256,6 +258,14 @@ class Links:
         counted) if the link is gone or its backlog is full too."""
         sock = self._socks.get(link)
         if sock is None:
+            return False
+        if self._max_frame_bytes is not None and len(batch) > self._max_frame_bytes:
+            # Its receiver's ZeroMQ would drop the connection without a word: say it here.
+            self.dropped_batches += 1
+            self._quiet.warning("oversized", "a batch of %d bytes for link %d is over "
+                              "max_frame_bytes (%d): not sent (a table or body this big needs "
+                              "a larger Limits.max_frame_bytes on every node)", len(batch), link,
+                              self._max_frame_bytes)
             return False
         backlog = self.backlogs.get(link)
         if backlog is None:
