@@ -19,6 +19,7 @@ import msgpack
 from .errors import RemoteProtocolError, UsageError
 from .logs import QuietLog
 from .modes import ReceiveMode
+from .wire import packer
 
 _log = logging.getLogger("smartroute.messages")
 _quiet = QuietLog(_log)
@@ -98,16 +99,15 @@ def _prepare(obj: object, depth: int) -> object:
             f"registered with @message(...)"
         )
     fields = {field: _prepare(getattr(obj, field), depth + 1) for field in _fields[type(obj)]}
-    return msgpack.ExtType(EXT_RECORD, msgpack.packb([name, fields]))
+    return msgpack.ExtType(EXT_RECORD, packer()([name, fields]))
 
 
 def encode_body(body: object) -> bytes:
     """Encode a body once; raises ``TypeError`` for what cannot travel."""
     try:
-        data: bytes = msgpack.packb(_prepare(body, 0))
+        return packer()(_prepare(body, 0))
     except (ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode message body: {exc}") from exc
-    return data
 
 
 class _RecordHook:
