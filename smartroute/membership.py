@@ -59,11 +59,11 @@ class Peer:
     """When we last answered its SNAPSHOT_REQUEST, to bound how often."""
     hello_sent_at: float = float("-inf")
     """When we last answered its HELLO with ours, to bound how often."""
+    hex: str = dataclasses.field(init=False)
+    """The node id as printed everywhere (kept: every message received names its origin)."""
 
-    @property
-    def hex(self) -> str:
-        """The node id as printed everywhere."""
-        return self.node_id.hex()
+    def __post_init__(self) -> None:
+        self.hex = self.node_id.hex()
 
     def info(self) -> PeerInfo:
         """The public view of this peer."""

@@ -270,6 +270,11 @@ class Node:
         self._closed = False
         self._quiet = QuietLog(_log)
         self._stats: collections.Counter[str] = collections.Counter()
+        # The counters of every message are plain attributes: a Counter item costs twice more.
+        self._sent = 0
+        self._sent_remote_frames = 0
+        self._received_count = 0
+        self._delivered = 0
 
     def _make_discovery(self, discovery: str | Sequence[str] | Discovery) -> Discovery:
         if isinstance(discovery, str):
@@ -614,6 +619,10 @@ class Node:
             ("sent", "sent_remote_frames", "received", "delivered", "dropped",
              "handler_errors", "queue_full", "link_full", "events_dropped"), 0)
         stats.update(self._stats)
+        stats["sent"] += self._sent
+        stats["sent_remote_frames"] += self._sent_remote_frames
+        stats["received"] += self._received_count
+        stats["delivered"] += self._delivered
         if self._protocol is not None:
             counters = self._protocol.counters
             stats.update({name: getattr(counters, name) for name in counters.__slots__})
@@ -781,7 +790,7 @@ class Node:
 
     def _on_deliver(self, event: Deliver) -> None:
         msg = event.msg
-        self._stats["received"] += 1
+        self._received_count += 1
         try:
             body = decode_body(msg.body)
         except RemoteProtocolError as exc:
@@ -793,29 +802,34 @@ class Node:
             return
         mode = _MODES[msg.mode]
         request_id = msg.request_id
-        subs = [sub for sub in map(self._subs.get, event.sub_ids) if sub is not None]
-        if not subs:  # they closed since the core planned the delivery
-            self._stats["dropped"] += 1
-            if request_id is not None:
-                self._send_reply(event.origin, request_id, None, error=False, nobody=True)
-            return
-        for sub in subs:
-            replier = (self._remote_replier(event.origin, request_id)
+        subs = self._subs
+        origin = event.origin
+        nobody = True
+        for sub_id in event.sub_ids:
+            sub = subs.get(sub_id)
+            if sub is None:  # it closed since the core planned the delivery
+                continue
+            nobody = False
+            replier = (self._remote_replier(origin, request_id)
                        if request_id is not None else None)
             self._deliver(sub, Message(msg.seq, body, msg.type, mode, msg.target, msg.sender,
-                                       event.origin, sub.name, replier))
+                                       origin, sub.name, replier))
+        if nobody:
+            self._stats["dropped"] += 1
+            if request_id is not None:
+                self._send_reply(origin, request_id, None, error=False, nobody=True)
 
     def _deliver(self, sub: Subscription, msg: Message) -> None:
         if sub.is_async:
             if sub._offer(msg):
-                self._stats["delivered"] += 1
+                self._delivered += 1
             else:
                 self._queue_full(sub, msg)
             return
         try:
             result = sub.handler(msg)
         except Exception as exc:
-            self._stats["delivered"] += 1
+            self._delivered += 1
             self._handler_failed(sub, msg, exc)
             return
         if result is not None and inspect.isawaitable(result):
@@ -832,7 +846,7 @@ class Node:
             task.add_done_callback(sub._awaitable_done)
         elif msg._replier is not None:
             self._reply_later(msg, result, error=False)
-        self._stats["delivered"] += 1
+        self._delivered += 1
 
     def _queue_full(self, sub: Subscription, msg: Message) -> None:
         self._stats["queue_full"] += 1

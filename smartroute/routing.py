@@ -148,6 +148,9 @@ class Router:
     def local_matches(self, mode: ReceiveMode, target: Target, sub_id: int | None) -> list[int]:
         """Our sub ids that a message from a peer reaches (the peer planned us once)."""
         table = self._table
+        if mode is ReceiveMode.EQ and type(target) is str:  # the common case
+            ids = table.local_by_name.get(target)
+            return list(ids) if ids else []
         if mode is ReceiveMode.ANY:
             # The sender chose one of ours; if it left meanwhile, another of the names takes it.
             if sub_id is not None and sub_id in table.local:

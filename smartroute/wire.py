@@ -368,6 +368,26 @@ class Decoder:
     def _msg(self, raw: list[Any]) -> Msg:
         _arity(raw, 9)
         _, seq, sender, mode, target, type_, body, sub_id, request_id = raw
+        # The hot record: every check in one expression (a call per field cost ~10% of a
+        # node's receive path); ``_msg_problem`` names the field when it fails.
+        longest = self.max_name_length
+        if (type(seq) is int and 0 <= seq <= _UINT64_MAX
+                and (sender is None or (type(sender) is str and len(sender) <= longest))
+                and type(mode) is int and 0 <= mode <= 4
+                and ((type(target) is str and 0 < len(target) <= longest) or target is None
+                     or (type(target) is list and len(target) <= self.max_target_names
+                         and all(self._is_name(t) for t in target)))
+                and type(type_) is str and len(type_) <= longest
+                and type(body) is bytes
+                and (sub_id is None or _is_uint(sub_id))
+                and (request_id is None or _is_uint(request_id))):
+            return Msg(seq, sender, mode, target, type_, body, sub_id, request_id)
+        self._msg_problem(raw)
+        raise ValueError("bad MSG")  # not reached: _msg_problem raises
+
+    def _msg_problem(self, raw: list[Any]) -> None:
+        """Raise ``ValueError`` naming the first bad field of a MSG record."""
+        _, seq, sender, mode, target, type_, body, sub_id, request_id = raw
         _check(_is_uint(seq), "seq")
         _check(sender is None or (type(sender) is str and len(sender) <= self.max_name_length),
                "sender")
@@ -381,7 +401,6 @@ class Decoder:
         _check(type(body) is bytes, "body")
         _check(sub_id is None or _is_uint(sub_id), "sub id")
         _check(request_id is None or _is_uint(request_id), "request id")
-        return Msg(seq, sender, mode, target, type_, body, sub_id, request_id)
 
     def _reply(self, raw: list[Any]) -> Reply:
         _arity(raw, 5)
