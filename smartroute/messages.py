@@ -110,6 +110,22 @@ def encode_body(body: object) -> bytes:
         raise TypeError(f"cannot encode message body: {exc}") from exc
 
 
+_MAX_BIN_BYTES = 2**32 - 1
+"""Largest str or bytes msgpack can hold."""
+
+
+def surely_encodes(body: object) -> bool:
+    """True for a body ``encode_body`` accepts without having to try (bytes, ASCII str, bool,
+    float, None, a 64-bit int): a send that reaches no peer then skips encoding it."""
+    if type(body) is bytes:
+        return len(body) <= _MAX_BIN_BYTES
+    if type(body) is str:
+        return body.isascii() and len(body) <= _MAX_BIN_BYTES  # isascii() is O(1)
+    if type(body) is int:
+        return -(2**63) <= body < 2**64
+    return body is None or type(body) is float or type(body) is bool
+
+
 class _RecordHook:
     """msgpack ``ext_hook`` that rebuilds registered records, counting how deep it is."""
 

@@ -47,7 +47,7 @@ from .errors import (
 )
 from .events import Event, PeerDown, PeerInfo, PeerUp, Subscriber, SubscriberUp
 from .logs import QuietLog
-from .messages import Message, decode_body, encode_body, type_name_of
+from .messages import Message, decode_body, encode_body, surely_encodes, type_name_of
 from .modes import ReceiveMode
 from .protocol import WILDCARD_HOSTS, Deliver, Protocol, ReplyArrived
 from .routing import Plan, Target
@@ -62,6 +62,7 @@ request."""
 
 _MODES = tuple(ReceiveMode)
 """Modes by wire value (the decoder checked the range): faster than ``ReceiveMode(n)``."""
+_EQ = ReceiveMode.EQ
 
 MAX_CLUSTER_LENGTH = 128
 """Longest cluster name, in characters."""
@@ -482,8 +483,12 @@ class Node:
         to one of those nodes is full (the peer is slow or frozen), waits up to
         ``send_timeout_s`` for room, then raises ``LinkFull`` having sent nothing.
         """
-        core = self._core()
-        mode, target = self._check_target(mode, target)
+        core = self._protocol
+        if core is None or self._closed:
+            core = self._core()  # raises
+        if not (type(target) is str and mode is _EQ
+                and 0 < len(target) <= self.limits.max_name_length):  # else: check it all
+            mode, target = self._check_target(mode, target)
         if sender is not None:
             self._check_name(sender, "sender")
         if self._links is not None and self._links.backlogs:
@@ -513,23 +518,30 @@ class Node:
 
     def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
               sender: str | None, request_id: int | None) -> Plan:
-        payload = encode_body(body)
-        type_name = type_name_of(body)
+        # Encoded only when a peer needs the bytes, but always checked first: what cannot
+        # travel is refused even when the subscribers are all local today.
+        payload = None if surely_encodes(body) else encode_body(body)
+        plan = core.plan(mode, target)
         seq = next(self._seq)
-        msg = wire.Msg(seq, sender, mode, target, type_name, payload, None, request_id)
-        plan = core.send(mode, target, msg, self._now())
-        self._stats["sent"] += 1
+        type_name = type_name_of(body)
+        self._sent += 1
         if plan.remote:
-            self._stats["sent_remote_frames"] += len(plan.remote)
-            self._schedule_pump()
+            if payload is None:
+                payload = encode_body(body)
+            core.send(plan, wire.Msg(seq, sender, mode, target, type_name, payload, None,
+                                     request_id))
+            self._sent_remote_frames += len(plan.remote)
+            if not self._pump_scheduled:
+                self._schedule_pump()
         if plan.local:
             replier = self._local_replier(request_id) if request_id is not None else None
             subs = self._subs
+            node_id = self.node_id
             for sub_id in plan.local:
                 sub = subs.get(sub_id)
                 if sub is not None:
                     self._deliver(sub, Message(seq, body, type_name, mode, target, sender,
-                                               self.node_id, sub.name, replier))
+                                               node_id, sub.name, replier))
         return plan
 
     async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,

@@ -558,19 +558,24 @@ class Protocol:
             self._events.append(event)
             self._broadcast(wire.encode_delta(delta), now)
 
-    def send(self, mode: ReceiveMode, target: Target, msg: wire.Msg, now: float) -> Plan:
-        """Plan one ``send_to`` and queue its record once to each remote node it reaches."""
-        plan = self.router.plan(mode, target)
-        if plan.remote:
-            peers = self.membership.peers
-            if mode is ReceiveMode.ANY:
-                for node, sub_id in plan.remote.items():
-                    self._send_peer(peers[node], wire.encode_msg(msg._replace(sub_id=sub_id)), now)
-            else:
-                record = wire.encode_msg(msg)
-                for node in plan.remote:
-                    self._send_peer(peers[node], record, now)
-        return plan
+    def plan(self, mode: ReceiveMode, target: Target) -> Plan:
+        """Who one ``send_to`` reaches; ``send`` then queues its record for the remote part."""
+        return self.router.plan(mode, target)
+
+    def send(self, plan: Plan, msg: wire.Msg) -> None:
+        """Queue the record of a planned ``send_to`` once to each remote node it reaches.
+
+        A message does not postpone the link's next heartbeat: that would cost a clock read
+        per message to save four small records a second."""
+        peers = self.membership.peers
+        record = None
+        for node, sub_id in plan.remote.items():
+            if sub_id is None:
+                if record is None:
+                    record = wire.encode_msg(msg)
+                self._send(peers[node].link, record)
+            else:  # ANY: the chosen subscriber travels with the record
+                self._send(peers[node].link, wire.encode_msg(msg._replace(sub_id=sub_id)))
 
     def reply(self, origin: str, reply: wire.Reply, now: float) -> bool:
         """Send a reply to the node a request came from; False if it is gone."""

@@ -55,6 +55,9 @@ class Table:
         self.replicas: dict[bytes, Replica] = {}
         self.remote_by_name: dict[str, dict[bytes, dict[int, Meta]]] = {}
         """name -> node -> sub_id -> meta, for every remote subscriber."""
+        self.changes = 0
+        """Grows at every subscriber added or removed, ours or a peer's: what was computed
+        from the table at one value still holds while it is unchanged."""
 
     # --- our own table ----------------------------------------------------------------------
 
@@ -63,6 +66,7 @@ class Table:
         sub_id = self._next_sub_id
         self._next_sub_id += 1
         self.version += 1
+        self.changes += 1
         self.local[sub_id] = (name, meta)
         self.local_by_name.setdefault(name, []).append(sub_id)
         delta = Delta(self.incarnation, self.version, sub_id, name, meta)
@@ -79,6 +83,7 @@ class Table:
         if not ids:
             del self.local_by_name[name]
         self.version += 1
+        self.changes += 1
         delta = Delta(self.incarnation, self.version, sub_id, None, None)
         return delta, SubscriberDown(Subscriber(name, self.hex, meta, local=True))
 
@@ -143,11 +148,13 @@ class Table:
 
     def _add_remote(self, replica: Replica, sub_id: int, name: str, meta: Meta) -> TableEvent:
         replica.entries[sub_id] = (name, meta)
+        self.changes += 1
         self.remote_by_name.setdefault(name, {}).setdefault(replica.node_id, {})[sub_id] = meta
         return SubscriberUp(Subscriber(name, replica.hex, meta))
 
     def _remove_remote(self, replica: Replica, sub_id: int) -> TableEvent:
         name, meta = replica.entries.pop(sub_id)
+        self.changes += 1
         by_node = self.remote_by_name[name]
         subs = by_node[replica.node_id]
         del subs[sub_id]

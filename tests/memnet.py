@@ -19,6 +19,7 @@ from smartroute.events import PeerDown, PeerUp
 from smartroute.messages import encode_body
 from smartroute.modes import ReceiveMode
 from smartroute.protocol import CoreEvent, Deliver, Dial, Protocol
+from smartroute.routing import Plan
 
 _E = TypeVar("_E")
 
@@ -207,3 +208,11 @@ def msg(target: str | list[str] | None, body: Any = "hi", *, mode: ReceiveMode =
     """The MSG record ``Node.send_to`` would build."""
     return wire.Msg(seq, None, int(mode), target, type(body).__name__, encode_body(body), None,
                     request_id)
+
+
+def send_to(proto: Protocol, mode: ReceiveMode, target: str | list[str] | None,
+            record: wire.Msg) -> Plan:
+    """Plan and send one message, as ``Node.send_to`` does."""
+    plan = proto.plan(mode, target)
+    proto.send(plan, record)
+    return plan

@@ -14,7 +14,7 @@ from smartroute.membership import PeerState
 from smartroute.messages import decode_body, encode_body
 from smartroute.modes import ReceiveMode
 from smartroute.protocol import REFUSALS_PER_S, Deliver, ReplyArrived, resolve_endpoint
-from tests.memnet import Host, MemNet, msg
+from tests.memnet import Host, MemNet, msg, send_to
 
 TIMINGS = Timings()
 DEAD_AFTER_S = TIMINGS.dead_after_s
@@ -166,7 +166,7 @@ def test_a_remote_node_gets_one_record_per_send_and_fans_out_locally(net: MemNet
     mine = a.proto.subscribe("room:7", {}, net.now)
     net.flush()
 
-    plan = a.proto.send(ReceiveMode.EQ, "room:7", msg("room:7", "hello"), net.now)
+    plan = send_to(a.proto, ReceiveMode.EQ, "room:7", msg("room:7", "hello"))
     net.flush()
     assert plan.matches == 4
     assert plan.local == [mine]
@@ -194,7 +194,7 @@ def test_every_mode_reaches_exactly_the_matching_remote_subscribers(
         b.proto.subscribe(name, {}, net.now)
     c.proto.subscribe("room:8", {}, net.now)
     net.flush()
-    plan = a.proto.send(mode, target, msg(target, mode=mode), net.now)
+    plan = send_to(a.proto, mode, target, msg(target, mode=mode))
     net.flush()
     assert plan.matches == b_count + c_count
     assert [len(d.sub_ids) for d in b.delivered()] == [b_count]
@@ -208,8 +208,8 @@ def test_any_reaches_one_subscriber_per_send_balanced_over_nodes(net: MemNet) ->
     on_c = c.proto.subscribe("svc:echo", {}, net.now)
     net.flush()
     for seq in range(6):
-        plan = a.proto.send(ReceiveMode.ANY, "svc:echo",
-                            msg("svc:echo", mode=ReceiveMode.ANY, seq=seq), net.now)
+        plan = send_to(a.proto, ReceiveMode.ANY, "svc:echo",
+                            msg("svc:echo", mode=ReceiveMode.ANY, seq=seq))
         assert plan.matches == 1
         net.flush()
     got_b = [d.sub_ids for d in b.delivered()]
@@ -223,7 +223,7 @@ def test_any_falls_back_when_the_chosen_subscriber_left_in_flight(net: MemNet) -
     first = b.proto.subscribe("svc", {}, net.now)
     second = b.proto.subscribe("svc", {}, net.now)
     net.flush()
-    plan = a.proto.send(ReceiveMode.ANY, "svc", msg("svc", mode=ReceiveMode.ANY), net.now)
+    plan = send_to(a.proto, ReceiveMode.ANY, "svc", msg("svc", mode=ReceiveMode.ANY))
     assert plan.remote == {b.node_id: first}
     b.proto.unsubscribe(first, net.now)  # a has not heard yet
     net.flush()
@@ -234,8 +234,8 @@ def test_a_request_gets_its_reply(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     echo = b.proto.subscribe("svc:echo", {}, net.now)
     net.flush()
-    a.proto.send(ReceiveMode.ANY, "svc:echo",
-                 msg("svc:echo", "ping", mode=ReceiveMode.ANY, request_id=41), net.now)
+    send_to(a.proto, ReceiveMode.ANY, "svc:echo",
+                 msg("svc:echo", "ping", mode=ReceiveMode.ANY, request_id=41))
     net.flush()
     [deliver] = b.delivered()
     assert (deliver.sub_ids, deliver.msg.request_id) == ([echo], 41)
@@ -250,7 +250,7 @@ def test_a_request_nobody_takes_any_more_is_answered_no_subscriber(net: MemNet) 
     sub = b.proto.subscribe("svc:echo", {}, net.now)
     net.flush()
     b.proto.unsubscribe(sub, net.now)  # a still believes b has it
-    a.proto.send(ReceiveMode.EQ, "svc:echo", msg("svc:echo", request_id=7), net.now)
+    send_to(a.proto, ReceiveMode.EQ, "svc:echo", msg("svc:echo", request_id=7))
     net.flush()
     assert b.delivered() == []
     [arrived] = a.of(ReplyArrived)
