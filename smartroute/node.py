@@ -122,7 +122,7 @@ class Subscription:
         while self._queue:
             msg = self._queue.popleft()
             if msg._replier is not None:  # a waiting requester learns at once, not at timeout
-                self.node._reply_later(msg, NodeClosed("the subscriber closed"), error=True)
+                self.node._reply_now(msg, NodeClosed("the subscriber closed"), error=True)
 
     def _offer(self, msg: Message) -> bool:
         if len(self._queue) >= self.node.limits.handler_queue_size:
@@ -142,7 +142,7 @@ class Subscription:
                 await self._ready.wait()
                 continue
             msg = queue.popleft()
-            await self.node._run_async_handler(self, msg)
+            await self.node._finish(self, msg, self.handler(msg))
 
     def __repr__(self) -> str:
         return f"Subscription(name={self.name!r}, closed={self.closed})"
@@ -761,21 +761,18 @@ class Node:
             self._loop.call_soon(self._pump)
 
     def _pump(self) -> None:
-        """Carry out the core's output: dials, one batch per link, hang-ups, then events."""
+        """Carry out the core's output: dials, one batch per link, hang-ups, then events; what
+        the handlers of those events sent (replies first of all) leaves in the same turn."""
         self._pump_scheduled = False
         core = self._protocol
         links = self._links
         if core is None or links is None:
             return
-        out = core.data_to_send()
-        for dial in out.dials:
-            links.dial(dial.link, dial.endpoint, dial.routing_id)
-        for link, records in out.sends.items():
-            for batch in wire.encode_batches(records, MAX_BATCH_BYTES):
-                links.send(link, batch)
-        for link in out.hangups:
-            links.hang_up(link)
-        for event in core.events_received():
+        self._transmit(core, links)
+        events = core.events_received()
+        if not events:
+            return
+        for event in events:
             kind = type(event)
             if kind is Deliver:
                 self._on_deliver(event)  # type: ignore[arg-type]
@@ -784,7 +781,17 @@ class Node:
             else:
                 self._publish(event)  # type: ignore[arg-type]
         if core.has_output():
-            self._schedule_pump()
+            self._transmit(core, links)
+
+    def _transmit(self, core: Protocol, links: Links) -> None:
+        out = core.data_to_send()
+        for dial in out.dials:
+            links.dial(dial.link, dial.endpoint, dial.routing_id)
+        for link, records in out.sends.items():
+            for batch in wire.encode_batches(records, MAX_BATCH_BYTES):
+                links.send(link, batch)
+        for link in out.hangups:
+            links.hang_up(link)
 
     def _publish(self, event: Event) -> None:
         for stream in self._streams:
@@ -857,7 +864,7 @@ class Node:
             task.add_done_callback(self._handler_task_done)
             task.add_done_callback(sub._awaitable_done)
         elif msg._replier is not None:
-            self._reply_later(msg, result, error=False)
+            self._reply_now(msg, result, error=False)
         self._delivered += 1
 
     def _queue_full(self, sub: Subscription, msg: Message) -> None:
@@ -867,7 +874,7 @@ class Node:
                             "%s: handler queue of %r is full (%d): message dropped",
                             self.node_id[:8], sub.name, self.limits.handler_queue_size)
         if msg._replier is not None:
-            self._reply_later(msg, RuntimeError("subscriber queue full"), error=True)
+            self._reply_now(msg, RuntimeError("subscriber queue full"), error=True)
 
     def _event_dropped(self) -> None:
         self._stats["events_dropped"] += 1
@@ -891,10 +898,7 @@ class Node:
             self._handler_failed(sub, msg, exc)
             return
         if msg._replier is not None:
-            await msg.reply(value)
-
-    async def _run_async_handler(self, sub: Subscription, msg: Message) -> None:
-        await self._finish(sub, msg, sub.handler(msg))
+            self._reply_now(msg, value, error=False)
 
     def _handler_failed(self, sub: Subscription, msg: Message, exc: BaseException) -> None:
         self._stats["handler_errors"] += 1
@@ -902,19 +906,16 @@ class Node:
                             "%s: handler of %r raised %s: %s", self.node_id[:8], sub.name,
                             type(exc).__name__, exc)
         if msg._replier is not None:
-            self._reply_later(msg, exc, error=True)
+            self._reply_now(msg, exc, error=True)
 
-    def _reply_later(self, msg: Message, value: object, *, error: bool) -> None:
+    def _reply_now(self, msg: Message, value: object, *, error: bool) -> None:
         replier = msg._replier
         msg._replier = None
         assert replier is not None
-        if error:
-            value = _ErrorReply(value)
-        task = asyncio.ensure_future(replier(value))
-        task.add_done_callback(_discard_result)
+        replier(_ErrorReply(value) if error else value)
 
-    def _local_replier(self, request_id: int) -> Callable[[object], Awaitable[None]]:
-        async def reply(value: object) -> None:
+    def _local_replier(self, request_id: int) -> Callable[[object], None]:
+        def reply(value: object) -> None:
             request = self._requests.get(request_id)
             if request is None or request.future.done():
                 return
@@ -926,8 +927,8 @@ class Node:
                 request.future.set_result(value)
         return reply
 
-    def _remote_replier(self, origin: str, request_id: int) -> Callable[[object], Awaitable[None]]:
-        async def reply(value: object) -> None:
+    def _remote_replier(self, origin: str, request_id: int) -> Callable[[object], None]:
+        def reply(value: object) -> None:
             if isinstance(value, _ErrorReply):
                 self._send_reply(origin, request_id, value.error, error=True)
             else:

@@ -279,7 +279,7 @@ def test_a_message_id_is_the_origin_node_and_its_sequence() -> None:
 async def test_a_request_is_answered_once() -> None:
     answers: list[object] = []
 
-    async def replier(body: object) -> None:
+    def replier(body: object) -> None:
         answers.append(body)
 
     msg = make_message(replier)

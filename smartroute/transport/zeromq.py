@@ -65,6 +65,7 @@ class Inbox:
         if curve is not None:
             server_options(sock, curve)
         self._sock = sock
+        self._running = False
         self._secure = curve is not None
         # Watched for the node's whole life: a stranger's failed handshake is reported here.
         self._watch = HandshakeWatch(sock)
@@ -87,20 +88,26 @@ class Inbox:
         return last.decode()
 
     async def run(self, received: Received) -> None:
-        """Hand every message to ``received``, yielding to other tasks every few milliseconds."""
-        sock = self._sock
+        """Hand every message to ``received`` until cancelled, yielding to other tasks every
+        few milliseconds."""
         loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
         # ZMQ_FD only says "events may have changed" (edge-triggered): after each wake-up,
-        # ZMQ_EVENTS is the truth, and it must be checked again before sleeping.
-        fd = sock.getsockopt(zmq.FD)
+        # ZMQ_EVENTS is the truth, and it is read again before the reader sleeps.
+        fd = self._sock.getsockopt(zmq.FD)
         assert isinstance(fd, int)
-        loop.add_reader(fd, readable.set)
-        clock = time.monotonic
+        self._running = True
+        stopped = loop.create_future()
         secure = self._secure
-        try:
-            while True:
-                deadline = clock() + RECEIVE_BUDGET_S
+
+        def drain() -> None:
+            # Runs as the reader callback itself, not in a task woken by it: one turn of the
+            # loop less per wake-up (request round trips are mostly such turns).
+            if not self._running:
+                return
+            sock = self._sock
+            clock = time.monotonic
+            deadline = clock() + RECEIVE_BUDGET_S
+            try:
                 while _events(sock) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     if len(frames) != 2:
@@ -111,14 +118,21 @@ class Inbox:
                         continue
                     self._guard(received, routing_id, frames[1])
                     if clock() > deadline:
-                        break
-                else:
-                    readable.clear()
-                    if not _events(sock) & zmq.POLLIN:
-                        await readable.wait()
-                    continue
-                await asyncio.sleep(0)  # budget spent, more is waiting: let timers run first
+                        # Budget spent and more may be waiting, which the edge-triggered FD
+                        # will not tell again: come back after the timers.
+                        loop.call_soon(drain)
+                        return
+            except zmq.ZMQError as exc:  # the socket itself failed: run() ends with it
+                self._running = False
+                if not stopped.done():
+                    stopped.set_exception(exc)
+
+        loop.add_reader(fd, drain)
+        loop.call_soon(drain)  # what arrived before the reader was installed
+        try:
+            await stopped  # until cancelled, or the socket fails
         finally:
+            self._running = False
             loop.remove_reader(fd)
 
     def _is_bound(self, routing_id: bytes, frame: zmq.Frame) -> bool:
