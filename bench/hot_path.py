@@ -123,15 +123,14 @@ def serve_raw_router() -> None:
         router = context.socket(zmq.ROUTER)
         port = router.bind_to_random_port("tcp://127.0.0.1")
         print(json.dumps({"endpoint": f"tcp://127.0.0.1:{port}"}), flush=True)
-        stdin = asyncio.ensure_future(
-            asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
-        while not stdin.done():
-            receive = asyncio.ensure_future(router.recv_multipart())
-            await asyncio.wait({receive, stdin}, return_when=asyncio.FIRST_COMPLETED)
-            if receive.done():
-                await router.send_multipart(receive.result())
-            else:
-                receive.cancel()
+
+        async def echo() -> None:
+            while True:
+                await router.send_multipart(await router.recv_multipart())
+
+        task = asyncio.create_task(echo())
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        task.cancel()
         context.destroy(linger=0)
     asyncio.run(run())
 
@@ -221,7 +220,7 @@ async def cross_node(endpoint: str, n: int, runs: int) -> dict[str, list[float]]
 
 async def round_trips(endpoint: str, n: int, runs: int) -> dict[str, list[float]]:
     """p50/p99 in us of sequential ``request`` to a sync echo handler on the child's node."""
-    results: dict[str, list[float]] = {"rr_p50_us": [], "rr_p99_us": []}
+    results: dict[str, list[float]] = {"rr_p50_us": [], "rr_p99_us": [], "rr_tx_cpu_us": []}
     async with Node(CLUSTER, discovery=[endpoint], host="127.0.0.1") as node:
         await node.wait_for("bench:echo", timeout=10.0)
         for _ in range(WARMUP_REQUESTS):
@@ -229,10 +228,12 @@ async def round_trips(endpoint: str, n: int, runs: int) -> dict[str, list[float]
         for _ in range(runs):
             samples = []
             clock = time.perf_counter
+            cpu_start = time.process_time()
             for _ in range(n):
                 start = clock()
                 await node.request("bench:echo", BODY)
                 samples.append(clock() - start)
+            results["rr_tx_cpu_us"].append((time.process_time() - cpu_start) / n * 1e6)
             results["rr_p50_us"].append(_quantile(samples, 0.50) * 1e6)
             results["rr_p99_us"].append(_quantile(samples, 0.99) * 1e6)
     return results
@@ -262,7 +263,8 @@ def raw_push(n: int, runs: int) -> list[float]:
 
 async def raw_round_trips(endpoint: str, n: int, runs: int) -> dict[str, list[float]]:
     """p50/p99 in us of an asyncio DEALER -> ROUTER echo round trip."""
-    results: dict[str, list[float]] = {"raw_rtt_p50_us": [], "raw_rtt_p99_us": []}
+    results: dict[str, list[float]] = {"raw_rtt_p50_us": [], "raw_rtt_p99_us": [],
+                                       "raw_rtt_tx_cpu_us": []}
     context = zmq.asyncio.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.connect(endpoint)
@@ -273,11 +275,13 @@ async def raw_round_trips(endpoint: str, n: int, runs: int) -> dict[str, list[fl
         for _ in range(runs):
             samples = []
             clock = time.perf_counter
+            cpu_start = time.process_time()
             for _ in range(n):
                 start = clock()
                 await dealer.send(BODY)
                 await dealer.recv()
                 samples.append(clock() - start)
+            results["raw_rtt_tx_cpu_us"].append((time.process_time() - cpu_start) / n * 1e6)
             results["raw_rtt_p50_us"].append(_quantile(samples, 0.50) * 1e6)
             results["raw_rtt_p99_us"].append(_quantile(samples, 0.99) * 1e6)
     finally:

@@ -772,14 +772,18 @@ class Node:
         events = core.events_received()
         if not events:
             return
-        for event in events:
-            kind = type(event)
-            if kind is Deliver:
-                self._on_deliver(event)  # type: ignore[arg-type]
-            elif kind is ReplyArrived:
-                self._on_reply(event)  # type: ignore[arg-type]
-            else:
-                self._publish(event)  # type: ignore[arg-type]
+        self._pump_scheduled = True  # what the handlers send leaves below, not in another turn
+        try:
+            for event in events:
+                kind = type(event)
+                if kind is Deliver:
+                    self._on_deliver(event)  # type: ignore[arg-type]
+                elif kind is ReplyArrived:
+                    self._on_reply(event)  # type: ignore[arg-type]
+                else:
+                    self._publish(event)  # type: ignore[arg-type]
+        finally:
+            self._pump_scheduled = False
         if core.has_output():
             self._transmit(core, links)
 
