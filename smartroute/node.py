@@ -521,7 +521,7 @@ class Node:
         # Encoded only when a peer needs the bytes, but always checked first: what cannot
         # travel is refused even when the subscribers are all local today.
         payload = None if surely_encodes(body) else encode_body(body)
-        plan = core.plan(mode, target)
+        plan = core.router.plan(mode, target)
         seq = next(self._seq)
         type_name = type_name_of(body)
         self._sent += 1

@@ -28,7 +28,7 @@ from .logs import QuietLog
 from .membership import HelloVerdict, Membership, Peer
 from .modes import ReceiveMode
 from .registry import DeltaOutcome, Table, TableEvent
-from .routing import Plan, Router, Target
+from .routing import Plan, Router
 from .wire import Meta
 
 _log = logging.getLogger("smartroute.protocol")
@@ -558,12 +558,9 @@ class Protocol:
             self._events.append(event)
             self._broadcast(wire.encode_delta(delta), now)
 
-    def plan(self, mode: ReceiveMode, target: Target) -> Plan:
-        """Who one ``send_to`` reaches; ``send`` then queues its record for the remote part."""
-        return self.router.plan(mode, target)
-
     def send(self, plan: Plan, msg: wire.Msg) -> None:
-        """Queue the record of a planned ``send_to`` once to each remote node it reaches.
+        """Queue the record of a ``send_to`` planned by ``router.plan`` once to each remote
+        node it reaches.
 
         A message does not postpone the link's next heartbeat: that would cost a clock read
         per message to save four small records a second."""

@@ -17,6 +17,9 @@ from .registry import Table
 
 Target = str | list[str] | None
 
+_EQ, _ALL, _ANY = ReceiveMode.EQ, ReceiveMode.ALL, ReceiveMode.ANY
+# Module constants: reading an enum member off its class costs ~150 ns, a global ~30 ns.
+
 PLAN_CACHE_SIZE = 4096
 """EQ plans to one name kept until the table changes; emptied when full (names are many when
 each user has one, but a busy name is planned again at once)."""
@@ -87,16 +90,20 @@ class Router:
     def plan(self, mode: ReceiveMode, target: Target) -> Plan:
         """Plan one ``send_to`` over the whole table."""
         table = self._table
-        if mode is ReceiveMode.ANY:
+        if mode is _EQ and type(target) is str:
+            if self._plans_at == table.changes:
+                plan = self._plans.get(target)
+                if plan is not None:
+                    return plan
+            return self._plan_one(target)
+        if mode is _ANY:
             return self._plan_any(_as_list(target))
-        if mode is ReceiveMode.ALL:
+        if mode is _ALL:
             remote_all: dict[bytes, int | None] = {
                 node: None for node, r in table.replicas.items() if r.entries}
             count = len(table.local) + sum(len(r.entries) for r in table.replicas.values())
             return Plan(count, list(table.local), remote_all)
-        if mode is ReceiveMode.EQ:
-            if type(target) is str:
-                return self._plan_one(target)
+        if mode is _EQ:
             names: Iterable[str] = dict.fromkeys(_as_list(target))
         else:
             names = self.names_matching(mode, target, list(table.names()))
@@ -115,21 +122,18 @@ class Router:
                 for node, subs in by_node.items():
                     remote[node] = None
                     count += len(subs)
-        if len(local) > 1 and mode is not ReceiveMode.EQ:
+        if len(local) > 1 and mode is not _EQ:
             local.sort()
         return Plan(count, local, remote)
 
     def _plan_one(self, name: str) -> Plan:
-        """EQ to one name: the most common send, cached until the table changes (planning it
-        again was ~15% of a send)."""
+        """EQ to one name, the most common send: planned once and cached until the table
+        changes (``plan`` looks in the cache first; planning again was ~15% of a send)."""
         table = self._table
         plans = self._plans
         if self._plans_at != table.changes:
             plans.clear()
             self._plans_at = table.changes
-        plan = plans.get(name)
-        if plan is not None:
-            return plan
         local = table.local_by_name.get(name)
         by_node = table.remote_by_name.get(name)
         count = len(local) if local else 0
@@ -166,10 +170,10 @@ class Router:
     def local_matches(self, mode: ReceiveMode, target: Target, sub_id: int | None) -> list[int]:
         """Our sub ids that a message from a peer reaches (the peer planned us once)."""
         table = self._table
-        if mode is ReceiveMode.EQ and type(target) is str:  # the common case
+        if mode is _EQ and type(target) is str:  # the common case
             ids = table.local_by_name.get(target)
             return list(ids) if ids else []
-        if mode is ReceiveMode.ANY:
+        if mode is _ANY:
             # The sender chose one of ours; if it left meanwhile, another of the names takes it.
             if sub_id is not None and sub_id in table.local:
                 return [sub_id]
@@ -178,10 +182,10 @@ class Router:
                 if ids:
                     return [ids[0]]
             return []
-        if mode is ReceiveMode.ALL:
+        if mode is _ALL:
             return list(table.local)
         local: list[int] = []
-        if mode is ReceiveMode.EQ:
+        if mode is _EQ:
             for name in dict.fromkeys(_as_list(target)):
                 local.extend(table.local_by_name.get(name, ()))
             return local

@@ -213,6 +213,6 @@ def msg(target: str | list[str] | None, body: Any = "hi", *, mode: ReceiveMode =
 def send_to(proto: Protocol, mode: ReceiveMode, target: str | list[str] | None,
             record: wire.Msg) -> Plan:
     """Plan and send one message, as ``Node.send_to`` does."""
-    plan = proto.plan(mode, target)
+    plan = proto.router.plan(mode, target)
     proto.send(plan, record)
     return plan
