@@ -199,9 +199,10 @@ async def cross_node(endpoint: str, n: int, runs: int) -> dict[str, list[float]]
         for _ in range(runs):
             for key, target in (("cross_sync", "bench:sink"), ("cross_async", "bench:async-sink")):
                 await node.request("bench:control", {"op": "expect", "n": n})
+                send_to, eq = node.send_to, ReceiveMode.EQ
                 start, cpu_start = time.perf_counter(), time.process_time()
                 for i in range(n):
-                    await node.send_to(BODY, ReceiveMode.EQ, target)
+                    await send_to(BODY, eq, target)
                     if i % SENDS_PER_TURN == SENDS_PER_TURN - 1:
                         await asyncio.sleep(0)
                 got: dict[str, Any] = await node.request(  # type: ignore[assignment]

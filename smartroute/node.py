@@ -518,21 +518,20 @@ class Node:
 
     def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
               sender: str | None, request_id: int | None) -> Plan:
-        # Encoded only when a peer needs the bytes, but always checked first: what cannot
-        # travel is refused even when the subscribers are all local today.
-        payload = None if surely_encodes(body) else encode_body(body)
         plan = core.router.plan(mode, target)
         seq = next(self._seq)
         type_name = type_name_of(body)
-        self._sent += 1
         if plan.remote:
-            if payload is None:
-                payload = encode_body(body)
-            core.send(plan, wire.Msg(seq, sender, mode, target, type_name, payload, None,
-                                     request_id))
+            core.send(plan, wire.Msg(seq, sender, mode, target, type_name, encode_body(body),
+                                     None, request_id))
             self._sent_remote_frames += len(plan.remote)
             if not self._pump_scheduled:
                 self._schedule_pump()
+        elif not surely_encodes(body):
+            # Not encoded when no peer needs the bytes, but still checked: what cannot travel
+            # is refused even when the subscribers are all local today.
+            encode_body(body)
+        self._sent += 1
         if plan.local:
             replier = self._local_replier(request_id) if request_id is not None else None
             subs = self._subs
