@@ -116,6 +116,13 @@ async def test_api_rejects_bad_arguments(pair: tuple[Node, Node]) -> None:
         await a.send_to("hi", ReceiveMode.REGEX, "(unclosed")
     with pytest.raises(TypeError, match="cannot send"):
         await a.send_to(object(), ReceiveMode.ALL)
+    # Only local subscribers: the body is not encoded, but what could not travel is still
+    # refused (a lone surrogate cannot be UTF-8).
+    await a.subscribe("user:local", print)
+    with pytest.raises(TypeError, match="cannot"):
+        await a.send_to(object(), ReceiveMode.EQ, "user:local")
+    with pytest.raises(TypeError, match="cannot encode"):
+        await a.send_to("\udc80", ReceiveMode.EQ, "user:local")
     with pytest.raises(ValueError, match="timeout"):
         await a.request("svc:x", "hi", timeout=0)
     with pytest.raises(SmartRouteError):  # every misuse error is one of ours too
