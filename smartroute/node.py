@@ -91,6 +91,7 @@ class Subscription:
         self.handler = handler
         self.is_async = _is_async_callable(handler)
         self._queue: collections.deque[Message] = collections.deque()
+        self._queue_size = node.limits.handler_queue_size
         self._awaiting = 0
         """Awaitables a sync handler returned that still run (bounded like the queue)."""
         self._ready = asyncio.Event()
@@ -125,7 +126,7 @@ class Subscription:
                 self.node._reply_now(msg, NodeClosed("the subscriber closed"), error=True)
 
     def _offer(self, msg: Message) -> bool:
-        if len(self._queue) >= self.node.limits.handler_queue_size:
+        if len(self._queue) >= self._queue_size:
             return False
         self._queue.append(msg)
         self._ready.set()
@@ -135,14 +136,14 @@ class Subscription:
         self._awaiting -= 1
 
     async def _work(self) -> None:
-        queue = self._queue
+        queue, ready, handler, finish = self._queue, self._ready, self.handler, self.node._finish
         while not self.closed:
             if not queue:
-                self._ready.clear()
-                await self._ready.wait()
+                ready.clear()
+                await ready.wait()
                 continue
             msg = queue.popleft()
-            await self.node._finish(self, msg, self.handler(msg))
+            await finish(self, msg, handler(msg))
 
     def __repr__(self) -> str:
         return f"Subscription(name={self.name!r}, closed={self.closed})"
@@ -522,8 +523,8 @@ class Node:
         seq = next(self._seq)
         type_name = type_name_of(body)
         if plan.remote:
-            core.send(plan, wire.Msg(seq, sender, mode, target, type_name, encode_body(body),
-                                     None, request_id))
+            core.send(plan, wire.new_msg((seq, sender, mode, target, type_name,
+                                          encode_body(body), None, request_id)))
             self._sent_remote_frames += len(plan.remote)
             if not self._pump_scheduled:
                 self._schedule_pump()

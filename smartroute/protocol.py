@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import struct
 from collections.abc import Callable
@@ -65,6 +66,10 @@ class Deliver(NamedTuple):
     origin: str
     """Hex id of the sending node."""
     msg: wire.Msg
+
+
+_new_deliver = functools.partial(tuple.__new__, Deliver)
+"""A ``Deliver`` without the Python-level ``__new__`` of a NamedTuple (one per message)."""
 
 
 class ReplyArrived(NamedTuple):
@@ -534,7 +539,7 @@ class Protocol:
                                 peer.hex[:8], exc)
             sub_ids = []
         if sub_ids:
-            self._events.append(Deliver(sub_ids, peer.hex, msg))
+            self._events.append(_new_deliver((sub_ids, peer.hex, msg)))
             return
         self.counters.undeliverable_messages += 1
         if msg.request_id is not None:

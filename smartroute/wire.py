@@ -9,6 +9,7 @@ the core trusts what it gets; anything else raises ``RemoteProtocolError``.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 import threading
 from collections.abc import Callable
@@ -137,6 +138,11 @@ class Msg(NamedTuple):
     """For ANY: the subscriber the sender chose."""
     request_id: int | None
     """Set for a request: the REPLY carries it back."""
+
+
+new_msg = functools.partial(tuple.__new__, Msg)
+"""``new_msg((seq, sender, ...))``: a ``Msg`` from a tuple of its eight fields, without the
+Python-level ``__new__`` of a NamedTuple (one record per message: 130 ns against 340 ns)."""
 
 
 class Reply(NamedTuple):
@@ -366,7 +372,8 @@ class Decoder:
         return Bye()
 
     def _msg(self, raw: list[Any]) -> Msg:
-        _arity(raw, 9)
+        if len(raw) != 9:
+            _arity(raw, 9)
         _, seq, sender, mode, target, type_, body, sub_id, request_id = raw
         # The hot record: every check in one expression (a call per field cost ~10% of a
         # node's receive path); ``_msg_problem`` names the field when it fails.
@@ -381,7 +388,7 @@ class Decoder:
                 and type(body) is bytes
                 and (sub_id is None or _is_uint(sub_id))
                 and (request_id is None or _is_uint(request_id))):
-            return Msg(seq, sender, mode, target, type_, body, sub_id, request_id)
+            return new_msg((seq, sender, mode, target, type_, body, sub_id, request_id))
         self._msg_problem(raw)
         raise ValueError("bad MSG")  # not reached: _msg_problem raises
 
