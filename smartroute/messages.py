@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgpack
@@ -191,7 +191,7 @@ class Message:
         sender: str | None,
         node_id: str,
         subscriber: str,
-        replier: Callable[[object], None] | None = None,
+        replier: Callable[[object], Awaitable[None] | None] | None = None,
     ) -> None:
         # Positional on purpose: one is built per delivery, on the hot path.
         self._seq = seq
@@ -225,7 +225,11 @@ class Message:
         if replier is None:
             raise UsageError("this message is not a request, or it was already answered")
         self._replier = None
-        replier(body)
+        # The node's repliers answer at once (no task per reply); one that returns an
+        # awaitable (a Message built by hand, in a test) is awaited.
+        pending = replier(body)
+        if pending is not None:
+            await pending
 
     def __repr__(self) -> str:
         return (

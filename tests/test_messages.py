@@ -301,7 +301,7 @@ def test_a_message_id_is_the_origin_node_and_its_sequence() -> None:
 async def test_a_request_is_answered_once() -> None:
     answers: list[object] = []
 
-    def replier(body: object) -> None:
+    async def replier(body: object) -> None:
         answers.append(body)
 
     msg = make_message(replier)
@@ -309,6 +309,16 @@ async def test_a_request_is_answered_once() -> None:
     await msg.reply("pong")
     assert answers == ["pong"]
     assert not msg.is_request
+    with pytest.raises(UsageError):
+        await msg.reply("again")
+    assert answers == ["pong"]
+
+
+async def test_a_plain_function_replier_is_answered_once_too() -> None:
+    answers: list[object] = []
+    msg = make_message(answers.append)  # the node's repliers answer at once, without a task
+    await msg.reply("pong")
+    assert answers == ["pong"]
     with pytest.raises(UsageError):
         await msg.reply("again")
     assert answers == ["pong"]
