@@ -105,7 +105,8 @@ def _prepare(obj: object, depth: int) -> object:
 def encode_body(body: object) -> bytes:
     """Encode a body once; raises ``TypeError`` for what cannot travel."""
     try:
-        return packer()(_prepare(body, 0))
+        # A scalar needs no preparing: skip the call (most bodies are one str or bytes).
+        return packer()(body if isinstance(body, _SCALARS) else _prepare(body, 0))
     except (ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode message body: {exc}") from exc
 
