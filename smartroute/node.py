@@ -67,6 +67,10 @@ _EQ = ReceiveMode.EQ
 MAX_CLUSTER_LENGTH = 128
 """Longest cluster name, in characters."""
 
+ENVELOPE_BYTES = 64 * 1024
+"""Room a body leaves in a frame for its envelope (target, sender, type); a bigger envelope (a
+huge target list) is still caught when the batch is sent."""
+
 ROOM_POLL_S = 0.002
 """While ``send_to`` waits for room on a full link, it looks again this often."""
 
@@ -523,8 +527,13 @@ class Node:
         seq = next(self._seq)
         type_name = type_name_of(body)
         if plan.remote:
-            core.send(plan, wire.new_msg((seq, sender, mode, target, type_name,
-                                          encode_body(body), None, request_id)))
+            payload = encode_body(body)
+            if len(payload) > self.limits.max_frame_bytes - ENVELOPE_BYTES:
+                raise UsageError(f"a body of {len(payload)} bytes cannot reach a peer: frames "
+                                 f"are at most Limits.max_frame_bytes = "
+                                 f"{self.limits.max_frame_bytes} bytes with the envelope")
+            core.send(plan, wire.new_msg((seq, sender, mode, target, type_name, payload, None,
+                                          request_id)))
             self._sent_remote_frames += len(plan.remote)
             if not self._pump_scheduled:
                 self._schedule_pump()

@@ -397,3 +397,36 @@ async def test_a_message_of_the_wrong_shape_is_counted_as_malformed() -> None:
     finally:
         ctx.destroy(linger=0)
         await node.close()
+
+
+async def test_a_body_too_big_for_a_frame_is_refused_at_send_to_and_a_big_table_is_not_sent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    limits = Limits(max_frame_bytes=128 * 1024)
+    a = Node("frames", discovery=[], host="127.0.0.1", limits=limits, **FAST_TIMINGS)
+    await a.start()
+    b = Node("frames", discovery=[a.endpoint], host="127.0.0.1", limits=limits, **FAST_TIMINGS)
+    await b.start()
+    try:
+        got: list[object] = []
+        await a.subscribe("big", lambda msg: got.append(msg.body))
+        await b.wait_for("big")
+        with pytest.raises(UsageError, match="cannot reach a peer"):
+            await b.send_to(b"x" * (128 * 1024), ReceiveMode.EQ, "big")
+        assert await b.send_to(b"x" * (32 * 1024), ReceiveMode.EQ, "big") == 1
+        await async_wait_until(lambda: len(got) == 1, timeout=2.0)
+        # A table whose snapshot outgrows the frame is not sent, and the log says why.
+        with caplog.at_level(logging.WARNING, logger="smartroute.transport"):
+            for i in range(1500):
+                await a.subscribe(f"name-{i:04d}-" + "n" * 80, lambda msg: None)
+            c = Node("frames", discovery=[a.endpoint], host="127.0.0.1", limits=limits,
+                     **FAST_TIMINGS)
+            await c.start()
+            try:
+                await async_wait_until(lambda: "over max_frame_bytes" in caplog.text,
+                                       timeout=5.0)
+                assert a.stats()["dropped_batches"] >= 1
+            finally:
+                await c.close()
+    finally:
+        await b.close()
+        await a.close()
