@@ -260,10 +260,12 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     if data.get("mode") != "full":
         warnings.append(f"this is a **{data.get('mode')}** run (fewer messages and runs)")
     cores = info.get("cores") or 1
-    load = max(info.get("load_average_at_start", 0), info.get("load_average_at_end", 0))
+    # Only the load before the run tells of other work: at the end the 1-minute average
+    # mostly counts the benchmark's own processes.
+    load = info.get("load_average_at_start", 0)
     if load > LOADED_MACHINE * cores:
-        warnings.append(f"the machine was shared with other work (load average up to {load} "
-                        f"on {cores} cores)")
+        warnings.append(f"the machine was shared with other work (load average {load} at "
+                        f"the start, on {cores} cores)")
     if warnings:
         lines += [f"**Provisional figures:** {'; '.join(warnings)}.", ""]
     lines += ["## Goals", "", *goals(rows), "",

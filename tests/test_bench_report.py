@@ -88,11 +88,11 @@ def test_report_shows_machine_skips_unknown_rows_and_links() -> None:
 
 def test_a_quick_run_on_a_loaded_machine_is_flagged_provisional() -> None:
     data = {**DATA, "mode": "quick",
-            "machine": {**DATA["machine"], "load_average_at_end": 3.5}}
+            "machine": {**DATA["machine"], "load_average_at_start": 3.5}}
     markdown = report.render(data, chart=False)
     assert "**Provisional figures:**" in markdown
     assert "**quick** run" in markdown
-    assert "load average up to 3.5 on 2 cores" in markdown
+    assert "load average 3.5 at the start, on 2 cores" in markdown
 
 
 def test_merge_replaces_only_the_families_that_ran(monkeypatch: pytest.MonkeyPatch) -> None:
