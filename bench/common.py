@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from smartroute.testing import reap
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -236,17 +238,7 @@ class Worker:
         self.kill()
 
     def _reap(self) -> None:
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        if not isinstance(self._log, int):
-            self._log.close()
+        reap(self.process, self._log, STOP_TIMEOUT_S)
 
     def __enter__(self) -> Worker:
         return self

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from smartroute.testing import reap
+
 SERVER = Path(__file__).resolve().parent / "server.py"
 
 READY_TIMEOUT_S = 20.0
@@ -87,17 +89,7 @@ class GatewayProcess:
         self.kill()
 
     def _reap(self) -> None:
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.wait()
-        if self.process.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.process.stdout.close()
-        if not isinstance(self._log, int):
-            self._log.close()
-            self._log = subprocess.DEVNULL
+        reap(self.process, self._log, STOP_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"GatewayProcess({self.name}, pid={self.pid}, {self.host}:{self.port})"

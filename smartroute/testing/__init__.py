@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
 _T = TypeVar("_T")
 
@@ -61,4 +65,25 @@ async def async_wait_until(condition: Callable[[], _T | Awaitable[_T]], timeout:
         await asyncio.sleep(interval)
 
 
-__all__ = ["FAST_TIMINGS", "POLL_INTERVAL_S", "async_wait_until", "wait_until"]
+REAP_TIMEOUT_S = 5.0
+"""How long ``reap`` waits for a process to exit before it SIGKILLs it."""
+
+
+def reap(process: subprocess.Popen[Any], log: IO[bytes] | int | None = None,
+         timeout: float = REAP_TIMEOUT_S) -> None:
+    """Wait for ``process`` to exit (SIGKILL by its PID after ``timeout``), then close its pipes
+    and ``log`` (a file the caller opened for its stderr). Safe to call twice."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    if log is not None and not isinstance(log, int):
+        log.close()
+
+
+__all__ = ["FAST_TIMINGS", "POLL_INTERVAL_S", "async_wait_until", "reap", "wait_until"]

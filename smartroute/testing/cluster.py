@@ -7,7 +7,6 @@ sends it JSON commands. Every process is stopped by its PID: ``kill()`` is a rea
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -20,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from . import reap
 
 READY_TIMEOUT_S = 15.0
 """A fresh Python process importing zmq needs ~0.3 s here; a loaded CI box much more."""
@@ -146,17 +147,7 @@ class AgentProcess:
         self._reap()
 
     def _reap(self) -> None:
-        try:
-            self.process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        if not isinstance(self._log, int):
-            self._log.close()
+        reap(self.process, self._log)
 
     def __repr__(self) -> str:
         return f"AgentProcess(pid={self.pid}, node_id={self.node_id[:8]}, {self.endpoint})"
