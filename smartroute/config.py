@@ -16,7 +16,9 @@ HEARTBEAT_INTERVAL_S = 0.25
 """A link idle this long carries a heartbeat, so a silent peer is a dead peer."""
 
 SUSPECT_AFTER_S = 0.75
-"""Three missed heartbeats: the peer is shown as suspect (still routed to)."""
+"""Three missed heartbeats: the peer is shown as suspect (still routed to). A peer whose
+connection closed (a killed process's kernel closes it at once) and that is this silent is
+dead already."""
 
 DEAD_AFTER_S = 1.5
 """Six missed heartbeats: the peer is dead and its subscribers are purged. Under the 2 s promise

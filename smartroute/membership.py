@@ -59,6 +59,9 @@ class Peer:
     """When we last answered its SNAPSHOT_REQUEST, to bound how often."""
     hello_sent_at: float = float("-inf")
     """When we last answered its HELLO with ours, to bound how often."""
+    lost_at: float | None = None
+    """When our link's connection to it closed (a killed process closes its sockets at once);
+    what is heard afterwards cancels it."""
     hex: str = dataclasses.field(init=False)
     """The node id as printed everywhere (kept: every message received names its origin)."""
 
@@ -117,16 +120,29 @@ class Membership:
         time is not counted as anyone's silence (capped at ``now``: never in the future)."""
         for peer in self.peers.values():
             peer.last_heard = min(peer.last_heard + stall_s, max(peer.last_heard, now))
+            if peer.lost_at is not None:
+                peer.lost_at = min(peer.lost_at + stall_s, now)
+
+    def lost(self, peer: Peer, now: float) -> None:
+        """Our connection to ``peer`` closed: unless it is heard again within
+        ``suspect_after_s`` it is dead then, not after the whole ``dead_after_s``. A live peer
+        keeps sending heartbeats on its own connection to us meanwhile."""
+        peer.lost_at = now
+        peer.state = PeerState.SUSPECT
 
     def expire(self, now: float) -> list[Peer]:
         """Mark silent peers suspect; remove and return the dead ones."""
         dead: list[Peer] = []
         for peer in self.peers.values():
             silence = now - peer.last_heard
+            lost_at = peer.lost_at
             if silence >= self.dead_after_s:
                 dead.append(peer)
             elif silence >= self.suspect_after_s:
-                peer.state = PeerState.SUSPECT
+                if lost_at is not None and peer.last_heard <= lost_at:
+                    dead.append(peer)  # its connection closed and it has not spoken since
+                else:
+                    peer.state = PeerState.SUSPECT
         for peer in dead:
             del self.peers[peer.node_id]
         return dead

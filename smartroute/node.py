@@ -754,8 +754,13 @@ class Node:
     def _check_handshakes(self) -> None:
         if self._inbox is not None:
             self._inbox.check_handshakes()
-        if self._links is not None:
-            self._links.check_handshakes()
+        if self._links is not None and self._protocol is not None:
+            lost = self._links.check()
+            if lost:
+                now = self._now()
+                for link in lost:
+                    self._protocol.link_lost(link, now)
+                self._pump()
 
     def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
         core = self._protocol

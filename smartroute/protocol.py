@@ -225,8 +225,9 @@ class Protocol:
                                 "that time does not count against peers", self.hex[:8], stall)
             self.membership.forgive(stall, now)
         for peer in self.membership.expire(now):
-            _log.info("%s: peer %s (%s) is dead: silent for %.2f s", self.hex[:8], peer.hex[:8],
-                      peer.endpoint, now - peer.last_heard)
+            _log.info("%s: peer %s (%s) is dead: silent for %.2f s%s", self.hex[:8],
+                      peer.hex[:8], peer.endpoint, now - peer.last_heard,
+                      "" if peer.lost_at is None else ", its connection closed")
             self._forget(peer, "timeout", now)
         heartbeat = None
         for peer in self.membership.peers.values():
@@ -306,6 +307,16 @@ class Protocol:
                     peer = None
         if peer is not None:
             self.membership.heard(peer, now)
+
+    def link_lost(self, link_id: int, now: float) -> None:
+        """The connection of one of our links closed (the transport saw it): its peer is
+        dead unless heard again within ``suspect_after_s`` (see ``Membership.lost``)."""
+        link = self.links.get(link_id)
+        peer = self.membership.peers.get(link.peer) if link and link.peer else None
+        if peer is not None and peer.link == link_id:
+            _log.debug("%s: connection to peer %s (%s) closed", self.hex[:8], peer.hex[:8],
+                       peer.endpoint)
+            self.membership.lost(peer, now)
 
     def _on_record(self, peer: Peer, record: wire.Record, now: float) -> None:
         kind = type(record)

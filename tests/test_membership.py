@@ -134,3 +134,17 @@ def test_forgive_moves_silence_forward_by_a_stall_but_never_past_now(
     assert quiet.last_heard == 14.0  # its 4 s of silence were our stall
     assert fresh.last_heard == 15.0  # capped at now, never in the future
     assert members.expire(15.0 + members.dead_after_s - 1.1) == []
+
+
+def test_a_peer_whose_connection_closed_is_dead_at_suspect_after_s_unless_heard(
+        members: Membership) -> None:
+    gone = members.add(b"g" * 16, 1, "tcp://g:1", "", 1, now=10.0)
+    alive = members.add(b"a" * 16, 1, "tcp://a:1", "", 2, now=10.0)
+    members.lost(gone, now=10.1)
+    members.lost(alive, now=10.1)
+    assert gone.state is PeerState.SUSPECT
+    members.heard(alive, now=10.3)  # it still talks on its own connection to us
+    assert members.expire(10.0 + SUSPECT_AFTER_S - 0.01) == []
+    assert members.expire(10.0 + SUSPECT_AFTER_S) == [gone]
+    assert members.expire(10.3 + SUSPECT_AFTER_S + 0.01) == []  # heard after the loss
+    assert alive.state is PeerState.SUSPECT and alive.node_id in members.peers

@@ -232,6 +232,25 @@ def test_sigkill_is_purged_everywhere_within_the_dead_timeout(spawn: Spawn) -> N
     assert mesh.c.call("send_to", body="x", target="user:bob") == 0
 
 
+def test_a_killed_node_is_dead_once_its_connections_close_not_after_dead_after_s(
+        spawn: Spawn) -> None:
+    """A SIGKILLed process's sockets are closed by the kernel at once; the peers see their
+    links' connections close and, hearing nothing more, declare it dead at suspect_after_s
+    (0.75 s) - long before this test's dead_after_s of 10 s."""
+    mesh = start_mesh(spawn, timings={"suspect_after_s": 0.75, "dead_after_s": 10.0})
+    subscribe_all(mesh, {"b": ["user:bob"]})
+    mesh.b.kill()
+    killed = time.monotonic()
+    for node in (mesh.a, mesh.c):
+        wait_until(lambda node=node: len(node.call("peers")) == 1, timeout=8.0, interval=0.02,
+                   what="B declared dead")
+    assert time.monotonic() - killed < 5.0  # the timeout alone would take 10 s
+    for node in (mesh.a, mesh.c):
+        downs = [e for e in node.call("events") if e["event"] == "PeerDown"]
+        assert downs == [{"event": "PeerDown", "node_id": mesh.b.node_id, "reason": "timeout"}]
+        assert not node.call("lookup", name="user:bob")
+
+
 def test_graceful_close_is_seen_at_once(spawn: Spawn) -> None:
     mesh = start_mesh(spawn, timings=None)  # default timings: a timeout would take 1.5 s
     closed = time.monotonic()

@@ -19,6 +19,7 @@ from tests.memnet import Host, MemNet, msg, send_to
 TIMINGS = Timings()
 DEAD_AFTER_S = TIMINGS.dead_after_s
 TICK_S = TIMINGS.tick_interval_s
+SUSPECT_AFTER_S = TIMINGS.suspect_after_s
 
 
 @pytest.fixture
@@ -391,6 +392,22 @@ def test_a_healthy_idle_mesh_has_no_false_deaths(net: MemNet) -> None:
         assert len(host.peers()) == 3
         assert all(p.state is PeerState.ALIVE for p in host.proto.membership.peers.values())
     assert net.records(wire.Heartbeat), "an idle mesh must carry heartbeats"
+
+
+def test_a_closed_connection_and_silence_make_a_peer_dead_at_suspect_after_s(
+        net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    net.run(1.0)
+    net.crash(c)
+    c_link = a.proto.membership.peers[c.node_id].link
+    a.proto.link_lost(c_link, net.now)  # a killed process's sockets close at once
+    net.run(SUSPECT_AFTER_S + 2 * TICK_S)
+    assert a.downs() == [(c.hex, "timeout")]
+    assert b.downs() == []  # b saw no closed connection: it waits for dead_after_s
+    # A live peer whose connection to us closed keeps talking on its own: it stays.
+    a.proto.link_lost(a.proto.membership.peers[b.node_id].link, net.now)
+    net.run(3 * DEAD_AFTER_S)
+    assert a.downs() == [(c.hex, "timeout")] and a.peers() == {b.node_id}
 
 
 def test_a_stall_of_our_own_loop_is_not_held_against_peers(net: MemNet) -> None:
