@@ -84,8 +84,10 @@ MAX_PATTERN_LENGTH = 512
 """Longest REGEX target pattern, in characters."""
 
 MAX_PEERS = 512
-"""Most peers a node keeps (and lists in one PEERS record). Each peer costs a ZeroMQ socket and
-a node opens at most ``2 * MAX_PEERS + 64`` (ZeroMQ's own default cap is 1023)."""
+"""Most peers a node keeps (and lists in one PEERS record). A node keeps at most twice as many
+links (dials not yet answered count), each a ZeroMQ DEALER plus the two sockets of its connection
+monitor: it allows itself ``6 * MAX_PEERS + 64`` sockets (ZeroMQ's own default cap is 1023).
+Mind the process's open-files limit: a link costs ~4 file descriptors."""
 
 REGEX_CACHE_SIZE = 1024
 """Compiled patterns kept; patterns arrive from the network, so the cache is bounded."""

@@ -119,9 +119,11 @@ class Membership:
         """Our own loop did not run for ``stall_s``: nothing could be heard meanwhile, so that
         time is not counted as anyone's silence (capped at ``now``: never in the future)."""
         for peer in self.peers.values():
-            peer.last_heard = min(peer.last_heard + stall_s, max(peer.last_heard, now))
             if peer.lost_at is not None:
-                peer.lost_at = min(peer.lost_at + stall_s, now)
+                # Heard since the loss: the loss is moot (shifting both could make them equal).
+                peer.lost_at = (None if peer.last_heard > peer.lost_at
+                                else min(peer.lost_at + stall_s, now))
+            peer.last_heard = min(peer.last_heard + stall_s, max(peer.last_heard, now))
 
     def lost(self, peer: Peer, now: float) -> None:
         """Our connection to ``peer`` closed: unless it is heard again within

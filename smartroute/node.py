@@ -67,6 +67,9 @@ _EQ = ReceiveMode.EQ
 MAX_CLUSTER_LENGTH = 128
 """Longest cluster name, in characters."""
 
+SOCKETS_PER_PEER = 6
+"""ZeroMQ sockets a node may need per ``max_peers``: two links, each a DEALER and a monitor."""
+
 ENVELOPE_BYTES = 64 * 1024
 """Room a body leaves in a frame for its envelope (target, sender, type); a bigger envelope (a
 huge target list) is still caught when the batch is sent."""
@@ -315,9 +318,10 @@ class Node:
             raise UsageError("this node was already started; make a new Node to restart")
         self._loop = asyncio.get_running_loop()
         self._context = zmq.Context()
-        # Per peer: its link, and the two sockets watching that link's handshake until it
-        # succeeds; plus the inbox and its watch, the authenticator and some slack.
-        self._context.set(zmq.MAX_SOCKETS, 4 * self.limits.max_peers + 64)
+        # The core opens at most 2 * max_peers links (peers, plus dials not yet answered), each
+        # a DEALER and the two sockets of its connection monitor; plus the inbox and its
+        # monitor, the authenticator and some slack.
+        self._context.set(zmq.MAX_SOCKETS, SOCKETS_PER_PEER * self.limits.max_peers + 64)
         if self._curve is not None:
             # ZAP must answer before the first peer connects.
             self._authenticator = Authenticator(self._context)
@@ -496,12 +500,14 @@ class Node:
             mode, target = self._check_target(mode, target)
         if sender is not None:
             self._check_name(sender, "sender")
+        plan = None
         if self._links is not None and self._links.backlogs:
-            await self._room_for(core, mode, target)
-        return self._send(core, body, mode, target, sender, None).matches
+            plan = await self._room_for(core, mode, target)
+        return self._send(core, body, mode, target, sender, None, plan).matches
 
-    async def _room_for(self, core: Protocol, mode: ReceiveMode, target: Target) -> None:
-        """Wait until no peer this send reaches has a full link; ``LinkFull`` after
+    async def _room_for(self, core: Protocol, mode: ReceiveMode, target: Target) -> Plan:
+        """Wait until no peer this send reaches has a full link and return that plan (send it
+        as it is: planning again would move ANY's round robin on); ``LinkFull`` after
         ``send_timeout_s`` (then nothing is sent: the caller decides to retry or drop)."""
         links = self._links
         assert links is not None
@@ -509,10 +515,11 @@ class Node:
         while True:
             links.flush()
             peers = core.membership.peers
-            full = [peers[node] for node in core.router.plan(mode, target).remote
+            plan = core.router.plan(mode, target)
+            full = [peers[node] for node in plan.remote
                     if node in peers and peers[node].link in links.backlogs]
             if not full:
-                return
+                return plan
             if self._now() >= deadline:
                 self._stats["link_full"] += 1
                 peer = full[0]
@@ -522,8 +529,9 @@ class Node:
             await asyncio.sleep(ROOM_POLL_S)
 
     def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
-              sender: str | None, request_id: int | None) -> Plan:
-        plan = core.router.plan(mode, target)
+              sender: str | None, request_id: int | None, plan: Plan | None = None) -> Plan:
+        if plan is None:
+            plan = core.router.plan(mode, target)
         seq = next(self._seq)
         type_name = type_name_of(body)
         if plan.remote:
@@ -565,14 +573,15 @@ class Node:
         mode, target = self._check_target(mode, target)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise UsageError("timeout must be a positive number of seconds")
+        plan = None
         if self._links is not None and self._links.backlogs:
-            await self._room_for(core, mode, target)
+            plan = await self._room_for(core, mode, target)
         request_id = next(self._request_ids)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         request = _Request(future, 0)
         self._requests[request_id] = request
         try:
-            plan = self._send(core, body, mode, target, None, request_id)
+            plan = self._send(core, body, mode, target, None, request_id, plan)
             if plan.matches == 0:
                 raise NoSubscriber(f"no subscriber for {target!r} ({mode.name})")
             # Each remote node answers, or says it has nobody left (then we stop waiting early).
@@ -804,7 +813,9 @@ class Node:
     def _transmit(self, core: Protocol, links: Links) -> None:
         out = core.data_to_send()
         for dial in out.dials:
-            links.dial(dial.link, dial.endpoint, dial.routing_id)
+            if not links.dial(dial.link, dial.endpoint, dial.routing_id):
+                core.dial_failed(dial.link, self._now())
+                self._schedule_pump()  # the hang-up and any PeerDown go out next
         for link, records in out.sends.items():
             for batch in wire.encode_batches(records, MAX_BATCH_BYTES):
                 links.send(link, batch)

@@ -47,6 +47,11 @@ MAX_NFA_STATES = 1024
 counted repeats fits (it has at most one state per character, plus one). A DFA step costs up
 to one pass over the NFA, so this bounds the worst case per character (bench/regex_safety.py)."""
 
+MAX_COMPILE_STEPS = 8 * MAX_NFA_STATES
+"""Most parse-tree items the compiler may visit for one pattern. Counted repeats of something
+that adds no state (``((a{0}){999}){999}``) cost work but no states, so the state bound alone
+left compiling unbounded (measured: 3.8 s for those 18 characters, one more level > 120 s)."""
+
 MAX_NESTING = 100
 """Deepest group nesting accepted; the compiler recurses once per level."""
 
@@ -217,6 +222,7 @@ class _Nfa:
         self.uses_boundary = False
         self.uses_dollar = False
         self._class_of: dict[tuple[Any, Any], _Class] = {}
+        self._steps = 0
         match = self._add(_MATCH, None, [], -1)
         self.start = self._sequence(tree, match, 0)
 
@@ -238,6 +244,10 @@ class _Nfa:
         return after
 
     def _item(self, op: Any, av: Any, after: int, depth: int) -> int:
+        self._steps += 1
+        if self._steps > MAX_COMPILE_STEPS:
+            raise _Refused(f"compiling it takes more than {MAX_COMPILE_STEPS} steps "
+                           f"(counted repeats of empty items?)")
         if op in _CHAR_OPS:
             # One object per distinct class (a counted repeat copies its body): the DFA tests
             # each new character once per distinct class, not once per state.

@@ -308,6 +308,18 @@ class Protocol:
         if peer is not None:
             self.membership.heard(peer, now)
 
+    def dial_failed(self, link_id: int, now: float) -> None:
+        """The transport could not open a link we asked for (no socket or file left, a bad
+        endpoint): drop it, and the peer it was for, rather than keep a peer we cannot reach.
+        A later HELLO or hint dials again."""
+        link = self.links.get(link_id)
+        if link is None:
+            return
+        peer = self.membership.peers.get(link.peer) if link.peer else None
+        if peer is not None and peer.link == link_id:
+            self._forget(peer, "timeout", now)
+        self._hang_up(link_id)
+
     def link_lost(self, link_id: int, now: float) -> None:
         """The connection of one of our links closed (the transport saw it): its peer is
         dead unless heard again within ``suspect_after_s`` (see ``Membership.lost``)."""

@@ -84,3 +84,35 @@ async def test_a_frozen_peer_makes_send_to_raise_link_full_and_loses_nothing(
         os.kill(frozen.pid, signal.SIGCONT)
         frozen.close()
         await sender.close()
+
+
+async def test_any_goes_to_a_subscriber_whose_link_has_room(tmp_path: Path) -> None:
+    sender = Node(CLUSTER, discovery=[], host="127.0.0.1", suspect_after_s=60,
+                  dead_after_s=60, send_timeout_s=SEND_TIMEOUT_S)
+    await sender.start()
+    frozen = AgentProcess(cluster=CLUSTER, seeds=[sender.endpoint],
+                          log_path=tmp_path / "frozen.log")
+    healthy = AgentProcess(cluster=CLUSTER, seeds=[sender.endpoint],
+                           log_path=tmp_path / "healthy.log")
+    try:
+        frozen.call("subscribe", name="sink", reply="count")
+        for agent in (frozen, healthy):
+            agent.call("subscribe", name="svc", reply="count")
+        await sender.wait_for("svc", count=2)
+        await sender.wait_for("sink")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        with pytest.raises(LinkFull):
+            for i in range(MAX_SENDS):
+                await sender.send_to(BODY, ReceiveMode.EQ, "sink")
+                if i % SENDS_PER_TURN == 0:
+                    await asyncio.sleep(0)
+        # The frozen peer's link is full: every ANY goes to the one that reads.
+        for _ in range(20):
+            assert await sender.send_to("job", ReceiveMode.ANY, "svc") == 1
+        await async_wait_until(lambda: healthy.call("counts")["svc"] == 20, timeout=10,
+                               what="20 jobs on the healthy peer")
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        frozen.close()
+        healthy.close()
+        await sender.close()

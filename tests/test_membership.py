@@ -148,3 +148,12 @@ def test_a_peer_whose_connection_closed_is_dead_at_suspect_after_s_unless_heard(
     assert members.expire(10.0 + SUSPECT_AFTER_S) == [gone]
     assert members.expire(10.3 + SUSPECT_AFTER_S + 0.01) == []  # heard after the loss
     assert alive.state is PeerState.SUSPECT and alive.node_id in members.peers
+
+
+def test_forgive_drops_a_loss_the_peer_has_spoken_since(members: Membership) -> None:
+    peer = members.add(b"p" * 16, 1, "tcp://p:1", "", 1, now=10.0)
+    members.lost(peer, now=10.1)
+    members.heard(peer, now=10.2)
+    members.forgive(5.0, now=14.0)  # would cap both at now: equal, "silent since the loss"
+    assert peer.lost_at is None
+    assert members.expire(14.0 + SUSPECT_AFTER_S) == []

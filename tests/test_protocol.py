@@ -410,6 +410,20 @@ def test_a_closed_connection_and_silence_make_a_peer_dead_at_suspect_after_s(
     assert a.downs() == [(c.hex, "timeout")] and a.peers() == {b.node_id}
 
 
+def test_a_link_the_transport_could_not_open_drops_its_peer_until_a_later_dial(
+        net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    net.run(0.5)
+    link = a.proto.membership.peers[b.node_id].link
+    a.proto.dial_failed(link, net.now)  # e.g. no socket or file descriptor left
+    net.flush()
+    assert a.downs() == [(b.hex, "timeout")]
+    assert link not in a.proto.links
+    # Nothing is kept that cannot be reached; the re-dial of a dead peer brings it back.
+    net.run(TIMINGS.connect_timeout_s + 1.0)
+    assert a.peers() == {b.node_id}
+
+
 def test_a_stall_of_our_own_loop_is_not_held_against_peers(net: MemNet) -> None:
     """After a blocked loop the timer may run before the inbox is read: the peers' frames
     are waiting there, so their silence is ours and nobody is declared dead."""

@@ -216,14 +216,14 @@ class Links:
         self.dropped_batches = 0
         self.handshake_failures = 0
 
-    def dial(self, link: int, endpoint: str, routing_id: bytes) -> None:
-        """Open a DEALER to ``endpoint``; batches queue until the connection is up. A link that
-        cannot be opened (bad endpoint, no socket left) is logged and its batches dropped."""
+    def dial(self, link: int, endpoint: str, routing_id: bytes) -> bool:
+        """Open a DEALER to ``endpoint``; batches queue until the connection is up. False (and
+        logged) if the link cannot be opened (bad endpoint, no socket or file left)."""
         try:
             sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
         except zmq.ZMQError as exc:
             self._quiet.warning("socket", "cannot open a link to %s: %s", endpoint, exc)
-            return
+            return False
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
         sock.setsockopt(zmq.SNDHWM, self._send_queue)
@@ -238,18 +238,19 @@ class Links:
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             self._quiet.warning("socket", "cannot open a link to %s: %s", endpoint, exc)
-            return
+            return False
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
             watch.close()
             sock.close(linger=0)
             self._quiet.warning(f"dial:{endpoint}", "cannot dial %s: %s", endpoint, exc)
-            return
+            return False
         self._socks[link] = sock
         self._watches[link] = _Watched(endpoint, watch)
         self._by_reader[watch.reader] = link
         self._poller.register(watch.reader, zmq.POLLIN)
+        return True
 
     def check(self) -> list[int]:
         """Log (rate-limited) and count failed handshakes of our links, and return the links
@@ -359,7 +360,8 @@ class Links:
             sock.close(linger=self._linger_ms)
 
     def close(self) -> None:
-        """Close every link."""
+        """Close every link (what a full link held back gets one last chance: a BYE)."""
+        self.flush()
         for link in list(self._socks):
             self.hang_up(link)
 
