@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from smartroute.testing import reap
+from smartroute.testing.agent import answer_requests
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -312,44 +313,16 @@ Op = Callable[[dict[str, Any]], Any]
 A blocking one holds the worker's loop, which is fine: each worker does one job at a time."""
 
 
-def write_line(**fields: Any) -> None:
-    """One JSON line on stdout, flushed."""
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
 async def serve(ops: dict[str, Op], ready: dict[str, Any]) -> None:
     """Announce ``ready``, then run each command line as its own task until stdin closes or
-    a ``close`` command arrives; an op's exception is answered, never fatal."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    write_line(ready=True, pid=os.getpid(), **ready)
-    pending: set[asyncio.Task[None]] = set()
+    a ``close`` command arrives; an op's exception is answered, never fatal (the test agent's
+    protocol: ``smartroute.testing.agent.answer_requests``)."""
 
-    async def answer(request: dict[str, Any]) -> None:
-        try:
-            op = ops[request["op"]]
-            result = op(request)
-            if inspect.isawaitable(result):
-                result = await result
-            write_line(id=request.get("id"), ok=True, result=result)
-        except Exception as exc:
-            write_line(id=request.get("id"), ok=False, error=type(exc).__name__,
-                       message=str(exc))
+    async def run(op: str, request: dict[str, Any]) -> Any:
+        result = ops[op](request)
+        return await result if inspect.isawaitable(result) else result
 
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        request = json.loads(line)
-        if request.get("op") == "close":
-            break
-        task = asyncio.create_task(answer(request))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    for task in pending:
-        task.cancel()
+    await answer_requests(run, ready)
 
 
 def die_with_parent() -> None:

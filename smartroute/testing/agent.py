@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import LinkFull, Message, Node, ReceiveMode, Subscription
@@ -141,15 +142,27 @@ async def serve(args: argparse.Namespace) -> None:
     await node.start()
     agent = Agent(node)
     watcher = asyncio.create_task(agent.watch_events())
+    await answer_requests(agent.run, {"node_id": node.node_id, "endpoint": node.endpoint})
+    await node.close()
+    watcher.cancel()
+    write(closed=True)
+
+
+async def answer_requests(run: Callable[[str, dict[str, Any]], Awaitable[Any]],
+                          ready: dict[str, Any]) -> None:
+    """Write ``ready`` (and our pid) as the first line, then answer each request line from
+    stdin with ``await run(op, request)`` until stdin closes or a ``close`` op arrives. Each
+    request runs as its own task, so a slow one (a ``request``) does not block the others; an
+    exception is answered, never fatal; requests still running at the end are cancelled."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    write(ready=True, node_id=node.node_id, endpoint=node.endpoint, pid=os.getpid())
+    write(ready=True, pid=os.getpid(), **ready)
     pending: set[asyncio.Task[None]] = set()
 
     async def answer(request: dict[str, Any]) -> None:
         try:
-            result = await agent.run(request["op"], request)
+            result = await run(request["op"], request)
             write(id=request.get("id"), ok=True, result=result)
         except Exception as exc:
             write(id=request.get("id"), ok=False, error=type(exc).__name__, message=str(exc))
@@ -161,13 +174,11 @@ async def serve(args: argparse.Namespace) -> None:
         request = json.loads(line)
         if request.get("op") == "close":
             break
-        # Requests run concurrently so a slow `request` does not block `received`.
         task = asyncio.create_task(answer(request))
         pending.add(task)
         task.add_done_callback(pending.discard)
-    await node.close()
-    watcher.cancel()
-    write(closed=True)
+    for task in list(pending):
+        task.cancel()
 
 
 def write(**fields: Any) -> None:
