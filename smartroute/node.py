@@ -753,14 +753,14 @@ class Node:
                     self._links.flush()
                 core.tick(self._now())
                 self._pump()
-                self._check_handshakes()
+                self._check_connections()
             except Exception:
                 # A timer must never stop: heartbeats and death detection live here.
                 self._stats["internal_errors"] += 1
                 _log.exception("%s: internal error in the timers (node keeps running)",
                                self.node_id[:8])
 
-    def _check_handshakes(self) -> None:
+    def _check_connections(self) -> None:
         if self._inbox is not None:
             self._inbox.check_handshakes()
         if self._links is not None and self._protocol is not None:

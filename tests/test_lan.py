@@ -211,11 +211,11 @@ sock = context.socket(zmq.DEALER)
 sock.setsockopt(zmq.LINGER, 0)
 sock.setsockopt(zmq.ROUTING_ID, bytes(range(1, 21)))
 sock.connect(sys.argv[1])
-hello = wire.encode_batch([wire.encode_msg(wire.Msg(1, None, 0, "user:0", "str", b"x", None,
-                                                    None))])
+forged = wire.encode_batch([wire.encode_msg(wire.Msg(1, None, 0, "user:0", "str", b"x", None,
+                                                     None))])
 for _ in range(50):
     try:
-        sock.send(hello, zmq.NOBLOCK)
+        sock.send(forged, zmq.NOBLOCK)
     except zmq.Again:
         pass
 print(sock.poll(2000))
