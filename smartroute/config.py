@@ -13,16 +13,32 @@ from typing import Any
 # --- timings ------------------------------------------------------------------------------------
 
 HEARTBEAT_INTERVAL_S = 0.25
-"""A link idle this long carries a heartbeat, so a silent peer is a dead peer."""
+"""Every link carries a record from our event loop at least this often: the table digest, the
+acknowledgements, the number of the last batch sent."""
 
 SUSPECT_AFTER_S = 0.75
-"""Three missed heartbeats: the peer is shown as suspect (still routed to). A peer whose
-connection closed (a killed process's kernel closes it at once) and that is this silent is
-dead already."""
+"""Three missed heartbeats: the peer's event loop is busy or stuck, or its connection is down;
+it is shown as suspect and still routed to."""
 
-DEAD_AFTER_S = 1.5
-"""Six missed heartbeats: the peer is dead and its subscribers are purged. Under the 2 s promise
-with room for the 0.05 s tick; TCP retransmits one lost heartbeat within ~0.2-0.4 s on a LAN."""
+DEAD_AFTER_S = 20.0
+"""A peer whose connection is alive (libzmq answers our pings) but whose event loop has sent
+nothing for this long is stuck for good: dead. Long on purpose: a busy loop (a slow handler, a
+tight send loop, a GC pause of a few seconds) is not a dead process, and its messages must
+not be purged with it."""
+
+PING_INTERVAL_S = 0.25
+"""ZMTP PING on every link (``ZMQ_HEARTBEAT_IVL``). libzmq's own I/O thread sends and answers
+pings, so they say "the process and the path are alive" whatever its Python loop is doing."""
+
+PING_TIMEOUT_S = 1.0
+"""A link whose ping goes unanswered this long is closed by libzmq (``ZMQ_HEARTBEAT_TIMEOUT``):
+the process is frozen (SIGSTOP) or the path is cut. Four pings: one lost segment is
+retransmitted by TCP well within it on a LAN."""
+
+UNREACHABLE_AFTER_S = 0.5
+"""A peer whose connection closed and is not back (handshake done) within this long is dead: a
+frozen process or a cut path is then dead ~1.5-1.75 s after it stopped answering. A redial
+that is refused (nobody listens there: the process is gone) is dead at once."""
 
 CONNECT_TIMEOUT_S = 5.0
 """A dialled endpoint that has not answered our HELLO by then is given up (a hint may retry it)."""
@@ -58,8 +74,13 @@ REFUSAL_MEMORY_S = 10.0
 """A refused endpoint is not dialled back again within this time (one log line, not a storm)."""
 
 SEND_TIMEOUT_S = 1.0
-"""``send_to`` to a peer whose link is full (a slow or frozen peer) waits this long for room,
-then raises ``LinkFull`` and sends nothing; a frozen peer is declared dead soon after."""
+"""``send_to`` to a peer whose link is full (its window of unacknowledged batches: a slow or
+frozen peer) waits this long for room, then raises ``LinkFull`` and sends nothing."""
+
+RESEND_INTERVAL_S = 0.1
+"""A receiver that sees a gap in a stream asks for the batches again at most this often (the
+copies already on their way would otherwise each ask once more)."""
+
 
 # --- limits -------------------------------------------------------------------------------------
 
@@ -93,18 +114,25 @@ REGEX_CACHE_SIZE = 1024
 """Compiled patterns kept; patterns arrive from the network, so the cache is bounded."""
 
 SEND_QUEUE_MESSAGES = 1_000
-"""ZeroMQ send high-water mark per link, in batches of at most ``MAX_BATCH_BYTES``: past it the
-link holds batches in a small backlog and ``send_to`` waits (then raises ``LinkFull``). Measured:
-10,000 let one frozen peer cost its sender ~490 MB (1 KB bodies, 50 per batch)."""
+"""ZeroMQ send high-water mark per link, in batches. The window below keeps a link far under
+it: it is only reached by control records of a link whose connection is down for long."""
+
+SEND_WINDOW_BATCHES = 64
+"""Sequenced batches sent to one peer and not yet acknowledged, at most: ``send_to`` waits for
+room beyond it (then raises ``LinkFull``). Every unacknowledged batch is kept for a resend, so
+this (with ``SEND_WINDOW_BYTES``) bounds what one slow, frozen or cut-off peer costs us."""
+
+SEND_WINDOW_BYTES = 8 * 1024 * 1024
+"""The same window in bytes (a batch bigger than it still goes when the window is empty)."""
 
 MAX_BATCH_BYTES = 256 * 1024
 """What one loop turn queues for one link leaves in batches of at most this many bytes (a
 bigger record travels alone), so ``SEND_QUEUE_MESSAGES`` also bounds a link in bytes."""
 
 RECEIVE_QUEUE_MESSAGES = 1_000
-"""ZeroMQ receive high-water mark per peer connection, in batches: a node that cannot keep up
-stops reading, so the sender's link fills and the sender waits (its ``send_to`` raises
-``LinkFull`` if it lasts)."""
+"""ZeroMQ receive high-water mark per peer connection, in batches. A sender's window keeps its
+connection far under it, and must: a connection at its high-water mark is not read by libzmq
+any more, so its pings would go unanswered and a busy node would look frozen."""
 
 HANDLER_QUEUE_SIZE = 10_000
 """Messages waiting for one async handler; past it new messages are dropped and counted."""
@@ -120,6 +148,9 @@ class Timings:
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     suspect_after_s: float = SUSPECT_AFTER_S
     dead_after_s: float = DEAD_AFTER_S
+    ping_interval_s: float = PING_INTERVAL_S
+    ping_timeout_s: float = PING_TIMEOUT_S
+    unreachable_after_s: float = UNREACHABLE_AFTER_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     hello_retry_s: float = HELLO_RETRY_S
     peer_exchange_interval_s: float = PEER_EXCHANGE_INTERVAL_S
@@ -143,6 +174,8 @@ class Timings:
             raise ValueError(
                 "timings must satisfy heartbeat_interval_s < suspect_after_s <= dead_after_s"
             )
+        if not self.ping_interval_s < self.ping_timeout_s:
+            raise ValueError("timings must satisfy ping_interval_s < ping_timeout_s")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Timings:
@@ -170,6 +203,8 @@ class Limits:
     max_peers: int = MAX_PEERS
     regex_cache_size: int = REGEX_CACHE_SIZE
     send_queue_messages: int = SEND_QUEUE_MESSAGES
+    send_window_batches: int = SEND_WINDOW_BATCHES
+    send_window_bytes: int = SEND_WINDOW_BYTES
     receive_queue_messages: int = RECEIVE_QUEUE_MESSAGES
     handler_queue_size: int = HANDLER_QUEUE_SIZE
     event_queue_size: int = EVENT_QUEUE_SIZE

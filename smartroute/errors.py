@@ -50,6 +50,15 @@ class RequestTimeout(RequestError, TimeoutError):
     """No reply arrived before the request's timeout."""
 
 
+class PeerLost(RequestError):
+    """Every node the request went to left (BYE) or was declared dead before answering;
+    ``node_id`` names the last of them. The request may or may not have been handled there."""
+
+    def __init__(self, message: str, *, node_id: str = "") -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
 class RemoteError(RequestError):
     """The handler that took the request raised; ``str(err)`` carries its message."""
 

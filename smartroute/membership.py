@@ -9,10 +9,21 @@ Every transition of a peer happens here, in this one table (the h11 ``_state.py`
                                                                        PeerUp
     HELLO, new node, endpoint of one   ALIVE/SUSPECT   ALIVE (new)     PeerDown "replaced" of
       we know (a restart on a port)                                    the old, PeerUp
-    anything heard                     SUSPECT         ALIVE           -
-    silence >= suspect_after_s         ALIVE           SUSPECT         -
-    silence >= dead_after_s            ALIVE/SUSPECT   (removed)       PeerDown "timeout"
+    anything heard, connection up      SUSPECT         ALIVE           -
+    connection closed (link_down)      ALIVE/SUSPECT   SUSPECT         -
+    connection back (link_up)          SUSPECT         ALIVE if heard  -
+    loop silent >= suspect_after_s     ALIVE           SUSPECT         -
+    redial refused while down          ALIVE/SUSPECT   (removed)       PeerDown "timeout"
+    down >= unreachable_after_s        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
+    loop silent >= dead_after_s        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
     BYE                                ALIVE/SUSPECT   (removed)       PeerDown "bye"
+
+Two kinds of evidence, on purpose. The *connection* (our link's ZeroMQ connection, kept up by
+libzmq's ZMTP pings, which its I/O thread answers whatever Python is doing) says whether the
+process and the path are alive: it decides death quickly. The peer's *loop* (anything it sent)
+may be busy for seconds without being dead: its silence only makes it suspect, and dead only
+when stuck for ``dead_after_s``. A link never connected yet counts as down from when it was
+opened, with ``connect_timeout_s`` of grace instead of ``unreachable_after_s``.
 
 A HELLO with an older incarnation than the one we know is stale and changes nothing.
 """
@@ -59,9 +70,13 @@ class Peer:
     """When we last answered its SNAPSHOT_REQUEST, to bound how often."""
     hello_sent_at: float = float("-inf")
     """When we last answered its HELLO with ours, to bound how often."""
-    lost_at: float | None = None
-    """When our link's connection to it closed (a killed process closes its sockets at once);
-    what is heard afterwards cancels it."""
+    down_since: float | None = None
+    """Since when our link's connection to it is down (None: up); set at the start, until the
+    link's first handshake."""
+    connected_once: bool = False
+    """The link's connection was up at least once (a first connection gets more grace)."""
+    refused: bool = False
+    """A redial after the connection went down was refused: nobody listens there any more."""
     hex: str = dataclasses.field(init=False)
     """The node id as printed everywhere (kept: every message received names its origin)."""
 
@@ -76,9 +91,12 @@ class Peer:
 class Membership:
     """The peers we know, keyed by node id, with their states."""
 
-    def __init__(self, *, suspect_after_s: float, dead_after_s: float) -> None:
+    def __init__(self, *, suspect_after_s: float, dead_after_s: float,
+                 unreachable_after_s: float, connect_timeout_s: float) -> None:
         self.suspect_after_s = suspect_after_s
         self.dead_after_s = dead_after_s
+        self.unreachable_after_s = unreachable_after_s
+        self.connect_timeout_s = connect_timeout_s
         self.peers: dict[bytes, Peer] = {}
 
     def judge_hello(self, node_id: bytes, incarnation: int) -> HelloVerdict:
@@ -99,9 +117,14 @@ class Membership:
         ]
 
     def add(self, node_id: bytes, incarnation: int, endpoint: str, name: str, link: int,
-            now: float) -> Peer:
-        """A NEW peer is ALIVE from now."""
+            now: float, *, connected: bool = False) -> Peer:
+        """A NEW peer is ALIVE from now; its link's connection is down until ``link_up``
+        unless ``connected``."""
         peer = Peer(node_id, incarnation, endpoint, name, link, PeerState.ALIVE, now, now, now)
+        if connected:
+            peer.connected_once = True
+        else:
+            peer.down_since = now
         self.peers[node_id] = peer
         return peer
 
@@ -110,42 +133,60 @@ class Membership:
         return self.peers.pop(node_id, None)
 
     def heard(self, peer: Peer, now: float) -> None:
-        """Anything from a peer proves it alive."""
+        """Anything from a peer proves its loop alive."""
         peer.last_heard = now
-        if peer.state is PeerState.SUSPECT:
+        if peer.state is PeerState.SUSPECT and peer.down_since is None:
             peer.state = PeerState.ALIVE
 
     def forgive(self, stall_s: float, now: float) -> None:
-        """Our own loop did not run for ``stall_s``: nothing could be heard meanwhile, so that
-        time is not counted as anyone's silence (capped at ``now``: never in the future)."""
+        """Our own loop did not run for ``stall_s``: nothing could be heard or seen meanwhile,
+        so that time is not counted as anyone's silence, nor as a connection's downtime
+        (capped at ``now``: never in the future)."""
         for peer in self.peers.values():
-            if peer.lost_at is not None:
-                # Heard since the loss: the loss is moot (shifting both could make them equal).
-                peer.lost_at = (None if peer.last_heard > peer.lost_at
-                                else min(peer.lost_at + stall_s, now))
             peer.last_heard = min(peer.last_heard + stall_s, max(peer.last_heard, now))
+            if peer.down_since is not None:
+                peer.down_since = min(peer.down_since + stall_s, now)
 
-    def lost(self, peer: Peer, now: float) -> None:
-        """Our connection to ``peer`` closed: unless it is heard again within
-        ``suspect_after_s`` it is dead then, not after the whole ``dead_after_s``. A live peer
-        keeps sending heartbeats on its own connection to us meanwhile."""
-        peer.lost_at = now
+    def link_down(self, peer: Peer, now: float) -> None:
+        """Our link's connection to ``peer`` closed (a killed process's kernel closes it at
+        once; libzmq closes it when pings go unanswered): dead unless it is back within
+        ``unreachable_after_s``."""
+        if peer.down_since is None:
+            peer.down_since = now
         peer.state = PeerState.SUSPECT
 
-    def expire(self, now: float) -> list[Peer]:
-        """Mark silent peers suspect; remove and return the dead ones."""
-        dead: list[Peer] = []
+    def link_up(self, peer: Peer, now: float) -> None:
+        """Our link's connection to ``peer`` completed its handshake (again)."""
+        peer.down_since = None
+        peer.connected_once = True
+        peer.refused = False
+        if now - peer.last_heard < self.suspect_after_s:
+            peer.state = PeerState.ALIVE
+
+    def link_refused(self, peer: Peer) -> None:
+        """A dial to ``peer`` failed while its connection was down: nobody listens there."""
+        if peer.down_since is not None:
+            peer.refused = True
+
+    def expire(self, now: float) -> list[tuple[Peer, str]]:
+        """Mark busy or unreachable peers suspect; remove and return the dead ones, each with
+        why it is dead."""
+        dead: list[tuple[Peer, str]] = []
         for peer in self.peers.values():
             silence = now - peer.last_heard
-            lost_at = peer.lost_at
-            if silence >= self.dead_after_s:
-                dead.append(peer)
-            elif silence >= self.suspect_after_s:
-                if lost_at is not None and peer.last_heard <= lost_at:
-                    dead.append(peer)  # its connection closed and it has not spoken since
-                else:
-                    peer.state = PeerState.SUSPECT
-        for peer in dead:
+            down = peer.down_since
+            if peer.refused:
+                dead.append((peer, "its connection closed and a redial was refused"))
+            elif down is not None and now - down >= (
+                    self.unreachable_after_s if peer.connected_once else self.connect_timeout_s):
+                dead.append((peer, f"unreachable for {now - down:.2f} s (pings unanswered or "
+                                   "connection down)"))
+            elif silence >= self.dead_after_s:
+                dead.append((peer, f"its event loop has been silent for {silence:.2f} s "
+                                   "(stuck) although its connection is alive"))
+            elif silence >= self.suspect_after_s or down is not None:
+                peer.state = PeerState.SUSPECT
+        for peer, _ in dead:
             del self.peers[peer.node_id]
         return dead
 

@@ -18,6 +18,7 @@ import os
 import random
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -26,7 +27,7 @@ import msgpack
 import zmq
 
 from . import wire
-from .config import MAX_BATCH_BYTES, Limits, Timings
+from .config import Limits, Timings
 from .discovery import (
     CombinedDiscovery,
     Discovery,
@@ -39,6 +40,7 @@ from .errors import (
     LinkFull,
     NodeClosed,
     NoSubscriber,
+    PeerLost,
     RemoteError,
     RemoteProtocolError,
     RequestTimeout,
@@ -49,7 +51,7 @@ from .events import Event, PeerDown, PeerInfo, PeerUp, Subscriber, SubscriberUp
 from .logs import QuietLog
 from .messages import Message, decode_body, encode_body, surely_encodes, type_name_of
 from .modes import ReceiveMode
-from .protocol import WILDCARD_HOSTS, Deliver, Protocol, ReplyArrived
+from .protocol import WILDCARD_HOSTS, CoreEvent, Deliver, Protocol, ReplyArrived
 from .routing import Plan, Target
 from .transport import Inbox, Links
 from .transport.curve import Authenticator, Curve, check_secret
@@ -76,6 +78,11 @@ huge target list) is still caught when the batch is sent."""
 
 ROOM_POLL_S = 0.002
 """While ``send_to`` waits for room on a full link, it looks again this often."""
+
+DISPATCH_BUDGET_S = 0.005
+"""Longest the node hands received messages to sync handlers (and an async handler's worker
+runs without a pause) before it lets the loop run the rest: timers, the inbox and sends must
+not wait behind one frame of 2,000 messages to a 1 ms handler (2 s)."""
 
 
 def _new_node_id() -> bytes:
@@ -144,13 +151,20 @@ class Subscription:
 
     async def _work(self) -> None:
         queue, ready, handler, finish = self._queue, self._ready, self.handler, self.node._finish
+        clock = time.monotonic
+        deadline = clock() + DISPATCH_BUDGET_S
         while not self.closed:
             if not queue:
                 ready.clear()
                 await ready.wait()
+                deadline = clock() + DISPATCH_BUDGET_S
                 continue
             msg = queue.popleft()
             await finish(self, msg, handler(msg))
+            if clock() > deadline:
+                # A handler that never really awaits would hold the loop for its whole queue.
+                await asyncio.sleep(0)
+                deadline = clock() + DISPATCH_BUDGET_S
 
     def __repr__(self) -> str:
         return f"Subscription(name={self.name!r}, closed={self.closed})"
@@ -204,12 +218,14 @@ class EventStream:
 
 
 class _Request:
-    __slots__ = ("future", "remaining")
+    __slots__ = ("future", "nodes", "remaining")
 
     def __init__(self, future: asyncio.Future[object], remaining: int) -> None:
         self.future = future
         self.remaining = remaining
         """Nodes (and local subscribers) that may still answer."""
+        self.nodes: set[str] = set()
+        """The remote nodes (hex ids) it went to that may still answer."""
 
 
 class Node:
@@ -272,7 +288,10 @@ class Node:
         self._request_ids = itertools.count(random.getrandbits(62))
         self._handler_tasks: set[asyncio.Future[None]] = set()
         self._seq = itertools.count(1)
-        self._streams: set[EventStream] = set()
+        # Weak: an iterator its consumer left (break, return, an exception) goes with it.
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._dispatching: collections.deque[CoreEvent] = collections.deque()
+        """What the core handed over and handlers have not had yet (see ``_pump``)."""
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -347,7 +366,9 @@ class Node:
         wire_endpoint, self.endpoint = self._endpoints(bound_host, bound_port)
         self._links = Links(self._context, send_queue=self.limits.send_queue_messages,
                             close_linger_s=self.timings.close_linger_s, curve=self._curve,
-                            max_frame_bytes=self.limits.max_frame_bytes)
+                            max_frame_bytes=self.limits.max_frame_bytes,
+                            ping_interval_s=self.timings.ping_interval_s,
+                            ping_timeout_s=self.timings.ping_timeout_s)
         self._protocol = Protocol(
             cluster=self.cluster, node_id=self._node_id, incarnation=self.incarnation,
             endpoint=wire_endpoint, name=self.name, timings=self.timings, limits=self.limits,
@@ -488,9 +509,12 @@ class Node:
         """Send ``body`` to the subscribers ``mode`` and ``target`` select, one hop each.
 
         Returns how many subscribers matched in this node's view of the table; 0 means nobody
-        was online for it. Remote nodes get one frame each and fan out locally. When the link
-        to one of those nodes is full (the peer is slow or frozen), waits up to
-        ``send_timeout_s`` for room, then raises ``LinkFull`` having sent nothing.
+        was online for it. Remote nodes get one frame each and fan out locally. What it
+        accepted is delivered, or the loss is counted (``stats()["lost_messages"]``). When the
+        window of a peer it reaches is spent (the peer is slow or frozen), waits up to
+        ``send_timeout_s`` for room, then raises ``LinkFull`` having sent nothing. In a loop
+        that never awaits anything else, it gives the event loop a turn whenever a batch is
+        full, so heartbeats, acknowledgements and the inbox keep running.
         """
         core = self._protocol
         if core is None or self._closed:
@@ -500,48 +524,70 @@ class Node:
             mode, target = self._check_target(mode, target)
         if sender is not None:
             self._check_name(sender, "sender")
+        plan = await self._room_for(core, mode, target) if core.any_full else None
+        plan, batch_full = self._send(core, body, mode, target, sender, None, plan)
+        if batch_full:
+            self._pump()
+            await asyncio.sleep(0)  # the loop's turn: what a tight loop would starve
+        return plan.matches
+
+    def send_nowait(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
+                    target: Target = None, *, sender: str | None = None) -> int:
+        """``send_to`` without waiting, for code that cannot await (a sync handler): when the
+        window of a peer it reaches is spent right now, raises ``LinkFull`` at once, having
+        sent nothing."""
+        core = self._core()
+        mode, target = self._check_target(mode, target)
+        if sender is not None:
+            self._check_name(sender, "sender")
         plan = None
-        if self._links is not None and self._links.backlogs:
-            plan = await self._room_for(core, mode, target)
-        return self._send(core, body, mode, target, sender, None, plan).matches
+        if core.any_full:
+            plan = core.router.plan(mode, target)
+            full = core.full_peer(plan)
+            if full is not None:
+                self._link_full(full.hex, full.endpoint, 0.0)
+        plan, batch_full = self._send(core, body, mode, target, sender, None, plan)
+        if batch_full:
+            self._pump()
+        return plan.matches
 
     async def _room_for(self, core: Protocol, mode: ReceiveMode, target: Target) -> Plan:
-        """Wait until no peer this send reaches has a full link and return that plan (send it
-        as it is: planning again would move ANY's round robin on); ``LinkFull`` after
+        """Wait until no peer this send reaches has a spent window and return that plan (send
+        it as it is: planning again would move ANY's round robin on); ``LinkFull`` after
         ``send_timeout_s`` (then nothing is sent: the caller decides to retry or drop)."""
-        links = self._links
-        assert links is not None
         deadline = self._now() + self.timings.send_timeout_s
         while True:
-            links.flush()
-            peers = core.membership.peers
             plan = core.router.plan(mode, target)
-            full = [peers[node] for node in plan.remote
-                    if node in peers and peers[node].link in links.backlogs]
-            if not full:
+            full = core.full_peer(plan)
+            if full is None:
                 return plan
             if self._now() >= deadline:
-                self._stats["link_full"] += 1
-                peer = full[0]
-                raise LinkFull(f"the link to {peer.hex[:8]} ({peer.endpoint}) has been full for "
-                               f"{self.timings.send_timeout_s} s: nothing was sent (the peer is "
-                               f"slow or frozen)", node_id=peer.node_id.hex())
+                self._link_full(full.hex, full.endpoint, self.timings.send_timeout_s)
             await asyncio.sleep(ROOM_POLL_S)
 
+    def _link_full(self, node_id: str, endpoint: str, waited_s: float) -> None:
+        self._stats["link_full"] += 1
+        raise LinkFull(f"the link to {node_id[:8]} ({endpoint}) has been full for {waited_s} s "
+                       f"(its window of unacknowledged batches is spent: the peer is slow or "
+                       f"frozen): nothing was sent", node_id=node_id)
+
     def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
-              sender: str | None, request_id: int | None, plan: Plan | None = None) -> Plan:
+              sender: str | None, request_id: int | None,
+              plan: Plan | None = None) -> tuple[Plan, bool]:
+        """Plan, queue for peers and deliver locally; also says whether a batch is full."""
         if plan is None:
             plan = core.router.plan(mode, target)
         seq = next(self._seq)
         type_name = type_name_of(body)
+        batch_full = False
         if plan.remote:
             payload = encode_body(body)
             if len(payload) > self.limits.max_frame_bytes - ENVELOPE_BYTES:
                 raise UsageError(f"a body of {len(payload)} bytes cannot reach a peer: frames "
                                  f"are at most Limits.max_frame_bytes = "
                                  f"{self.limits.max_frame_bytes} bytes with the envelope")
-            core.send(plan, wire.new_msg((seq, sender, mode, target, type_name, payload, None,
-                                          request_id)))
+            batch_full = core.send(plan, wire.new_msg((seq, sender, mode, target, type_name,
+                                                       payload, None, request_id)))
             self._sent_remote_frames += len(plan.remote)
             if not self._pump_scheduled:
                 self._schedule_pump()
@@ -559,33 +605,36 @@ class Node:
                 if sub is not None:
                     self._deliver(sub, Message(seq, body, type_name, mode, target, sender,
                                                node_id, sub.name, replier))
-        return plan
+        return plan, batch_full
 
     async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,
                       timeout: float = 5.0) -> object:
         """Send ``body`` and wait for the first reply (the handler's return value).
 
         Raises ``NoSubscriber`` when nobody matches, ``RequestTimeout`` when no reply comes
-        within ``timeout`` seconds, ``RemoteError`` when the handler raised, ``LinkFull`` as
+        within ``timeout`` seconds, ``PeerLost`` as soon as every node it went to has left or
+        been declared dead, ``RemoteError`` when the handler raised, ``LinkFull`` as
         ``send_to`` does.
         """
         core = self._core()
         mode, target = self._check_target(mode, target)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise UsageError("timeout must be a positive number of seconds")
-        plan = None
-        if self._links is not None and self._links.backlogs:
-            plan = await self._room_for(core, mode, target)
+        plan = await self._room_for(core, mode, target) if core.any_full else None
         request_id = next(self._request_ids)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         request = _Request(future, 0)
         self._requests[request_id] = request
         try:
-            plan = self._send(core, body, mode, target, None, request_id, plan)
+            plan, batch_full = self._send(core, body, mode, target, None, request_id, plan)
             if plan.matches == 0:
                 raise NoSubscriber(f"no subscriber for {target!r} ({mode.name})")
-            # Each remote node answers, or says it has nobody left (then we stop waiting early).
+            # Each remote node answers, or says it has nobody left, or goes (PeerDown): then
+            # we stop waiting early.
             request.remaining = len(plan.remote) + (1 if plan.local else 0)
+            request.nodes = {node.hex() for node in plan.remote}
+            if batch_full:
+                self._pump()
             try:
                 async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
                     return await future
@@ -594,6 +643,18 @@ class Node:
                     f"no reply from {target!r} within {timeout} s") from None
         finally:
             self._requests.pop(request_id, None)
+
+    def _peer_gone(self, event: PeerDown) -> None:
+        """Requests waiting on a node that left or died: one fewer may answer."""
+        gone = event.peer.node_id
+        for request in self._requests.values():
+            if gone in request.nodes and not request.future.done():
+                request.nodes.discard(gone)
+                request.remaining -= 1
+                if request.remaining <= 0:
+                    request.future.set_exception(PeerLost(
+                        f"node {gone[:8]} ({event.peer.endpoint}) is gone ({event.reason}) "
+                        f"before it answered", node_id=gone))
 
     def lookup(self, name: str) -> list[Subscriber]:
         """Every known subscriber of ``name`` (ours and remote), from the replicated table."""
@@ -764,11 +825,11 @@ class Node:
         if self._inbox is not None:
             self._inbox.check_handshakes()
         if self._links is not None and self._protocol is not None:
-            lost = self._links.check()
-            if lost:
+            changes = self._links.check()
+            if changes:
                 now = self._now()
-                for link in lost:
-                    self._protocol.link_lost(link, now)
+                for link, what in changes:
+                    self._protocol.link_changed(link, what, now)
                 self._pump()
 
     def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
@@ -793,11 +854,18 @@ class Node:
             return
         self._transmit(core, links)
         events = core.events_received()
-        if not events:
+        pending = self._dispatching
+        if events:
+            pending.extend(events)
+        elif not pending:
             return
         self._pump_scheduled = True  # what the handlers send leaves below, not in another turn
+        clock = time.monotonic
+        deadline = clock() + DISPATCH_BUDGET_S
+        pop = pending.popleft
         try:
-            for event in events:
+            while pending:
+                event = pop()
                 kind = type(event)
                 if kind is Deliver:
                     self._on_deliver(event)  # type: ignore[arg-type]
@@ -805,8 +873,20 @@ class Node:
                     self._on_reply(event)  # type: ignore[arg-type]
                 else:
                     self._publish(event)  # type: ignore[arg-type]
+                if clock() > deadline:
+                    break
         finally:
             self._pump_scheduled = False
+        inbox = self._inbox
+        if pending:
+            # Budget spent (slow sync handlers): the rest after the timers and sends, and the
+            # inbox takes nothing new meanwhile (what waits stays in ZeroMQ, unacknowledged,
+            # so senders' windows hold them back).
+            if inbox is not None:
+                inbox.paused = True
+            self._schedule_pump()
+        elif inbox is not None and inbox.paused:
+            inbox.resume()
         if core.has_output():
             self._transmit(core, links)
 
@@ -816,8 +896,8 @@ class Node:
             if not links.dial(dial.link, dial.endpoint, dial.routing_id):
                 core.dial_failed(dial.link, self._now())
                 self._schedule_pump()  # the hang-up and any PeerDown go out next
-        for link, records in out.sends.items():
-            for batch in wire.encode_batches(records, MAX_BATCH_BYTES):
+        for link, batches in out.sends.items():
+            for batch in batches:
                 links.send(link, batch)
         for link in out.hangups:
             links.hang_up(link)
@@ -835,6 +915,8 @@ class Node:
             self._stats["peer_ups"] += 1
         elif type(event) is PeerDown:
             self._stats["peer_downs"] += 1
+            if self._requests:
+                self._peer_gone(event)
 
     def _on_deliver(self, event: Deliver) -> None:
         msg = event.msg
@@ -1001,6 +1083,7 @@ class Node:
                 error_type=reply.type))
         else:
             request.remaining -= 1
+            request.nodes.discard(event.origin)
             if request.remaining <= 0:
                 request.future.set_exception(NoSubscriber(
                     "the subscriber left before the request reached it"))

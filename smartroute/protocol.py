@@ -16,13 +16,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import logging
+import random
 import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
 from . import wire
-from .config import Limits, Timings
+from .config import MAX_BATCH_BYTES, Limits, Timings
 from .errors import RemoteProtocolError, UsageError
 from .events import Event, PeerDown, PeerUp
 from .logs import QuietLog
@@ -30,6 +32,7 @@ from .membership import HelloVerdict, Membership, Peer
 from .modes import ReceiveMode
 from .registry import DeltaOutcome, Table, TableEvent
 from .routing import Plan, Router
+from .streams import Inflow, Outbox, Verdict
 from .wire import Meta
 
 _log = logging.getLogger("smartroute.protocol")
@@ -37,6 +40,7 @@ _log = logging.getLogger("smartroute.protocol")
 _LINK_NUMBER = struct.Struct(">I")
 _MODES = tuple(ReceiveMode)
 """Modes by wire value."""
+_SEQ = int(wire.Kind.SEQ)
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 
 REFUSALS_PER_S = 10
@@ -95,6 +99,8 @@ class Link:
     peer: bytes | None = None
     one_shot: bool = False
     """Opened only to send a REFUSE; never matched to a peer."""
+    connected: bool = False
+    """Its connection's handshake is done and it has not closed since (the transport says)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,6 +115,14 @@ class Counters:
     undeliverable_messages: int = 0
     refused_peers: int = 0
     snapshot_requests: int = 0
+    lost_messages: int = 0
+    """Messages (and replies) sent to a peer that went away before acknowledging them."""
+    retransmitted_batches: int = 0
+    duplicate_batches: int = 0
+    """Copies of batches already taken (a resend crossing the original): dropped."""
+    gap_batches: int = 0
+    """Batches that came after a gap (lost with a broken connection): dropped, asked again."""
+    resend_requests: int = 0
 
 
 def resolve_endpoint(endpoint: str, peer_address: str | None) -> str:
@@ -140,7 +154,9 @@ class Protocol:
         self.router = Router(self.table, regex_cache_size=limits.regex_cache_size,
                              max_pattern_length=limits.max_pattern_length)
         self.membership = Membership(suspect_after_s=timings.suspect_after_s,
-                                     dead_after_s=timings.dead_after_s)
+                                     dead_after_s=timings.dead_after_s,
+                                     unreachable_after_s=timings.unreachable_after_s,
+                                     connect_timeout_s=timings.connect_timeout_s)
         self.decoder = wire.Decoder(
             max_frame_bytes=limits.max_frame_bytes, max_table_entries=limits.max_table_entries,
             max_peers=limits.max_peers, max_target_names=limits.max_target_names,
@@ -161,6 +177,23 @@ class Protocol:
         self._dials: list[Dial] = []
         self._sends: dict[int, list[bytes]] = {}
         self._hangups: list[int] = []
+        # Sequenced streams (see streams.py): ours to each peer, and each peer's to us. Both
+        # outlive a peer declared dead, so that the same incarnation resumes where it stopped.
+        self.outboxes: dict[bytes, Outbox] = {}
+        self.inflows: collections.OrderedDict[bytes, Inflow] = collections.OrderedDict()
+        self.losses: dict[str, int] = {}
+        """Messages lost (sent, never acknowledged) per peer node id (hex), bounded."""
+        self._stream_ids = itertools.count(random.getrandbits(31) + 1)
+        self._reliable: set[int] = set()
+        """Links with records this turn that travel sequenced."""
+        self._control: set[int] = set()
+        """Links with HELLO, REFUSE or BYE records this turn (they travel unsequenced)."""
+        self._pending_bytes: dict[int, int] = {}
+        self._resends: dict[int, list[bytes]] = {}
+        self._ack_due: set[bytes] = set()
+        self._full: set[bytes] = set()
+        """Peers whose window is spent: ``send_to`` waits for them."""
+        self._ack_every = max(1, limits.send_window_batches // 4)
         self._events: list[CoreEvent] = []
         self._quiet = QuietLog(_log)
         self._last_exchange = 0.0
@@ -171,10 +204,109 @@ class Protocol:
     # --- outputs --------------------------------------------------------------------------------
 
     def data_to_send(self) -> Output:
-        """Drain the network actions accumulated since the last call."""
-        out = Output(self._dials, self._sends, self._hangups)
-        self._dials, self._sends, self._hangups = [], {}, []
+        """Drain the network actions accumulated since the last call: every link's records
+        framed into batches (sequenced where they must not be lost), resends first."""
+        if self._ack_due:
+            self._queue_acks(force=False)
+        sends, self._sends = self._sends, {}
+        framed: dict[int, list[bytes]] = self._resends
+        self._resends = {}
+        for link_id, records in sends.items():
+            batches = self._frame(link_id, records)
+            queued = framed.get(link_id)
+            if queued is None:
+                framed[link_id] = batches
+            else:
+                queued.extend(batches)
+        self._reliable.clear()
+        self._control.clear()
+        self._pending_bytes.clear()
+        out = Output(self._dials, framed, self._hangups)
+        self._dials, self._hangups = [], []
         return out
+
+    def _frame(self, link_id: int, records: list[bytes]) -> list[bytes]:
+        """Batches of at most ``MAX_BATCH_BYTES``; on a peer's link, every run of records
+        that are not control records is sequenced."""
+        link = self.links.get(link_id) if link_id in self._reliable else None
+        peer = self.membership.peers.get(link.peer) if link and link.peer else None
+        if peer is None or peer.link != link_id:
+            return wire.encode_batches(records, MAX_BATCH_BYTES)
+        outbox = self._outbox(peer)
+        if link_id in self._control:
+            runs: list[tuple[bool, list[bytes]]] = []
+            for record in records:
+                control = wire.kind_of(record) in wire.CONTROL_KINDS
+                if runs and runs[-1][0] == control:
+                    runs[-1][1].append(record)
+                else:
+                    runs.append((control, [record]))
+        else:
+            runs = [(False, records)]
+        batches: list[bytes] = []
+        for control, run in runs:
+            if control:
+                batches.extend(wire.encode_batches(run, MAX_BATCH_BYTES))
+            else:
+                batches.extend(outbox.number(chunk)
+                               for chunk in wire.chunk_records(run, MAX_BATCH_BYTES))
+        if outbox.full:
+            self._full.add(peer.node_id)
+        return batches
+
+    def _outbox(self, peer: Peer) -> Outbox:
+        outbox = self.outboxes.get(peer.node_id)
+        if outbox is None or outbox.incarnation != peer.incarnation:
+            if outbox is not None:
+                self._count_lost(peer.node_id, outbox)
+            outbox = self.outboxes[peer.node_id] = Outbox(
+                next(self._stream_ids) & 0xFFFFFFFF or 1, peer.incarnation,
+                self.limits.send_window_batches, self.limits.send_window_bytes)
+        return outbox
+
+    def _count_lost(self, node_id: bytes, outbox: Outbox) -> None:
+        lost = outbox.unacked_messages()
+        outbox.unacked.clear()
+        outbox.unacked_bytes = 0
+        self._full.discard(node_id)
+        if not lost:
+            return
+        self.counters.lost_messages += lost
+        key = node_id.hex()
+        if key in self.losses or len(self.losses) < 4 * self.limits.max_peers:
+            self.losses[key] = self.losses.get(key, 0) + lost
+        self._quiet.warning(f"lost:{key}", "%s: %d message(s) to %s were never acknowledged: "
+                            "counted lost (the peer is gone)", self.hex[:8], lost, key[:8])
+
+    def full_peer(self, plan: Plan) -> Peer | None:
+        """A peer ``plan`` reaches whose window is spent (``send_to`` must wait), if any."""
+        if not self._full:
+            return None
+        peers = self.membership.peers
+        for node in plan.remote:
+            if node in self._full:
+                return peers.get(node)
+        return None
+
+    @property
+    def any_full(self) -> bool:
+        """Some peer's window is spent."""
+        return bool(self._full)
+
+    def _queue_acks(self, *, force: bool) -> None:
+        """ACK what we took from each peer: with a record we send it anyway this turn, when
+        a quarter of its window waits, or (``force``, from the timer) whatever waits."""
+        peers = self.membership.peers
+        for node_id in list(self._ack_due):
+            peer = peers.get(node_id)
+            inflow = self.inflows.get(node_id)
+            if peer is None or inflow is None:
+                self._ack_due.discard(node_id)
+                continue
+            if (force or peer.link in self._sends
+                    or inflow.taken - inflow.acked >= self._ack_every):
+                self._ack_due.discard(node_id)
+                self._send(peer.link, wire.encode_ack(inflow.ack()))
 
     def events_received(self) -> list[CoreEvent]:
         """Drain the events accumulated since the last call."""
@@ -208,7 +340,7 @@ class Protocol:
 
     def _send_hello(self, link: Link, now: float) -> None:
         link.hello_at = now
-        self._send(link.id, self._hello(reply=False, via=link.endpoint, echo=""))
+        self._send_control(link.id, self._hello(reply=False, via=link.endpoint, echo=""))
 
     def tick(self, now: float) -> None:
         """Run every timer: heartbeats and digests, suspicion and death, dial timeouts."""
@@ -224,19 +356,21 @@ class Protocol:
             self._quiet.warning("stall", "%s: this node's event loop was blocked for %.2f s; "
                                 "that time does not count against peers", self.hex[:8], stall)
             self.membership.forgive(stall, now)
-        for peer in self.membership.expire(now):
-            _log.info("%s: peer %s (%s) is dead: silent for %.2f s%s", self.hex[:8],
-                      peer.hex[:8], peer.endpoint, now - peer.last_heard,
-                      "" if peer.lost_at is None else ", its connection closed")
+        for peer, why in self.membership.expire(now):
+            _log.info("%s: peer %s (%s) is dead: %s", self.hex[:8], peer.hex[:8], peer.endpoint,
+                      why)
             self._forget(peer, "timeout", now)
-        heartbeat = None
+        if self._ack_due:
+            self._queue_acks(force=True)
         for peer in self.membership.peers.values():
             if (now - peer.last_sent >= timings.heartbeat_interval_s
                     or now - peer.last_digest >= timings.digest_interval_s):
-                if heartbeat is None:
-                    heartbeat = wire.encode_heartbeat(self.incarnation, self.table.version)
-                self._send_peer(peer, heartbeat, now)
+                outbox = self.outboxes.get(peer.node_id)
+                stream, sent = (outbox.stream, outbox.last_sent) if outbox else (0, 0)
+                self._send_peer(peer, wire.encode_heartbeat(self.incarnation, self.table.version,
+                                                            stream, sent), now)
                 peer.last_digest = now
+        self._expire_outboxes(now)
         if now - self._last_exchange >= timings.peer_exchange_interval_s:
             self._last_exchange = now
             for peer in self.membership.peers.values():
@@ -257,6 +391,15 @@ class Protocol:
             del self._recently_dead[node_id]
         for endpoint, _ in list(self._recently_dead.values()):
             self.hint(endpoint, now)  # a no-op while a dial to it is pending
+
+    def _expire_outboxes(self, now: float) -> None:
+        """A dead peer that did not come back within ``redial_dead_for_s``: what we had sent
+        it and it never acknowledged is lost, and counted."""
+        for node_id, outbox in list(self.outboxes.items()):
+            if outbox.dead_at is not None and (
+                    now - outbox.dead_at >= self.timings.redial_dead_for_s):
+                self._count_lost(node_id, outbox)
+                del self.outboxes[node_id]
 
     # --- inputs: the network --------------------------------------------------------------------
 
@@ -282,6 +425,10 @@ class Protocol:
             return
         peer = self.membership.peers.get(node_id)
         self.counters.records_received += len(raws)
+        if raws and type(first := raws[0]) is list and first and first[0] == _SEQ:
+            if not self._take(node_id, peer, raws, now):
+                return
+            raws = raws[1:]
         for raw in raws:
             try:
                 record = self.decoder.record(raw)
@@ -308,6 +455,88 @@ class Protocol:
         if peer is not None:
             self.membership.heard(peer, now)
 
+    def _take(self, node_id: bytes, peer: Peer | None, raws: list[object], now: float) -> bool:
+        """Judge a sequenced batch: True to handle its records (the next of its stream)."""
+        try:
+            seq = self.decoder.record(raws[0])
+        except RemoteProtocolError as exc:
+            self.counters.malformed_records += len(raws)  # its records go with it
+            self._quiet.warning(f"record:{node_id.hex()}", "%s: dropped a batch with a "
+                                "malformed SEQ from %s: %s", self.hex[:8],
+                                node_id.hex()[:8] or "?", exc)
+            return False
+        assert type(seq) is wire.Seq
+        if peer is None:
+            # Not taken, so not acknowledged: its sender keeps it, and resends it once we know
+            # each other again (the stranger path below says HELLO to a peer we declared dead).
+            self._from_stranger(node_id, seq, now)
+            self.counters.unknown_sender_records += len(raws) - 1
+            return False
+        inflow = self.inflows.get(node_id)
+        if inflow is None:
+            inflow = self.inflows[node_id] = Inflow()
+            if len(self.inflows) > 4 * self.limits.max_peers:
+                self.inflows.popitem(last=False)
+        verdict = inflow.judge(seq.stream, seq.seq)
+        if verdict is Verdict.TAKE:
+            self._ack_due.add(node_id)
+            return True
+        self.membership.heard(peer, now)
+        if verdict is Verdict.DUPLICATE:
+            self.counters.duplicate_batches += 1
+            self._ack_due.add(node_id)  # its sender may have missed our ACK
+        else:
+            self.counters.gap_batches += 1
+            self._ask_resend(peer, inflow, now)
+        return False
+
+    def _ask_resend(self, peer: Peer, inflow: Inflow, now: float) -> None:
+        if inflow.may_ask_resend(now):
+            self.counters.resend_requests += 1
+            _log.debug("%s: gap in the stream of %s after batch %d: asking again",
+                       self.hex[:8], peer.hex[:8], inflow.taken)
+            self._send(peer.link, wire.encode_ack(inflow.ack(resend=True)))
+
+    def _on_ack(self, peer: Peer, ack: wire.Ack, now: float) -> None:
+        outbox = self.outboxes.get(peer.node_id)
+        if outbox is None or ack.stream != outbox.stream:
+            return
+        outbox.acked(ack.seq)
+        if not outbox.full:
+            self._full.discard(peer.node_id)
+        if ack.resend and outbox.unacked:
+            self._resend(peer, outbox)
+
+    def _resend(self, peer: Peer, outbox: Outbox) -> None:
+        batches = outbox.resend()
+        self.counters.retransmitted_batches += len(batches)
+        queued = self._resends.setdefault(peer.link, [])
+        queued.extend(batches)
+
+    def link_changed(self, link_id: int, what: str, now: float) -> None:
+        """The transport saw our link's connection come ``"up"`` (handshake done), go
+        ``"down"``, or a dial on it be ``"refused"`` (see ``Membership``)."""
+        link = self.links.get(link_id)
+        if link is None:
+            return
+        link.connected = what == "up"
+        peer = self.membership.peers.get(link.peer) if link.peer else None
+        if peer is None or peer.link != link_id:
+            return
+        if what == "up":
+            was_down = peer.connected_once and peer.down_since is not None
+            self.membership.link_up(peer, now)
+            outbox = self.outboxes.get(peer.node_id)
+            if was_down and outbox is not None and outbox.unacked:
+                # What was in the broken connection is gone; the peer drops what it has.
+                self._resend(peer, outbox)
+        elif what == "down":
+            _log.debug("%s: connection to peer %s (%s) closed", self.hex[:8], peer.hex[:8],
+                       peer.endpoint)
+            self.membership.link_down(peer, now)
+        else:
+            self.membership.link_refused(peer)
+
     def dial_failed(self, link_id: int, now: float) -> None:
         """The transport could not open a link we asked for (no socket or file left, a bad
         endpoint): drop it, and the peer it was for, rather than keep a peer we cannot reach.
@@ -320,22 +549,14 @@ class Protocol:
             self._forget(peer, "timeout", now)
         self._hang_up(link_id)
 
-    def link_lost(self, link_id: int, now: float) -> None:
-        """The connection of one of our links closed (the transport saw it): its peer is
-        dead unless heard again within ``suspect_after_s`` (see ``Membership.lost``)."""
-        link = self.links.get(link_id)
-        peer = self.membership.peers.get(link.peer) if link and link.peer else None
-        if peer is not None and peer.link == link_id:
-            _log.debug("%s: connection to peer %s (%s) closed", self.hex[:8], peer.hex[:8],
-                       peer.endpoint)
-            self.membership.lost(peer, now)
-
     def _on_record(self, peer: Peer, record: wire.Record, now: float) -> None:
         kind = type(record)
         if kind is wire.Reply:
             self._events.append(ReplyArrived(peer.hex, record))  # type: ignore[arg-type]
         elif kind is wire.Delta:
             self._on_delta(peer, record, now)  # type: ignore[arg-type]
+        elif kind is wire.Ack:
+            self._on_ack(peer, record, now)  # type: ignore[arg-type]
         elif kind is wire.Heartbeat:
             self._on_heartbeat(peer, record, now)  # type: ignore[arg-type]
         elif kind is wire.Snapshot:
@@ -347,7 +568,7 @@ class Protocol:
             if self._may_send_table(peer, "snapshot_sent_at", now):
                 snapshot = wire.Snapshot(self.incarnation, self.table.version,
                                          self.table.snapshot())
-                self._send_peer(peer, wire.encode_snapshot(snapshot), now)
+                self._send_reliable(peer, wire.encode_snapshot(snapshot), now)
         elif kind is wire.Peers:
             self._on_peers(record, now)  # type: ignore[arg-type]
         elif kind is wire.Bye:
@@ -378,8 +599,8 @@ class Protocol:
                                                    hello.entries))
             self._adopt_aliases(peer, hello)
             if not hello.reply and self._may_send_table(peer, "hello_sent_at", now):
-                self._send_peer(peer, self._hello(reply=True, via=self.links[peer.link].endpoint,
-                                                  echo=hello.via), now)
+                self._send_control(peer.link, self._hello(
+                    reply=True, via=self.links[peer.link].endpoint, echo=hello.via))
             return
         for old in self.membership.replaced_by(node_id, hello.incarnation, endpoint):
             _log.info("%s: peer %s (%s) is replaced by %s incarnation %d", self.hex[:8],
@@ -392,7 +613,15 @@ class Protocol:
         link = self._pending_link(hello, endpoint) or self._dial(endpoint, now)
         link.peer = node_id
         self._recently_dead.pop(node_id, None)
-        peer = self.membership.add(node_id, hello.incarnation, endpoint, hello.name, link.id, now)
+        peer = self.membership.add(node_id, hello.incarnation, endpoint, hello.name, link.id, now,
+                                   connected=link.connected)
+        outbox = self.outboxes.get(node_id)
+        if outbox is not None and outbox.incarnation == hello.incarnation:
+            # It was declared dead and is back, the same process: resume our stream where it
+            # stopped (it drops what it has already).
+            outbox.dead_at = None
+            if outbox.unacked:
+                self._resend(peer, outbox)
         _log.info("%s: peer %s up at %s%s", self.hex[:8], peer.hex[:8], endpoint,
                   f" ({hello.name})" if hello.name else "")
         self._events.append(PeerUp(peer.info()))
@@ -401,7 +630,8 @@ class Protocol:
         self._adopt_aliases(peer, hello)
         if not hello.reply:
             peer.hello_sent_at = now
-            self._send_peer(peer, self._hello(reply=True, via=link.endpoint, echo=hello.via), now)
+            self._send_control(peer.link, self._hello(reply=True, via=link.endpoint,
+                                                      echo=hello.via))
         self._send_peers(peer, now)
 
     def _adopt_aliases(self, peer: Peer, hello: wire.Hello) -> None:
@@ -428,7 +658,7 @@ class Protocol:
         others = [(p.node_id, p.endpoint) for p in self.membership.peers.values()
                   if p.node_id != peer.node_id]
         if others:
-            self._send_peer(peer, wire.encode_peers(others[: self.limits.max_peers]), now)
+            self._send_reliable(peer, wire.encode_peers(others[: self.limits.max_peers]), now)
 
     def _pending_link(self, hello: wire.Hello, endpoint: str) -> Link | None:
         """Our unmatched dial that reached this node: named by its echo, or by its endpoint."""
@@ -467,7 +697,7 @@ class Protocol:
         if len(self._refused) > self.limits.max_peers:
             self._refused.popitem(last=False)
         link = self._dial(endpoint, now, one_shot=True)
-        self._send(link.id, wire.encode_refuse(wire.Refuse(reason, hello.via)))
+        self._send_control(link.id, wire.encode_refuse(wire.Refuse(reason, hello.via)))
         self._hang_up(link.id)
 
     def _on_refuse(self, node_id: bytes, refuse: wire.Refuse, now: float) -> None:
@@ -539,6 +769,13 @@ class Protocol:
         replica = self.table.replicas.get(peer.node_id)
         if beat.incarnation != peer.incarnation:
             return
+        inflow = self.inflows.get(peer.node_id)
+        if inflow is None and beat.sent:
+            inflow = self.inflows[peer.node_id] = Inflow()
+        if inflow is not None and inflow.behind(beat.stream, beat.sent):
+            # What we miss is on its way again (deltas among it): no snapshot for that.
+            self._ask_resend(peer, inflow, now)
+            return
         if replica is None or replica.version < beat.version:
             self._ask_snapshot(peer, now)
 
@@ -550,7 +787,7 @@ class Protocol:
                 return
             replica.snapshot_requested_at = now
         self.counters.snapshot_requests += 1
-        self._send_peer(peer, wire.SNAPSHOT_REQUEST, now)
+        self._send_reliable(peer, wire.SNAPSHOT_REQUEST, now)
 
     def _on_msg(self, peer: Peer, msg: wire.Msg, now: float) -> None:
         try:
@@ -567,7 +804,7 @@ class Protocol:
         self.counters.undeliverable_messages += 1
         if msg.request_id is not None:
             reply = wire.Reply(msg.request_id, wire.ReplyStatus.NO_SUBSCRIBER, "", b"")
-            self._send_peer(peer, wire.encode_reply(reply), now)
+            self._send_reliable(peer, wire.encode_reply(reply), now)
 
     # --- inputs: the API ------------------------------------------------------------------------
 
@@ -586,28 +823,46 @@ class Protocol:
             self._events.append(event)
             self._broadcast(wire.encode_delta(delta), now)
 
-    def send(self, plan: Plan, msg: wire.Msg) -> None:
+    def send(self, plan: Plan, msg: wire.Msg) -> bool:
         """Queue the record of a ``send_to`` planned by ``router.plan`` once to each remote
-        node it reaches.
+        node it reaches; True when a link now holds a whole batch (the caller should let it
+        leave, and give the loop a turn, before queueing more).
 
         A message does not postpone the link's next heartbeat: that would cost a clock read
         per message to save four small records a second."""
         peers = self.membership.peers
+        sends = self._sends
+        pending = self._pending_bytes
+        reliable = self._reliable
         record = None
+        full = False
         for node, sub_id in plan.remote.items():
+            link = peers[node].link
             if sub_id is None:
                 if record is None:
                     record = wire.encode_msg(msg)
-                self._send(peers[node].link, record)
+                this = record
             else:  # ANY: the chosen subscriber travels with the record
-                self._send(peers[node].link, wire.encode_msg(msg._replace(sub_id=sub_id)))
+                this = wire.encode_msg(msg._replace(sub_id=sub_id))
+            reliable.add(link)
+            queue = sends.get(link)
+            if queue is None:
+                sends[link] = [this]
+                size = len(this)
+            else:
+                queue.append(this)
+                size = pending.get(link, 0) + len(this)
+            pending[link] = size
+            if size >= MAX_BATCH_BYTES:
+                full = True
+        return full
 
     def reply(self, origin: str, reply: wire.Reply, now: float) -> bool:
         """Send a reply to the node a request came from; False if it is gone."""
         peer = self.membership.peers.get(bytes.fromhex(origin))
         if peer is None:
             return False
-        self._send_peer(peer, wire.encode_reply(reply), now)
+        self._send_reliable(peer, wire.encode_reply(reply), now)
         return True
 
     def close(self, now: float) -> None:
@@ -615,9 +870,10 @@ class Protocol:
         other side's peer) and hang up."""
         if self._closed:
             return
+        self._queue_acks(force=True)  # before the BYE: after it, the peer no longer listens
         for link in self.links.values():
             if not link.one_shot:
-                self._send(link.id, wire.BYE)
+                self._send_control(link.id, wire.BYE)
         for link_id in list(self.links):
             self._hang_up(link_id)
         self._closed = True
@@ -649,14 +905,25 @@ class Protocol:
         else:
             queue.append(record)
 
+    def _send_control(self, link_id: int, record: bytes) -> None:
+        """A HELLO, REFUSE or BYE: never sequenced (see streams.py)."""
+        self._control.add(link_id)
+        self._send(link_id, record)
+
     def _send_peer(self, peer: Peer, record: bytes, now: float) -> None:
+        """A record that may travel either way (a heartbeat, an ACK)."""
         peer.last_sent = now
         self._send(peer.link, record)
+
+    def _send_reliable(self, peer: Peer, record: bytes, now: float) -> None:
+        """A record that must arrive: it travels sequenced."""
+        self._reliable.add(peer.link)
+        self._send_peer(peer, record, now)
 
     def _broadcast(self, record: bytes, now: float) -> None:
         """Send to every peer and to every dial still waiting for its HELLO answer."""
         for peer in self.membership.peers.values():
-            self._send_peer(peer, record, now)
+            self._send_reliable(peer, record, now)
         for link in self.links.values():
             if link.peer is None and not link.one_shot:
                 self._send(link.id, record)
@@ -670,8 +937,17 @@ class Protocol:
         events: list[TableEvent] = self.table.purge(peer.node_id)
         self._events.append(PeerDown(peer.info(), reason))
         self._events.extend(events)
+        self._ack_due.discard(peer.node_id)
+        self._full.discard(peer.node_id)
+        outbox = self.outboxes.get(peer.node_id)
         if reason == "timeout":
+            # Perhaps only cut off: if it comes back, our stream to it resumes (see _on_hello).
+            if outbox is not None:
+                outbox.dead_at = now
             self._recently_dead[peer.node_id] = (peer.endpoint, now)
             if len(self._recently_dead) > self.limits.max_peers:
                 self._recently_dead.popitem(last=False)
+        elif outbox is not None:
+            self._count_lost(peer.node_id, outbox)
+            del self.outboxes[peer.node_id]
 

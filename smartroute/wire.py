@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped on any incompatible change of the records below; HELLO refuses other versions."""
 
 NODE_ID_BYTES = 16
@@ -49,6 +49,8 @@ class Kind(enum.IntEnum):
     BYE = 8
     MSG = 9
     REPLY = 10
+    SEQ = 11
+    ACK = 12
 
 
 class ReplyStatus(enum.IntEnum):
@@ -115,10 +117,33 @@ class Snapshot(NamedTuple):
 
 
 class Heartbeat(NamedTuple):
-    """Sent on an idle link; carries the sender's table version as a digest."""
+    """Sent on every link at least every ``heartbeat_interval_s``: the sender's table version as
+    a digest, and the last batch number of its stream to the receiver (so a lost tail batch is
+    noticed and asked for again)."""
 
     incarnation: int
     version: int
+    stream: int = 0
+    """The sender's stream to the receiver (0: none yet)."""
+    sent: int = 0
+    """The number of the last sequenced batch sent on that stream (0: none)."""
+
+
+class Seq(NamedTuple):
+    """First record of a sequenced batch: batch ``seq`` of the sender's ``stream`` to the
+    receiver. The receiver takes batches of a stream in order, once, and acknowledges them."""
+
+    stream: int
+    seq: int
+
+
+class Ack(NamedTuple):
+    """The receiver holds every batch of ``stream`` up to ``seq``; with ``resend``, it saw a
+    gap and asks for every batch after ``seq`` again."""
+
+    stream: int
+    seq: int
+    resend: bool
 
 
 class Bye(NamedTuple):
@@ -154,7 +179,8 @@ class Reply(NamedTuple):
     body: bytes
 
 
-Record = Hello | Refuse | Peers | Delta | SnapshotRequest | Snapshot | Heartbeat | Bye | Msg | Reply
+Record = (Hello | Refuse | Peers | Delta | SnapshotRequest | Snapshot | Heartbeat | Bye | Msg
+          | Reply | Seq | Ack)
 
 
 # --- encoding -----------------------------------------------------------------------------------
@@ -206,9 +232,30 @@ def encode_snapshot(s: Snapshot) -> bytes:
     return _pack([Kind.SNAPSHOT, s.incarnation, s.version, [list(e) for e in s.entries]])
 
 
-def encode_heartbeat(incarnation: int, version: int) -> bytes:
+def encode_heartbeat(incarnation: int, version: int, stream: int = 0, sent: int = 0) -> bytes:
     """Encode a HEARTBEAT record."""
-    return _pack([Kind.HEARTBEAT, incarnation, version])
+    return _pack([Kind.HEARTBEAT, incarnation, version, stream, sent])
+
+
+def encode_seq(stream: int, seq: int) -> bytes:
+    """Encode the SEQ record that opens a sequenced batch."""
+    return _pack([Kind.SEQ, stream, seq])
+
+
+def encode_ack(ack: Ack) -> bytes:
+    """Encode an ACK record."""
+    return _pack([Kind.ACK, ack.stream, ack.seq, ack.resend])
+
+
+CONTROL_KINDS = frozenset({Kind.HELLO, Kind.REFUSE, Kind.BYE})
+"""Records that never travel in a sequenced batch: they say who the sender is, or that it
+goes, and must be read even when the receiver does not know (or no longer takes) its stream."""
+
+
+def kind_of(record: bytes) -> int:
+    """The kind of a record we encoded: each is a msgpack array of fewer than 16 items (a
+    one-byte header) whose first item is its kind, a small int."""
+    return record[1]
 
 
 _MSG = int(Kind.MSG)
@@ -240,20 +287,25 @@ def encode_batch(records: list[bytes]) -> bytes:
     return header + b"".join(records)
 
 
-def encode_batches(records: list[bytes], max_bytes: int) -> list[bytes]:
-    """``encode_batch`` in pieces of at most ``max_bytes`` of records (one bigger record makes a
-    batch of its own), in order."""
+def chunk_records(records: list[bytes], max_bytes: int) -> list[list[bytes]]:
+    """``records`` in runs of at most ``max_bytes`` (one bigger record makes a run of its own),
+    in order."""
     if sum(map(len, records)) <= max_bytes:
-        return [encode_batch(records)]
-    batches: list[bytes] = []
+        return [records]
+    chunks: list[list[bytes]] = []
     start = size = 0
     for i, record in enumerate(records):
         if size and size + len(record) > max_bytes:
-            batches.append(encode_batch(records[start:i]))
+            chunks.append(records[start:i])
             start, size = i, 0
         size += len(record)
-    batches.append(encode_batch(records[start:]))
-    return batches
+    chunks.append(records[start:])
+    return chunks
+
+
+def encode_batches(records: list[bytes], max_bytes: int) -> list[bytes]:
+    """``encode_batch`` in pieces of at most ``max_bytes`` of records, in order."""
+    return [encode_batch(chunk) for chunk in chunk_records(records, max_bytes)]
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -363,9 +415,19 @@ class Decoder:
         return Snapshot(raw[1], raw[2], self._entries(raw[3]))
 
     def _heartbeat(self, raw: list[Any]) -> Heartbeat:
+        _arity(raw, 5)
+        _check(all(_is_uint(value) for value in raw[1:]), "heartbeat numbers")
+        return Heartbeat(raw[1], raw[2], raw[3], raw[4])
+
+    def _seq(self, raw: list[Any]) -> Seq:
         _arity(raw, 3)
-        _check(_is_uint(raw[1]) and _is_uint(raw[2]), "heartbeat numbers")
-        return Heartbeat(raw[1], raw[2])
+        _check(_is_uint(raw[1]) and _is_uint(raw[2]) and raw[2] > 0, "batch number")
+        return Seq(raw[1], raw[2])
+
+    def _ack(self, raw: list[Any]) -> Ack:
+        _arity(raw, 4)
+        _check(_is_uint(raw[1]) and _is_uint(raw[2]) and type(raw[3]) is bool, "ack")
+        return Ack(raw[1], raw[2], raw[3])
 
     def _bye(self, raw: list[Any]) -> Bye:
         _arity(raw, 1)
@@ -456,6 +518,8 @@ class Decoder:
         Kind.BYE: _bye,
         Kind.MSG: _msg,
         Kind.REPLY: _reply,
+        Kind.SEQ: _seq,
+        Kind.ACK: _ack,
     }
 
 

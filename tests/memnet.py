@@ -1,10 +1,13 @@
 """An in-memory network of sans-I/O ``Protocol`` instances, driven by a fake clock.
 
 Each host is a ``Protocol``; ``flush()`` carries out every host's ``data_to_send()`` the way
-``Node._pump`` does (dials, then one batch per link, then hang-ups) and delivers each batch to
-the host that owns the dialled endpoint *at delivery time* (a ZeroMQ DEALER reconnects to
-whoever listens there), in FIFO order. ``run(seconds)`` ticks every live host at the tick
-interval. Every batch is logged, decoded, for tests to count records.
+``Node._pump`` does (dials, then the batches of each link, then hang-ups) and delivers each
+batch to the host that owns the dialled endpoint *at delivery time* (a ZeroMQ DEALER reconnects
+to whoever listens there), in FIFO order. A link's connection is reported up as soon as a live
+host owns its endpoint, and down then refused when that host crashes (a killed process's port
+refuses the redial); a ``cut`` reports nothing by itself (call ``link_changed`` in the test).
+``run(seconds)`` ticks every live host at the tick interval. Every batch is logged, decoded,
+for tests to count records.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class Host:
     proto: Protocol
     events: list[CoreEvent] = dataclasses.field(default_factory=list)
     up: bool = True
+    stalled: bool = False
+    """Its event loop is blocked: no ticks, nothing sent or read (what arrives waits), but
+    its connections stay up (libzmq answers pings on its own thread)."""
+    held: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -91,6 +98,8 @@ class MemNet:
         self.hosts: dict[str, Host] = {}
         self.by_endpoint: dict[str, Host] = {}
         self.links: dict[tuple[str, int], Dial] = {}
+        self.connected: set[tuple[str, int]] = set()
+        """Links whose connection was reported up (and not down since)."""
         self.log: list[Traffic] = []
         self._drops: list[tuple[str, str, type | None]] = []
         self.cuts: set[tuple[str, str]] = set()
@@ -130,6 +139,18 @@ class MemNet:
             assert host.peers() == ids - {host.node_id}, f"{host.name} did not join the mesh"
         return hosts
 
+    def stall(self, host: Host) -> None:
+        """The host's loop blocks (see ``Host.stalled``) until ``unstall``."""
+        host.stalled = True
+
+    def unstall(self, host: Host) -> None:
+        """The loop runs again: it reads what waited, then ticks and sends as usual."""
+        host.stalled = False
+        held, host.held = host.held, []
+        for routing_id, batch in held:
+            host.proto.receive(routing_id, batch, self.now)
+        self.flush()
+
     def crash(self, host: Host) -> None:
         """The host stops: no ticks, nothing sent, batches to its endpoint are lost."""
         host.up = False
@@ -149,28 +170,46 @@ class MemNet:
 
     # --- time and traffic ------------------------------------------------------------------------
 
+    def _connections(self) -> None:
+        """Report every link's connection change the way the transport's monitors do."""
+        for key, dial in list(self.links.items()):
+            host = self.hosts[key[0]]
+            if not host.up or host.stalled:
+                continue
+            dst = self.by_endpoint.get(dial.endpoint)
+            listening = dst is not None and dst.up
+            if listening and key not in self.connected:
+                self.connected.add(key)
+                host.proto.link_changed(key[1], "up", self.now)
+            elif not listening and key in self.connected:
+                self.connected.discard(key)
+                host.proto.link_changed(key[1], "down", self.now)
+                host.proto.link_changed(key[1], "refused", self.now)
+
     def flush(self) -> None:
         """Carry out every host's output until the network is quiet."""
         for _ in range(MAX_ROUNDS):
-            batches: list[tuple[Host, Dial, list[bytes]]] = []
+            self._connections()
+            batches: list[tuple[Host, Dial, bytes]] = []
             for host in list(self.hosts.values()):
-                if not host.up:
+                if not host.up or host.stalled:
                     continue
                 out = host.proto.data_to_send()
                 for dial in out.dials:
                     self.links[host.name, dial.link] = dial
-                for link, records in out.sends.items():
+                for link, framed in out.sends.items():
                     # KeyError here: the protocol sent on a link it never dialled or hung up.
-                    batches.append((host, self.links[host.name, link], records))
+                    dial = self.links[host.name, link]
+                    batches.extend((host, dial, batch) for batch in framed)
                 for link in out.hangups:
                     del self.links[host.name, link]
+                    self.connected.discard((host.name, link))
                 host.events.extend(host.proto.events_received())
             if not batches:
                 return
-            for src, dial, records in batches:
+            for src, dial, batch in batches:
                 dst = self.by_endpoint.get(dial.endpoint)
-                decoded = [self._decoder.record(raw)
-                           for raw in self._decoder.batch(wire.encode_batch(records))]
+                decoded = [self._decoder.record(raw) for raw in self._decoder.batch(batch)]
                 pair = (src.name, dst.name if dst else "")
                 dropped = pair in self.cuts
                 for drop in self._drops:
@@ -181,7 +220,10 @@ class MemNet:
                         break
                 self.log.append(Traffic(src.name, dst.name if dst else None, decoded, dropped))
                 if dst is not None and dst.up and not dropped:
-                    dst.proto.receive(dial.routing_id, wire.encode_batch(records), self.now)
+                    if dst.stalled:
+                        dst.held.append((dial.routing_id, batch))
+                    else:
+                        dst.proto.receive(dial.routing_id, batch, self.now)
         raise AssertionError(f"the network did not settle in {MAX_ROUNDS} rounds")
 
     def run(self, seconds: float) -> None:
@@ -191,7 +233,7 @@ class MemNet:
         for k in range(1, round(seconds / step) + 1):
             self.now = start + k * step
             for host in list(self.hosts.values()):
-                if host.up:
+                if host.up and not host.stalled:
                     host.proto.tick(self.now)
             self.flush()
 

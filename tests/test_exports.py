@@ -9,7 +9,7 @@ import smartroute
 DOCUMENTED = {
     "Discovery", "EventStream", "Limits", "LinkFull", "Message", "NoSubscriber", "Node",
     "NodeClosed",
-    "PeerDown", "PeerInfo", "PeerUp", "ReceiveMode", "RemoteError", "RequestError",
+    "PeerDown", "PeerInfo", "PeerLost", "PeerUp", "ReceiveMode", "RemoteError", "RequestError",
     "RequestTimeout", "SmartRouteError", "StaticDiscovery", "Subscriber", "SubscriberDown",
     "SubscriberUp", "Subscription", "Timings", "UsageError", "WaitTimeout", "__version__",
     "message",
@@ -23,7 +23,7 @@ def test_all_is_the_documented_surface() -> None:
 
 
 def test_every_error_derives_from_the_one_root() -> None:
-    for name in ("LinkFull", "NoSubscriber", "NodeClosed", "RemoteError", "RequestError",
+    for name in ("LinkFull", "NoSubscriber", "NodeClosed", "PeerLost", "RemoteError", "RequestError",
                  "RequestTimeout", "UsageError", "WaitTimeout"):
         assert issubclass(getattr(smartroute, name), smartroute.SmartRouteError), name
     assert issubclass(smartroute.UsageError, ValueError)

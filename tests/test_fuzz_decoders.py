@@ -49,7 +49,7 @@ DECODER = wire.Decoder(max_frame_bytes=64 * 1024, max_table_entries=ENTRIES_MAX,
                        max_peers=PEERS_MAX, max_target_names=TARGETS_MAX,
                        max_name_length=NAME_MAX, max_meta_bytes=META_MAX)
 RECORD_TYPES = (wire.Hello, wire.Refuse, wire.Peers, wire.Delta, wire.SnapshotRequest,
-                wire.Snapshot, wire.Heartbeat, wire.Bye, wire.Msg, wire.Reply)
+                wire.Snapshot, wire.Heartbeat, wire.Bye, wire.Msg, wire.Reply, wire.Seq, wire.Ack)
 UINT64 = 2**64 - 1
 
 
@@ -87,8 +87,10 @@ records: st.SearchStrategy[tuple[wire.Record, bytes]] = st.one_of(
     .map(lambda r: (r, wire.encode_delta(r))),
     st.just((wire.SnapshotRequest(), wire.SNAPSHOT_REQUEST)),
     st.builds(wire.Snapshot, uints, uints, entries).map(lambda r: (r, wire.encode_snapshot(r))),
-    st.builds(wire.Heartbeat, uints, uints)
-    .map(lambda r: (r, wire.encode_heartbeat(r.incarnation, r.version))),
+    st.builds(wire.Heartbeat, uints, uints, uints, uints)
+    .map(lambda r: (r, wire.encode_heartbeat(*r))),
+    st.builds(wire.Seq, uints, uints.filter(bool)).map(lambda r: (r, wire.encode_seq(*r))),
+    st.builds(wire.Ack, uints, uints, st.booleans()).map(lambda r: (r, wire.encode_ack(r))),
     st.just((wire.Bye(), wire.BYE)),
     st.builds(wire.Msg, uints, st.none() | short_text, st.integers(0, 4), targets, short_text,
               st.binary(max_size=64), st.none() | uints, st.none() | uints)
@@ -226,7 +228,9 @@ SAMPLES: list[tuple[wire.Record, bytes]] = [
         (wire.Delta(1, 2, 3, "user:a", {"k": [1, "v"]}), wire.encode_delta),
         (wire.Delta(1, 2, 3, None, None), wire.encode_delta),
         (wire.Snapshot(1, 2, [(1, "a", {}), (2, "b", {"k": b"v"})]), wire.encode_snapshot),
-        (wire.Heartbeat(1, 2), lambda r: wire.encode_heartbeat(*r)),
+        (wire.Heartbeat(1, 2, 3, 4), lambda r: wire.encode_heartbeat(*r)),
+        (wire.Seq(1, 2), lambda r: wire.encode_seq(*r)),
+        (wire.Ack(1, 2, True), wire.encode_ack),
         (wire.Msg(1, "me", 0, ["a", "b"], "str", b"\xa1x", None, None), wire.encode_msg),
         (wire.Msg(1, None, 4, "a", "str", b"\xc0", 7, 9), wire.encode_msg),
         (wire.Reply(9, 0, "str", b"\xc0"), wire.encode_reply),

@@ -11,17 +11,28 @@ A = b"\x0a" * 16
 B = b"\x0b" * 16
 SUSPECT_AFTER_S = 0.5  # exact binary fractions: boundaries are tested to the tick
 DEAD_AFTER_S = 1.0
+UNREACHABLE_AFTER_S = 0.25
+CONNECT_TIMEOUT_S = 2.0
 T0 = 100.0
 
 
 @pytest.fixture
 def members() -> Membership:
-    return Membership(suspect_after_s=SUSPECT_AFTER_S, dead_after_s=DEAD_AFTER_S)
+    return Membership(suspect_after_s=SUSPECT_AFTER_S, dead_after_s=DEAD_AFTER_S,
+                      unreachable_after_s=UNREACHABLE_AFTER_S,
+                      connect_timeout_s=CONNECT_TIMEOUT_S)
 
 
 def add(members: Membership, node_id: bytes = A, incarnation: int = 5,
-        endpoint: str = "tcp://10.0.0.1:7001", now: float = T0) -> Peer:
-    return members.add(node_id, incarnation, endpoint, "web-1", link=3, now=now)
+        endpoint: str = "tcp://10.0.0.1:7001", now: float = T0,
+        connected: bool = True) -> Peer:
+    return members.add(node_id, incarnation, endpoint, "web-1", link=3, now=now,
+                       connected=connected)
+
+
+def expired(members: Membership, now: float) -> list[Peer]:
+    """The peers ``expire`` declares dead at ``now``."""
+    return [peer for peer, _ in members.expire(now)]
 
 
 def test_hello_from_an_unknown_node_is_new_and_the_peer_starts_alive(members: Membership) -> None:
@@ -68,9 +79,9 @@ def test_replacement_then_add_leaves_only_the_new_incarnation(members: Membershi
 
 def test_silence_makes_a_peer_suspect_at_suspect_after_s(members: Membership) -> None:
     peer = add(members)
-    assert members.expire(T0 + SUSPECT_AFTER_S - 0.001) == []
+    assert expired(members, T0 + SUSPECT_AFTER_S - 0.001) == []
     assert peer.state is PeerState.ALIVE
-    assert members.expire(T0 + SUSPECT_AFTER_S) == []
+    assert expired(members, T0 + SUSPECT_AFTER_S) == []
     assert peer.state is PeerState.SUSPECT
     assert peer.info().state == "suspect"
     assert members.peers == {A: peer}  # suspect peers are kept (and still routed to)
@@ -78,43 +89,43 @@ def test_silence_makes_a_peer_suspect_at_suspect_after_s(members: Membership) ->
 
 def test_anything_heard_turns_a_suspect_alive_again(members: Membership) -> None:
     peer = add(members)
-    members.expire(T0 + 0.75)
+    expired(members, T0 + 0.75)
     assert peer.state is PeerState.SUSPECT
     members.heard(peer, T0 + 0.8)
     assert peer.state is PeerState.ALIVE
     assert peer.last_heard == T0 + 0.8
     # The silence is counted from the last time heard.
-    assert members.expire(T0 + 0.8 + DEAD_AFTER_S - 0.001) == []
+    assert expired(members, T0 + 0.8 + DEAD_AFTER_S - 0.001) == []
     assert peer.state is PeerState.SUSPECT
 
 
 def test_silence_removes_a_peer_at_dead_after_s(members: Membership) -> None:
     peer = add(members)
-    assert members.expire(T0 + DEAD_AFTER_S - 0.001) == []
+    assert expired(members, T0 + DEAD_AFTER_S - 0.001) == []
     assert peer.state is PeerState.SUSPECT
-    assert members.expire(T0 + DEAD_AFTER_S) == [peer]
+    assert expired(members, T0 + DEAD_AFTER_S) == [peer]
     assert members.peers == {}
-    assert members.expire(T0 + 10 * DEAD_AFTER_S) == []
+    assert expired(members, T0 + 10 * DEAD_AFTER_S) == []
 
 
 def test_an_alive_peer_silent_past_dead_after_s_dies_without_being_suspect_first(
         members: Membership) -> None:
     peer = add(members)
-    assert members.expire(T0 + 5.0) == [peer]
+    assert expired(members, T0 + 5.0) == [peer]
 
 
 def test_expire_judges_each_peer_by_its_own_silence(members: Membership) -> None:
     quiet = add(members, A, endpoint="tcp://a:1")
     chatty = add(members, B, endpoint="tcp://b:1")
     members.heard(chatty, T0 + 0.9)
-    assert members.expire(T0 + DEAD_AFTER_S) == [quiet]
+    assert expired(members, T0 + DEAD_AFTER_S) == [quiet]
     assert chatty.state is PeerState.ALIVE
     assert members.peers == {B: chatty}
 
 
 def test_bye_removes_a_peer_in_any_state(members: Membership) -> None:
     peer = add(members)
-    members.expire(T0 + SUSPECT_AFTER_S)
+    expired(members, T0 + SUSPECT_AFTER_S)
     assert members.remove(A) is peer
     assert members.remove(A) is None
     assert members.judge_hello(A, 5) is HelloVerdict.NEW
@@ -133,27 +144,56 @@ def test_forgive_moves_silence_forward_by_a_stall_but_never_past_now(
     members.forgive(4.0, now=15.0)
     assert quiet.last_heard == 14.0  # its 4 s of silence were our stall
     assert fresh.last_heard == 15.0  # capped at now, never in the future
-    assert members.expire(15.0 + members.dead_after_s - 1.1) == []
+    assert expired(members, 15.0 + members.dead_after_s - 1.1) == []
 
 
-def test_a_peer_whose_connection_closed_is_dead_at_suspect_after_s_unless_heard(
+def test_a_busy_peer_whose_connection_is_up_is_only_suspect_until_dead_after_s(
         members: Membership) -> None:
-    gone = members.add(b"g" * 16, 1, "tcp://g:1", "", 1, now=10.0)
-    alive = members.add(b"a" * 16, 1, "tcp://a:1", "", 2, now=10.0)
-    members.lost(gone, now=10.1)
-    members.lost(alive, now=10.1)
-    assert gone.state is PeerState.SUSPECT
-    members.heard(alive, now=10.3)  # it still talks on its own connection to us
-    assert members.expire(10.0 + SUSPECT_AFTER_S - 0.01) == []
-    assert members.expire(10.0 + SUSPECT_AFTER_S) == [gone]
-    assert members.expire(10.3 + SUSPECT_AFTER_S + 0.01) == []  # heard after the loss
-    assert alive.state is PeerState.SUSPECT and alive.node_id in members.peers
+    peer = add(members)
+    assert expired(members, T0 + SUSPECT_AFTER_S) == []
+    assert peer.state is PeerState.SUSPECT
+    assert expired(members, T0 + DEAD_AFTER_S - 0.125) == []
+    [(dead, why)] = members.expire(T0 + DEAD_AFTER_S)
+    assert dead is peer and "stuck" in why
 
 
-def test_forgive_drops_a_loss_the_peer_has_spoken_since(members: Membership) -> None:
-    peer = members.add(b"p" * 16, 1, "tcp://p:1", "", 1, now=10.0)
-    members.lost(peer, now=10.1)
-    members.heard(peer, now=10.2)
-    members.forgive(5.0, now=14.0)  # would cap both at now: equal, "silent since the loss"
-    assert peer.lost_at is None
-    assert members.expire(14.0 + SUSPECT_AFTER_S) == []
+def test_a_connection_down_for_unreachable_after_s_is_dead_unless_back(
+        members: Membership) -> None:
+    gone = add(members, A, endpoint="tcp://a:1")
+    back = add(members, B, endpoint="tcp://b:1")
+    members.link_down(gone, T0 + 0.125)
+    members.link_down(back, T0 + 0.125)
+    assert gone.state is back.state is PeerState.SUSPECT
+    members.heard(back, T0 + 0.25)  # its loop talks, but our connection to it is down
+    assert back.state is PeerState.SUSPECT
+    members.link_up(back, T0 + 0.25)
+    assert back.state is PeerState.ALIVE
+    assert expired(members, T0 + 0.125 + UNREACHABLE_AFTER_S - 0.0625) == []
+    [(dead, why)] = members.expire(T0 + 0.125 + UNREACHABLE_AFTER_S)
+    assert dead is gone and "unreachable" in why
+    assert members.peers == {B: back}
+
+
+def test_a_refused_redial_is_dead_at_once_but_only_while_down(members: Membership) -> None:
+    peer = add(members)
+    members.link_refused(peer)  # a dial that failed while the connection was up: ignored
+    assert expired(members, T0 + 0.0625) == []
+    members.link_down(peer, T0 + 0.0625)
+    members.link_refused(peer)
+    [(dead, why)] = members.expire(T0 + 0.125)
+    assert dead is peer and "refused" in why
+
+
+def test_a_link_never_connected_gets_connect_timeout_s(members: Membership) -> None:
+    peer = add(members, connected=False)
+    members.heard(peer, T0 + CONNECT_TIMEOUT_S - 0.5)
+    assert expired(members, T0 + CONNECT_TIMEOUT_S - 0.0625) == []
+    assert expired(members, T0 + CONNECT_TIMEOUT_S) == [peer]
+
+
+def test_forgive_moves_downtime_forward_too(members: Membership) -> None:
+    peer = add(members)
+    members.link_down(peer, T0)
+    members.forgive(4.0, now=T0 + 4.1)  # our own stall: nothing could be seen meanwhile
+    assert peer.down_since == T0 + 4.0
+    assert expired(members, T0 + 4.0 + UNREACHABLE_AFTER_S - 0.0625) == []

@@ -267,7 +267,8 @@ def test_restart_on_the_same_port_rejoins_cleanly(spawn: Spawn) -> None:
     subscribe_all(mesh, {"b": ["user:bob"]})
     port = int(mesh.b.endpoint.rsplit(":", 1)[1])
     mesh.b.kill()
-    # Back before the others declare the old one dead (1.5 s): the new one must replace it.
+    # The others see the old one dead within ~0.1 s (its port refuses their redial), or the
+    # new one replaces it if it is quicker: either way the old one goes once, the new one in.
     b2 = spawn(cluster=CLUSTER, seeds=[mesh.a.endpoint], port=port)
     assert b2.endpoint == mesh.b.endpoint and b2.node_id != mesh.b.node_id
     for node in (mesh.a, mesh.c):
@@ -280,7 +281,8 @@ def test_restart_on_the_same_port_rejoins_cleanly(spawn: Spawn) -> None:
     assert mesh.c.call("send_to", body="welcome back", target="user:bob") == 1
     assert [d["body"] for d in deliveries(b2, 1)] == ["welcome back"]
     downs = [e for e in mesh.a.call("events") if e["event"] == "PeerDown"]
-    assert downs == [{"event": "PeerDown", "node_id": mesh.b.node_id, "reason": "replaced"}]
+    assert [(e["node_id"], e["reason"] in ("timeout", "replaced")) for e in downs] == [
+        (mesh.b.node_id, True)]
 
 
 def test_idle_mesh_has_no_false_deaths(spawn: Spawn) -> None:

@@ -33,6 +33,9 @@ DELTA_ADD = wire.Delta(INC, 7, 4, "user:bob", {"age": 3, "tags": ["x"]})
 DELTA_REMOVE = wire.Delta(1, 8, 4, None, None)
 SNAPSHOT = wire.Snapshot(5, 9, [(2, "a", {}), (5, "b", {"k": b"\x00"})])
 HEARTBEAT = wire.Heartbeat(5, 9)
+HEARTBEAT_SENT = wire.Heartbeat(5, 9, 7, 2**40)
+SEQ = wire.Seq(0xFFFFFFFF, 1)
+ACK = wire.Ack(3, 0, True)
 MSG_EQ = wire.Msg(1, "user:bob", 0, ["user:alice", "room:7"], "Speak", b"\x92\xa1a\xa1b",
                   None, None)
 MSG_ANY = wire.Msg(2**63, None, 4, "svc:echo", "str", b"\xa4ping", 17, 99)
@@ -52,6 +55,10 @@ ROUND_TRIPS: list[tuple[wire.Record, bytes]] = [
     (wire.SnapshotRequest(), wire.SNAPSHOT_REQUEST),
     (SNAPSHOT, wire.encode_snapshot(SNAPSHOT)),
     (HEARTBEAT, wire.encode_heartbeat(5, 9)),
+    (HEARTBEAT_SENT, wire.encode_heartbeat(*HEARTBEAT_SENT)),
+    (SEQ, wire.encode_seq(*SEQ)),
+    (ACK, wire.encode_ack(ACK)),
+    (wire.Ack(1, 2**40, False), wire.encode_ack(wire.Ack(1, 2**40, False))),
     (wire.Bye(), wire.BYE),
     (MSG_EQ, wire.encode_msg(MSG_EQ)),
     (MSG_ANY, wire.encode_msg(MSG_ANY)),
@@ -62,6 +69,16 @@ ROUND_TRIPS: list[tuple[wire.Record, bytes]] = [
 
 def decode_all(payload: bytes, decoder: wire.Decoder = DECODER) -> list[wire.Record]:
     return [decoder.record(raw) for raw in decoder.batch(payload)]
+
+
+def test_seq_numbers_start_at_one_and_acks_carry_a_bool() -> None:
+    reject(raw_of(wire.encode_seq(1, 1))[:2] + [0])
+    reject([int(wire.Kind.ACK), 1, 2, 1])  # resend is a bool, not an int
+
+
+def test_kind_of_reads_every_record_we_encode() -> None:
+    for record, encoded in ROUND_TRIPS:
+        assert wire.kind_of(encoded) == msgpack.unpackb(encoded)[0], record
 
 
 def raw_of(encoded: bytes) -> list[Any]:
@@ -116,7 +133,7 @@ def test_encode_batch_is_a_msgpack_array_of_any_length(n: int) -> None:
     records = [wire.encode_heartbeat(1, i) for i in range(n)]
     batch = wire.encode_batch(records)
     # The hand-made header must be exactly what msgpack would write for that array.
-    assert batch == msgpack.packb([[int(wire.Kind.HEARTBEAT), 1, i] for i in range(n)])
+    assert batch == msgpack.packb([[int(wire.Kind.HEARTBEAT), 1, i, 0, 0] for i in range(n)])
     decoded = decode_all(batch)
     assert len(decoded) == n
     assert decoded == [wire.Heartbeat(1, i) for i in range(n)]
@@ -157,7 +174,7 @@ def test_a_field_of_the_wrong_type_is_rejected(kind: str, encoded: bytes, field:
     reject(raw)
 
 
-@pytest.mark.parametrize("kind", [0, 11, -1, 255, "1", None, 1.0, True, [1], b"\x01"])
+@pytest.mark.parametrize("kind", [0, 13, -1, 255, "1", None, 1.0, True, [1], b"\x01"])
 def test_unknown_kinds_are_rejected(kind: Any) -> None:
     reject([kind])
     reject([kind, 1, 2])
@@ -309,6 +326,7 @@ def decode_or_reject(payload: bytes, decoder: wire.Decoder) -> None:
             continue
         assert type(record) in (wire.Hello, wire.Refuse, wire.Peers, wire.Delta,
                                 wire.SnapshotRequest, wire.Snapshot, wire.Heartbeat, wire.Bye,
+                                wire.Seq, wire.Ack,
                                 wire.Msg, wire.Reply)
 
 

@@ -23,14 +23,18 @@ _T = TypeVar("_T")
 FAST_TIMINGS: dict[str, float] = {
     "heartbeat_interval_s": 0.05,
     "suspect_after_s": 0.15,
-    "dead_after_s": 0.3,
+    "dead_after_s": 5.0,
+    "ping_interval_s": 0.05,
+    "ping_timeout_s": 0.2,
+    "unreachable_after_s": 0.1,
     "digest_interval_s": 0.2,
     "seed_retry_s": 0.2,
     "tick_interval_s": 0.01,
     "snapshot_retry_s": 0.2,
     "close_linger_s": 0.2,
 }
-"""Deaths detected in ~0.3 s: for loopback tests on an unloaded machine."""
+"""Deaths detected in ~0.3 s (a frozen or cut-off peer; a killed one in ~0.05 s): for loopback
+tests. A busy loop is still given seconds (``dead_after_s``) before it counts as stuck."""
 
 POLL_INTERVAL_S = 0.01
 """How often ``wait_until`` checks its condition."""

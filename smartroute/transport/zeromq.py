@@ -38,11 +38,17 @@ BACKLOG_BATCHES = 1024
 dropped and counted. ``send_to`` waits instead of adding to a backlog, so what lands here is the
 node's own traffic: heartbeats, table changes, replies, messages of the same loop turn."""
 
-RECONNECT_IVL_MS = 100
-"""ZeroMQ's reconnect interval for a link whose peer is gone (its default, stated)."""
+RECONNECT_IVL_MS = 10
+"""ZeroMQ's first reconnect interval for a link whose connection closed (plus up to as much
+jitter): a killed process's port refuses the redial ~10-20 ms after its kernel closed the
+connection, which is how its death is known in well under 100 ms."""
 
 RECONNECT_IVL_MAX_MS = 1000
 """Reconnects back off up to this; a peer that is really gone is dropped by membership."""
+
+LINK_EVENTS_UP = "up"
+LINK_EVENTS_DOWN = "down"
+LINK_EVENTS_REFUSED = "refused"
 
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -73,6 +79,10 @@ class Inbox:
         self._sock = sock
         self._running = False
         self._secure = curve is not None
+        self.paused = False
+        """Set by the node while it has not handed out what it took: nothing more is read
+        (it waits in ZeroMQ) until ``resume``."""
+        self._wake: Callable[[], None] | None = None
         # Watched for the node's whole life: a stranger's failed handshake is reported here.
         self._watch = HandshakeWatch(sock)
         self._quiet = QuietLog(_log)
@@ -117,7 +127,7 @@ class Inbox:
             clock = time.monotonic
             deadline = clock() + RECEIVE_BUDGET_S
             try:
-                while get(_EVENTS) & _POLLIN:
+                while not self.paused and get(_EVENTS) & _POLLIN:
                     # [routing id, batch]: the id as bytes, the batch as a frame (it may be
                     # megabytes, and it knows the peer's address).
                     routing_id = recv(_NOBLOCK)
@@ -141,12 +151,22 @@ class Inbox:
                     stopped.set_exception(exc)
 
         loop.add_reader(fd, drain)
+        def wake() -> None:
+            loop.call_soon(drain)
+
+        self._wake = wake
         loop.call_soon(drain)  # what arrived before the reader was installed
         try:
             await stopped  # until cancelled, or the socket fails
         finally:
             self._running = False
             loop.remove_reader(fd)
+
+    def resume(self) -> None:
+        """Read again after ``paused`` (the edge-triggered FD will not say what waits)."""
+        self.paused = False
+        if self._wake is not None:
+            self._wake()
 
     def _is_bound(self, routing_id: bytes, frame: zmq.Frame) -> bool:
         # The authenticator named the connection after its key; a routing id is only believed
@@ -196,8 +216,11 @@ class Links:
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, send_queue: int,
                  close_linger_s: float, curve: Curve | None = None,
-                 max_frame_bytes: int | None = None) -> None:
+                 max_frame_bytes: int | None = None, ping_interval_s: float = 0.25,
+                 ping_timeout_s: float = 1.0) -> None:
         self._context = context
+        self._ping_ms = max(1, int(ping_interval_s * 1000))
+        self._ping_timeout_ms = max(1, int(ping_timeout_s * 1000))
         self._max_frame_bytes = max_frame_bytes
         self._send_queue = send_queue
         self._linger_ms = int(close_linger_s * 1000)
@@ -229,12 +252,19 @@ class Links:
         sock.setsockopt(zmq.SNDHWM, self._send_queue)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        # ZMTP pings, sent and answered by libzmq's I/O threads: a connection whose pings go
+        # unanswered is closed (the process is frozen or the path cut), one that answers is
+        # alive however busy the Python on either side is. TTL: the peer drops our side too.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self._ping_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._ping_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, self._ping_timeout_ms)
         if endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)
         if self._curve is not None:
             client_options(sock, self._curve)
         try:
-            watch = HandshakeWatch(sock, HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED)
+            watch = HandshakeWatch(
+                sock, HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             self._quiet.warning("socket", "cannot open a link to %s: %s", endpoint, exc)
@@ -252,27 +282,34 @@ class Links:
         self._poller.register(watch.reader, zmq.POLLIN)
         return True
 
-    def check(self) -> list[int]:
-        """Log (rate-limited) and count failed handshakes of our links, and return the links
-        whose established connection closed since the last check (the process behind it
-        may be gone: a killed process's sockets close at once)."""
-        lost: list[int] = []
+    def check(self) -> list[tuple[int, str]]:
+        """Log (rate-limited) and count failed handshakes of our links, and return what
+        happened to their connections since the last check, in order: ``(link, "up")`` when a
+        handshake completed, ``(link, "down")`` when an established connection closed,
+        ``(link, "refused")`` when a dial attempt failed (nobody listens there)."""
+        changes: list[tuple[int, str]] = []
         if not self._watches:
-            return lost
+            return changes
         for reader, _ in self._poller.poll(0):
             link = self._by_reader[reader]
             watched = self._watches[link]
             for event, value in watched.watch.read():
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     watched.connected = True
+                    changes.append((link, LINK_EVENTS_UP))
                 elif event == zmq.EVENT_DISCONNECTED:
                     if watched.connected:
                         watched.connected = False
-                        lost.append(link)
+                        changes.append((link, LINK_EVENTS_DOWN))
+                elif event == zmq.EVENT_CLOSED:
+                    # libzmq closes a connecting socket whose connect() failed (refused,
+                    # unreachable) before it retries; an established one reports DISCONNECTED.
+                    if not watched.connected:
+                        changes.append((link, LINK_EVENTS_REFUSED))
                 else:
                     self.handshake_failures += 1
                     self._report(watched, event, value)
-        return lost
+        return changes
 
     def _report(self, watched: _Watched, event: int, value: int) -> None:
         line = handshake_failure(event, value, secure=self._curve is not None,
