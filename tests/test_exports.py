@@ -23,8 +23,8 @@ def test_all_is_the_documented_surface() -> None:
 
 
 def test_every_error_derives_from_the_one_root() -> None:
-    for name in ("LinkFull", "NoSubscriber", "NodeClosed", "PeerLost", "RemoteError", "RequestError",
-                 "RequestTimeout", "UsageError", "WaitTimeout"):
+    for name in ("LinkFull", "NoSubscriber", "NodeClosed", "PeerLost", "RemoteError",
+                 "RequestError", "RequestTimeout", "UsageError", "WaitTimeout"):
         assert issubclass(getattr(smartroute, name), smartroute.SmartRouteError), name
     assert issubclass(smartroute.UsageError, ValueError)
     assert issubclass(smartroute.RequestTimeout, TimeoutError)

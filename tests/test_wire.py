@@ -72,7 +72,7 @@ def decode_all(payload: bytes, decoder: wire.Decoder = DECODER) -> list[wire.Rec
 
 
 def test_seq_numbers_start_at_one_and_acks_carry_a_bool() -> None:
-    reject(raw_of(wire.encode_seq(1, 1))[:2] + [0])
+    reject([int(wire.Kind.SEQ), 1, 0])
     reject([int(wire.Kind.ACK), 1, 2, 1])  # resend is a bool, not an int
 
 
