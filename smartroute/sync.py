@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -157,7 +158,7 @@ class Node:
         self._lock = threading.Lock()
         """Guards ``_stopped`` and ``_pending``: no call is handed to a loop that stopped."""
         self._stopped = False
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._pending: dict[concurrent.futures.Future[Any], Coroutine[Any, Any, Any]] = {}
         self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"smartroute-{self._node.node_id[:8]}")
@@ -166,7 +167,8 @@ class Node:
     # running things on the loop
 
     def _on_loop(self) -> bool:
-        return threading.get_ident() == self._thread.ident
+        # Not by ident: a thread started after the loop's ended may get the same one.
+        return threading.current_thread() is self._thread
 
     def _refuse_on_loop(self, call: str, must: str, instead: str) -> None:
         """``UsageError`` when called on the loop thread, where waiting would deadlock."""
@@ -184,7 +186,7 @@ class Node:
                 coro.close()
                 raise NodeClosed("this sync node is closed")
             future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-            self._pending.add(future)
+            self._pending[future] = coro
         try:
             return future.result()
         except BaseException:
@@ -192,7 +194,7 @@ class Node:
             raise
         finally:
             with self._lock:
-                self._pending.discard(future)
+                self._pending.pop(future, None)
 
     def _call(self, function: Callable[[], _T]) -> _T:
         """``function()`` on the loop thread: inline there, else on the loop while we wait."""
@@ -236,14 +238,16 @@ class Node:
             finally:
                 with self._lock:
                     self._stopped = True
-                    pending = list(self._pending)
+                    pending = list(self._pending.items())
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join()
                 self._loop.close()
                 # Calls whose work was handed to the loop too late to run would wait forever.
-                for future in pending:
+                for future, coro in pending:
                     with contextlib.suppress(concurrent.futures.InvalidStateError):  # done
                         future.set_exception(NodeClosed("the node closed"))
+                    if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                        coro.close()  # never ran: no "never awaited" warning
 
     def __enter__(self) -> Node:
         try:
