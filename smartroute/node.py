@@ -533,9 +533,9 @@ class Node:
 
     def send_nowait(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
                     target: Target = None, *, sender: str | None = None) -> int:
-        """``send_to`` without waiting, for code that cannot await (a sync handler): when the
-        window of a peer it reaches is spent right now, raises ``LinkFull`` at once, having
-        sent nothing."""
+        """``send_to`` that never waits, for code that cannot await (a sync handler); call it on
+        the node's loop. When the window of a peer it reaches is spent right now, raises
+        ``LinkFull`` at once, having sent nothing."""
         core = self._core()
         mode, target = self._check_target(mode, target)
         if sender is not None:
@@ -550,31 +550,6 @@ class Node:
         if batch_full:
             self._pump()
         return plan.matches
-
-    def send_nowait(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
-                    target: Target = None, *, sender: str | None = None) -> int:
-        """``send_to`` that never waits: call it on the node's loop; when the link to a peer
-        this send reaches is full right now, raises ``LinkFull`` at once having sent nothing."""
-        core = self._core()
-        mode, target = self._check_target(mode, target)
-        if sender is not None:
-            self._check_name(sender, "sender")
-        plan = None
-        links = self._links
-        if links is not None and links.backlogs:
-            # _room_for's check, without its wait.
-            links.flush()
-            peers = core.membership.peers
-            plan = core.router.plan(mode, target)
-            full = [peers[node] for node in plan.remote
-                    if node in peers and peers[node].link in links.backlogs]
-            if full:
-                self._stats["link_full"] += 1
-                peer = full[0]
-                raise LinkFull(f"the link to {peer.hex[:8]} ({peer.endpoint}) is full: nothing "
-                               f"was sent (the peer is slow or frozen)",
-                               node_id=peer.node_id.hex())
-        return self._send(core, body, mode, target, sender, None, plan).matches
 
     async def _room_for(self, core: Protocol, mode: ReceiveMode, target: Target) -> Plan:
         """Wait until no peer this send reaches has a spent window and return that plan (send
