@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -129,6 +130,95 @@ class Agent:
             return len(found)
         if op == "stats":
             return node.stats()
+        if op == "subscribe_worker":
+            # A handler that does real work (issue 10), counting into ``counts[name]``:
+            # kind "sleep_sync" (a sync handler blocking ``work_s`` per message), "busy_async"
+            # (an async handler spinning ``work_s`` of CPU, never awaiting), "echo_async" (an
+            # async handler answering the body back) or "seq_sync" (a sync handler recording
+            # the sequence number in a body's first 8 bytes, for ``sequences``)
+            name, kind, work_s = args["name"], args["kind"], float(args.get("work_s", 0.0))
+            self.counts.setdefault(name, 0)
+            sequences: list[int] = self.__dict__.setdefault("sequences", [])
+            counts = self.counts
+
+            def sleep_sync(msg: Message) -> None:
+                time.sleep(work_s)
+                counts[name] += 1
+
+            async def busy_async(msg: Message) -> None:
+                until = time.perf_counter() + work_s
+                while time.perf_counter() < until:
+                    pass
+                counts[name] += 1
+
+            async def echo_async(msg: Message) -> Any:
+                counts[name] += 1
+                return msg.body
+
+            def seq_sync(msg: Message) -> None:
+                assert isinstance(msg.body, bytes)
+                sequences.append(int.from_bytes(msg.body[:8], "big"))
+                counts[name] += 1
+
+            handlers: dict[str, Any] = {"sleep_sync": sleep_sync, "busy_async": busy_async,
+                                        "echo_async": echo_async, "seq_sync": seq_sync}
+            sub = await node.subscribe(name, handlers[kind], args.get("meta"))
+            key = self.next_sub
+            self.next_sub += 1
+            self.subs[key] = sub
+            return key
+        if op == "sequences":
+            return self.__dict__.get("sequences", [])
+        if op == "send_loop":
+            # What a user writes: a plain ``for`` of ``await send_to`` with no yield of its own.
+            # Counts what send_to returned and the LinkFull it raised (refused: nothing sent);
+            # with ``seq`` each body starts with its index (8 bytes, big-endian) and the refused
+            # indices are returned too.
+            total, size, target = args["count"], args.get("size", 100), args["target"]
+            numbered = bool(args.get("seq", False))
+            body = b"x" * size
+            filler = body[8:]
+            returned: dict[int, int] = {}
+            refused: list[int] = []
+            started = time.monotonic()
+            for i in range(total):
+                try:
+                    n = await node.send_to(i.to_bytes(8, "big") + filler if numbered else body,
+                                           ReceiveMode.EQ, target)
+                except LinkFull:
+                    refused.append(i)
+                    continue
+                returned[n] = returned.get(n, 0) + 1
+            return {"returned": {str(k): v for k, v in returned.items()},
+                    "link_full": len(refused), "refused": refused if numbered else [],
+                    "elapsed_s": time.monotonic() - started}
+        if op == "request_many":
+            # ``asyncio.gather`` of ``count`` requests, body i; counts the answers equal to i
+            # and the kinds of the failures
+            timeout = args.get("timeout", 30.0)
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(node.request(args["target"], i, timeout=timeout) for i in range(args["count"])),
+                return_exceptions=True)
+            failures: dict[str, int] = {}
+            right = 0
+            for i, result in enumerate(results):
+                if isinstance(result, BaseException):
+                    failures[type(result).__name__] = failures.get(type(result).__name__, 0) + 1
+                elif result == i:
+                    right += 1
+                else:
+                    failures["wrong answer"] = failures.get("wrong answer", 0) + 1
+            return {"right": right, "failures": failures,
+                    "elapsed_s": time.monotonic() - started}
+        if op == "block":
+            # Stall this process's event loop (a GC pause, a slow sync call): time.sleep on the
+            # loop. With ``send_after`` set to a target, send one message the moment it ends.
+            time.sleep(args["seconds"])  # noqa: ASYNC251 - the stall is the point
+            if args.get("send_after") is not None:
+                return await node.send_to(args.get("body", "after the stall"), ReceiveMode.EQ,
+                                          args["send_after"])
+            return None
         raise ValueError(f"unknown op {op!r}")
 
 
