@@ -374,6 +374,8 @@ class Node:
             endpoint=wire_endpoint, name=self.name, timings=self.timings, limits=self.limits,
         )
         self._protocol.hint_self(self.endpoint)
+        # The first tick: from now on a blocked loop is measured, even before the timer ran.
+        self._protocol.tick(self._now())
         self._tasks = [
             asyncio.create_task(self._inbox.run(self._received), name="smartroute-rx"),
             asyncio.create_task(self._tick(), name="smartroute-timers"),
@@ -812,9 +814,11 @@ class Node:
             try:
                 if self._links is not None:
                     self._links.flush()
+                # Connections first: what they did while this loop was blocked (a handshake
+                # done, a connection back) must count before the core judges anyone.
+                self._check_connections()
                 core.tick(self._now())
                 self._pump()
-                self._check_connections()
             except Exception:
                 # A timer must never stop: heartbeats and death detection live here.
                 self._stats["internal_errors"] += 1

@@ -519,6 +519,7 @@ class Protocol:
         link = self.links.get(link_id)
         if link is None:
             return
+        _log.debug("%s: link %d to %s: connection %s", self.hex[:8], link_id, link.endpoint, what)
         link.connected = what == "up"
         peer = self.membership.peers.get(link.peer) if link.peer else None
         if peer is None or peer.link != link_id:
