@@ -706,6 +706,12 @@ class Node:
             self._streams.add(stream)
         return stream
 
+    @property
+    def losses(self) -> dict[str, int]:
+        """Messages (and replies) lost per peer node id (hex): sent, never acknowledged, and
+        the peer gone for good; their sum is ``stats()["lost_messages"]``."""
+        return dict(self._protocol.losses) if self._protocol is not None else {}
+
     def stats(self) -> dict[str, int]:
         """Counters since start (messages sent, received, delivered, dropped, malformed...)."""
         stats = dict.fromkeys(

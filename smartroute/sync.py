@@ -384,6 +384,11 @@ class Node:
         """See ``smartroute.Node.stats``."""
         return self._call(self._node.stats)
 
+    @property
+    def losses(self) -> dict[str, int]:
+        """See ``smartroute.Node.losses``."""
+        return self._call(lambda: self._node.losses)
+
     def __repr__(self) -> str:
         return f"smartroute.sync.Node(node_id={self.node_id[:8]!r}, running={self.running})"
 
