@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from common import BODY, PER_TURN, run_worker, serve
 
 from smartroute import Message, Node, ReceiveMode, Subscription
+from smartroute.events import PeerDown
 
 LOCAL_NAME = "bench:local"
 """Subscriber of the local dispatch workload."""
@@ -36,6 +38,8 @@ class BenchNode:
         self.finished = asyncio.Event()
         self.t_last = 0.0
         self.waits: dict[str, asyncio.Task[float]] = {}
+        self.watcher: asyncio.Task[None] | None = None
+        self.down_events: list[dict[str, Any]] = []
 
     # Handlers: the counting ones stamp the moment the armed count is reached.
 
@@ -96,14 +100,60 @@ class BenchNode:
         return {"t_last": self.t_last, "received": self.received}
 
     async def flood(self, args: dict[str, Any]) -> dict[str, float]:
-        """Send ``count`` bodies to ``target`` in ``mode`` as fast as the node takes them."""
+        """Send ``count`` bodies to ``target`` in ``mode`` as fast as the node takes them,
+        yielding to the loop every ``per_turn`` sends (0: never, a plain loop of ``send_to``)."""
         node, mode, target = self.node, ReceiveMode[args.get("mode", "EQ")], args.get("target")
+        per_turn = args.get("per_turn", PER_TURN)
         started = time.monotonic()
-        for i in range(args["count"]):
-            await node.send_to(BODY, mode, target)
-            if i % PER_TURN == PER_TURN - 1:
-                await asyncio.sleep(0)
+        if per_turn:
+            for i in range(args["count"]):
+                await node.send_to(BODY, mode, target)
+                if i % per_turn == per_turn - 1:
+                    await asyncio.sleep(0)
+        else:
+            for _ in range(args["count"]):
+                await node.send_to(BODY, mode, target)
         return {"t_start": started, "t_end": time.monotonic()}
+
+    async def stall_flood(self, args: dict[str, Any]) -> dict[str, float]:
+        """``before`` sends (yielding every ``PER_TURN``), then the loop blocked in
+        ``time.sleep(stall_s)`` (a GC pause, a slow sync call: records of the last turn are
+        still queued), then ``after`` sends."""
+        node, target = self.node, args["target"]
+        started = time.monotonic()
+        for part in ("before", "after"):
+            for i in range(args[part]):
+                await node.send_to(BODY, ReceiveMode.EQ, target)
+                if i % PER_TURN == PER_TURN - 1:
+                    await asyncio.sleep(0)
+            if part == "before":
+                time.sleep(args["stall_s"])  # noqa: ASYNC251 - the stall is the point
+        return {"t_start": started, "t_end": time.monotonic()}
+
+    async def collect(self, args: dict[str, Any]) -> dict[str, Any]:
+        """How many messages arrived since ``arm``, once the armed count did or ``timeout``
+        passed (``done`` without the error: a loss is the figure here)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.finished.wait(), args.get("timeout", 30.0))
+        return {"received": self.received, "t_last": self.t_last}
+
+    async def watch(self, args: dict[str, Any]) -> bool:
+        """Start recording every ``PeerDown`` with the moment it came (see ``downs``)."""
+        if self.watcher is None:
+            async def record() -> None:
+                async for event in self.node.events():
+                    if isinstance(event, PeerDown):
+                        self.down_events.append({"t": time.monotonic(),
+                                                 "node_id": event.peer.node_id,
+                                                 "reason": event.reason})
+
+            self.watcher = asyncio.create_task(record())
+            await asyncio.sleep(0)  # the stream is open when this returns
+        return True
+
+    def downs(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The ``PeerDown`` events seen since ``watch``: time, node id, reason."""
+        return self.down_events
 
     async def local_dispatch(self, args: dict[str, Any]) -> float:
         """Seconds to ``send_to`` ``count`` bodies to a sync subscriber on this very node."""
@@ -185,7 +235,8 @@ async def main() -> None:
         bench = BenchNode(node)
         ops = {name: getattr(bench, name) for name in (
             "subscribe", "subscribe_many", "arm", "done", "flood", "local_dispatch", "arm_wait",
-            "waited", "rtt", "wait_for", "table_size", "stats", "peers")}
+            "waited", "rtt", "wait_for", "table_size", "stats", "peers", "stall_flood", "collect",
+            "watch", "downs")}
         await serve(ops, {"node_id": node.node_id, "endpoint": node.endpoint})
 
 

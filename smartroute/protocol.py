@@ -472,11 +472,7 @@ class Protocol:
             self._from_stranger(node_id, seq, now)
             self.counters.unknown_sender_records += len(raws) - 1
             return False
-        inflow = self.inflows.get(node_id)
-        if inflow is None:
-            inflow = self.inflows[node_id] = Inflow()
-            if len(self.inflows) > 4 * self.limits.max_peers:
-                self.inflows.popitem(last=False)
+        inflow = self.inflows.get(node_id) or self._new_inflow(node_id)
         verdict = inflow.judge(seq.stream, seq.seq)
         if verdict is Verdict.TAKE:
             self._ack_due.add(node_id)
@@ -489,6 +485,18 @@ class Protocol:
             self.counters.gap_batches += 1
             self._ask_resend(peer, inflow, now)
         return False
+
+    def _new_inflow(self, node_id: bytes) -> Inflow:
+        """A peer's stream state, kept after it is declared dead (it may resume). Bounded:
+        the oldest of peers no longer known go first, never a current peer's (its sender
+        would resend from a number we no longer expect, for ever)."""
+        inflow = self.inflows[node_id] = Inflow()
+        if len(self.inflows) > 4 * self.limits.max_peers:
+            for old in self.inflows:
+                if old not in self.membership.peers:
+                    del self.inflows[old]
+                    break
+        return inflow
 
     def _ask_resend(self, peer: Peer, inflow: Inflow, now: float) -> None:
         if inflow.may_ask_resend(now):
@@ -772,7 +780,7 @@ class Protocol:
             return
         inflow = self.inflows.get(peer.node_id)
         if inflow is None and beat.sent:
-            inflow = self.inflows[peer.node_id] = Inflow()
+            inflow = self._new_inflow(peer.node_id)
         if inflow is not None and inflow.behind(beat.stream, beat.sent):
             # What we miss is on its way again (deltas among it): no snapshot for that.
             self._ask_resend(peer, inflow, now)
