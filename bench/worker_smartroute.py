@@ -20,8 +20,7 @@ from typing import Any
 
 from common import BODY, PER_TURN, run_worker, serve
 
-from smartroute import Message, Node, ReceiveMode, Subscription
-from smartroute.events import PeerDown
+from smartroute import Message, Node, PeerDown, ReceiveMode, Subscription
 
 LOCAL_NAME = "bench:local"
 """Subscriber of the local dispatch workload."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from common import Bench, Worker, WorkerError, latency_rows, rate, row, rss_bytes
+from common import PER_TURN, Bench, Worker, WorkerError, latency_rows, rate, row, rss_bytes
 
 from smartroute.testing import wait_until
 from smartroute.testing.cluster import AgentProcess
@@ -66,12 +66,13 @@ def node_pair(bench: Bench, *, prefix_b: list[str] | None = None,
 
 
 def flood_rate(sender: Worker, receivers: list[Worker], count: int, target: str | None,
-               mode: str = "EQ") -> float:
+               mode: str = "EQ", per_turn: int = PER_TURN) -> float:
     """Messages per second from the sender's first ``send_to`` until every receiver has all
-    ``count``; ``WorkerError`` if some never arrived."""
+    ``count`` (the sender yields every ``per_turn`` sends, 0: never); ``WorkerError`` if some
+    never arrived."""
     for receiver in receivers:
         receiver.call("arm", count=count)
-    sent = sender.call("flood", target=target, mode=mode, count=count)
+    sent = sender.call("flood", target=target, mode=mode, count=count, per_turn=per_turn)
     timeout = max(MIN_WAIT_S, count / SLOWEST_RATE)
     ends = [receiver.call("done", timeout=timeout, answer_within_s=timeout + MIN_WAIT_S)
             ["t_last"] for receiver in receivers]
@@ -92,7 +93,7 @@ def settle(receivers: list[Worker]) -> None:
 
 
 def floods(bench: Bench, what: str, sender: Worker, receivers: list[Worker], count: int,
-           target: str | None, mode: str = "EQ") -> list[float]:
+           target: str | None, mode: str = "EQ", per_turn: int = PER_TURN) -> list[float]:
     """One warm-up, then ``bench.scale.runs`` flood rates. A run that loses messages (at most
     once, no acknowledgements: a peer wrongly declared dead loses what was in flight) is
     recorded as discarded and replaced, at most ``MAX_DISCARDED`` times."""
@@ -102,9 +103,9 @@ def floods(bench: Bench, what: str, sender: Worker, receivers: list[Worker], cou
     while len(values) < bench.scale.runs:
         try:
             if warm:
-                values.append(flood_rate(sender, receivers, count, target, mode))
+                values.append(flood_rate(sender, receivers, count, target, mode, per_turn))
             else:
-                flood_rate(sender, receivers, count // 10, target, mode)
+                flood_rate(sender, receivers, count // 10, target, mode, per_turn)
                 warm = True
         except WorkerError as exc:
             discarded += 1
@@ -120,21 +121,28 @@ def rtt_count(bench: Bench) -> int:
     return bench.scale.count(4000, 1000)
 
 
-HANDLERS = (("smartroute", "sink", "count"),
-            ("smartroute, async handler", "sink:async", "count_async"))
-"""System name, subscriber name and handler of each cross-node throughput figure."""
+HANDLERS = (("smartroute", "sink", "count", PER_TURN),
+            ("smartroute, async handler", "sink:async", "count_async", PER_TURN),
+            ("smartroute, tight loop without yields", "sink", "count", 0))
+"""System name, subscriber name, handler and sends between the sender's yields (0: a plain
+loop of ``await send_to`` that never yields itself) of each cross-node throughput figure."""
+
+Handlers = tuple[tuple[str, str, str, int], ...]
 
 
 def throughput(bench: Bench, workload: str, a: Worker, b: Worker, *,
-               handlers: tuple[tuple[str, str, str], ...] = HANDLERS,
+               handlers: Handlers = HANDLERS,
                counts: tuple[int, int] = (200_000, 40_000)) -> None:
     """Cross-node throughput A -> one subscriber on B, for each of ``handlers``; ``counts``
     messages per run (full, quick)."""
     count = bench.scale.count(*counts)
-    for system, name, handler in handlers:
-        b.call("subscribe", name=name, handler=handler)
-        a.call("wait_for", name=name)
-        values = floods(bench, f"{workload}, {system}", a, [b], count, name)
+    subscribed = set()
+    for system, name, handler, per_turn in handlers:
+        if name not in subscribed:
+            b.call("subscribe", name=name, handler=handler)
+            a.call("wait_for", name=name)
+            subscribed.add(name)
+        values = floods(bench, f"{workload}, {system}", a, [b], count, name, per_turn=per_turn)
         bench.add(row(workload, system, "throughput", values, "msg/s"))
 
 

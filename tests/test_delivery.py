@@ -69,8 +69,10 @@ def wait_for_count(agent: AgentProcess, name: str, expected: int, timeout: float
         time.sleep(0.05)
 
 
-def peer_downs(agent: AgentProcess) -> list[dict[str, Any]]:
-    return [e for e in agent.call("events") if e["event"] == "PeerDown"]
+def departures(agent: AgentProcess) -> list[dict[str, Any]]:
+    """Every PeerDown and SubscriberDown the agent saw since the last call: a busy peer must
+    cause neither (no death, no presence flapping); nobody in these tests unsubscribes."""
+    return [e for e in agent.call("events") if e["event"] in ("PeerDown", "SubscriberDown")]
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -112,7 +114,7 @@ def test_a_tight_send_loop_with_no_yield_delivers_every_message(spawn: Spawn) ->
     print(figures)
     assert result["returned"] == {"1": TIGHT_LOOP_MESSAGES}, figures
     assert arrived == TIGHT_LOOP_MESSAGES == sent_stats["sent"], figures
-    assert peer_downs(sender) == [] and peer_downs(receiver) == [], figures
+    assert departures(sender) == [] and departures(receiver) == [], figures
     assert sent_stats.get("lost_messages") == 0, figures
     assert received_stats.get("unknown_sender_records") == 0, figures
 
@@ -139,7 +141,7 @@ def test_a_gather_of_50000_requests_is_answered_in_full(spawn: Spawn) -> None:
     figures = f"request_many {result}; receiver handled {receiver.call('counts')}"
     print(figures)
     assert result["right"] == GATHERED_REQUESTS and result["failures"] == {}, figures
-    assert peer_downs(sender) == [] and peer_downs(receiver) == [], figures
+    assert departures(sender) == [] and departures(receiver) == [], figures
     assert sender.call("stats").get("lost_messages") == 0, figures
 
 
@@ -169,7 +171,7 @@ def bursts_to_a_working_receiver(spawn: Spawn, kind: str, work_s: float, bursts:
         arrived = wait_for_count(receiver, "work", accepted, timeout=per_burst * work_s * 5 + 10)
         if arrived != accepted or zeros:
             break
-    sender_downs, receiver_downs = peer_downs(sender), peer_downs(receiver)
+    sender_downs, receiver_downs = departures(sender), departures(receiver)
     stats = sender.call("stats")
     figures = (f"bursts {results}; accepted {accepted} refused {refused} returned-0 {zeros} "
                f"arrived {arrived}; PeerDown on sender {sender_downs} on receiver "
@@ -241,7 +243,7 @@ def test_a_loop_of_big_chunks_arrives_in_order_exactly_once_in_bounded_memory(
     assert accepted + len(refused) == CHUNKS, figures
     assert sequences == [i for i in range(CHUNKS) if i not in refused], figures
     assert peak < SENDER_PEAK_RSS_MB, figures
-    assert peer_downs(sender) == [] and peer_downs(receiver) == [], figures
+    assert departures(sender) == [] and departures(receiver) == [], figures
     assert sender.call("stats").get("lost_messages") == 0, figures
 
 
@@ -263,13 +265,13 @@ def test_a_sender_whose_loop_stalled_is_still_heard(spawn: Spawn, stall_s: float
                           answer_within_s=stall_s + 15)
     arrived = wait_for_count(receiver, "sink", 1, timeout=5)
     stats = receiver.call("stats")
-    downs = peer_downs(receiver)
+    downs = departures(receiver)
     figures = (f"send_to returned {matched}; arrived {arrived}; receiver PeerDown {downs} "
                f"unknown_sender_records {stats['unknown_sender_records']}")
     print(figures)
     assert matched == 1, figures
     assert arrived == 1, figures
-    assert downs == [] and peer_downs(sender) == [], figures
+    assert downs == [] and departures(sender) == [], figures
     assert stats["unknown_sender_records"] == 0, figures
 
 
