@@ -32,6 +32,7 @@ from typing import Any
 
 import report
 import workloads_baselines
+import workloads_delivery
 import workloads_discovery
 import workloads_mesh
 from common import RESULTS, Bench, Row, Scale
@@ -96,7 +97,9 @@ FAMILIES: dict[str, Callable[[Bench], None]] = {
     "fanout": workloads_mesh.fan_out,
     "rtt": workloads_mesh.request_reply,
     "propagation": workloads_mesh.propagation,
-    "failure": workloads_mesh.failure_detection,
+    "failure": workloads_delivery.failure_detection,
+    "stall": workloads_delivery.stall,
+    "reset": workloads_delivery.reset,
     "memory": workloads_mesh.memory,
     "pyzmq": workloads_baselines.pyzmq,
     "redis": workloads_baselines.redis_baselines,

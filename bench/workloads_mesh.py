@@ -1,8 +1,9 @@
 """smartroute's own workloads on loopback: local dispatch, cross-node throughput, fan-out,
-request/reply, subscription propagation, failure detection and the memory of a big table.
+request/reply, subscription propagation and the memory of a big table (failure detection is
+in ``workloads_delivery``).
 
-Every node is a ``worker_smartroute.py`` process (failure detection uses the test agent,
-``AgentProcess``, with default timings). Each measured run follows one unmeasured warm-up.
+Every node is a ``worker_smartroute.py`` process. Each measured run follows one unmeasured
+warm-up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from common import PER_TURN, Bench, Worker, WorkerError, latency_rows, rate, row, rss_bytes
 
 from smartroute.testing import wait_until
-from smartroute.testing.cluster import AgentProcess
 
 NODE = "worker_smartroute.py"
 
@@ -28,13 +28,6 @@ RTT_WARMUP = 100
 
 TABLE_WAIT_S = 180.0
 """Longest the memory workload waits for 100,000 subscribers to replicate (~10 s here)."""
-
-DEATH_WAIT_S = 15.0
-"""Longest a SIGKILLed node may take to be declared dead before the run counts as failed."""
-
-DEATH_POLL_S = 0.005
-"""How often the failure workload asks the survivors who is alive; it adds up to this much
-(plus one command's round trip, ~1 ms) to each figure."""
 
 SLOWEST_RATE = 2_000
 """Messages per second below which a flood counts as lost rather than slow (the slowest
@@ -212,39 +205,6 @@ def propagation(bench: Bench) -> None:
                 samples.append(b.call("waited", name=name) - started)
             runs.append(samples)
     bench.add(*latency_rows("subscription propagation", "smartroute", runs))
-
-
-def failure_detection(bench: Bench) -> None:
-    """6. SIGKILL of a node until every peer declares it dead (default timings)."""
-    values = []
-    with contextlib.ExitStack() as stack:
-        first = AgentProcess(cluster="bench-fd", log_level="WARNING",
-                             log_path=bench.log_dir / "failure-0.log")
-        stack.callback(first.kill)
-        second = AgentProcess(cluster="bench-fd", seeds=[first.endpoint], log_level="WARNING",
-                              log_path=bench.log_dir / "failure-1.log")
-        stack.callback(second.kill)
-        survivors = [first, second]
-        for run in range(bench.scale.runs):
-            victim = AgentProcess(cluster="bench-fd", seeds=[first.endpoint],
-                                  log_level="WARNING",
-                                  log_path=bench.log_dir / f"failure-victim-{run}.log")
-            stack.callback(victim.kill)
-
-            def sees_victim(peer: AgentProcess, victim_id: str = victim.node_id) -> bool:
-                return any(p["node_id"] == victim_id and p["state"] == "alive"
-                           for p in peer.call("peers"))
-
-            wait_until(lambda: all(sees_victim(peer) for peer in survivors), DEATH_WAIT_S,
-                       what="the victim joined")
-            killed = time.monotonic()
-            victim.kill()
-            wait_until(lambda: not any(
-                p["node_id"] == victim.node_id  # noqa: B023 - called before victim changes
-                for peer in survivors for p in peer.call("peers")),
-                DEATH_WAIT_S, interval=DEATH_POLL_S, what="every peer declared the victim dead")
-            values.append(time.monotonic() - killed)
-    bench.add(row("failure detection", "smartroute", "SIGKILL to dead everywhere", values, "s"))
 
 
 def memory(bench: Bench) -> None:

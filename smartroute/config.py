@@ -134,6 +134,12 @@ RECEIVE_QUEUE_MESSAGES = 1_000
 connection far under it, and must: a connection at its high-water mark is not read by libzmq
 any more, so its pings would go unanswered and a busy node would look frozen."""
 
+DISPATCH_BACKLOG_EVENTS = 10_000
+"""Received messages a node holds for its sync handlers past one loop turn's budget (slow
+handlers): beyond it the inbox stops reading, so what follows waits in ZeroMQ,
+unacknowledged, and its senders' windows hold them back. Below it, acknowledgements and
+everything else a peer sends are still read at once."""
+
 HANDLER_QUEUE_SIZE = 10_000
 """Messages waiting for one async handler; past it new messages are dropped and counted."""
 

@@ -27,7 +27,7 @@ import msgpack
 import zmq
 
 from . import wire
-from .config import Limits, Timings
+from .config import DISPATCH_BACKLOG_EVENTS, Limits, Timings
 from .discovery import (
     CombinedDiscovery,
     Discovery,
@@ -436,6 +436,10 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        undelivered = sum(1 for event in self._dispatching if type(event) is Deliver)
+        if undelivered:
+            self._stats["dropped"] += undelivered  # taken, never handed out: the node closed
+        self._dispatching.clear()
         for sub in list(self._subs.values()):
             await sub.close()
         for request in self._requests.values():
@@ -889,13 +893,13 @@ class Node:
             self._pump_scheduled = False
         inbox = self._inbox
         if pending:
-            # Budget spent (slow sync handlers): the rest after the timers and sends, and the
-            # inbox takes nothing new meanwhile (what waits stays in ZeroMQ, unacknowledged,
-            # so senders' windows hold them back).
-            if inbox is not None:
-                inbox.paused = True
+            # Budget spent (slow sync handlers): the rest after the timers and sends. Past a
+            # bound the inbox takes nothing new meanwhile (what waits stays in ZeroMQ,
+            # unacknowledged, so senders' windows hold it back).
             self._schedule_pump()
-        elif inbox is not None and inbox.paused:
+            if inbox is not None and len(pending) > DISPATCH_BACKLOG_EVENTS:
+                inbox.paused = True
+        if inbox is not None and inbox.paused and len(pending) <= DISPATCH_BACKLOG_EVENTS:
             inbox.resume()
         if core.has_output():
             self._transmit(core, links)
