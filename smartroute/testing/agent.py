@@ -171,7 +171,8 @@ class Agent:
             key = len(self.stallers) + 1
             self.stallers[key] = asyncio.create_task(stall_every(
                 float(args["every_s"]), float(args["min_s"]), float(args["max_s"]),
-                float(args["for_s"]), args.get("seed")))
+                float(args["for_s"]), args.get("seed"), float(args.get("long_at_s", 0)),
+                float(args.get("long_s", 0))))
             return key
         if op == "stall_result":
             return await self.stallers[args["staller"]]
@@ -228,17 +229,23 @@ async def paced_traffic(node: Node, targets: list[str], rate_per_s: float,
 
 
 async def stall_every(every_s: float, min_s: float, max_s: float, for_s: float,
-                      seed: int | None) -> list[float]:
+                      seed: int | None, long_at_s: float = 0, long_s: float = 0) -> list[float]:
     """For ``for_s``, every ``every_s`` block the loop thread (``time.sleep``) for a random
-    ``min_s``..``max_s``; returns the stalls' measured lengths."""
+    ``min_s``..``max_s``; the first stall due ``long_at_s`` or later lasts ``long_s`` instead
+    (when ``long_s`` > 0). Returns the stalls' measured lengths."""
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + for_s
+    started_at = loop.time()
+    deadline = started_at + for_s
     stalls: list[float] = []
+    long_due = long_s > 0
     while loop.time() + every_s < deadline:  # bounded by time
         await asyncio.sleep(every_s)
+        seconds = rng.uniform(min_s, max_s)
+        if long_due and loop.time() - started_at >= long_at_s:
+            seconds, long_due = long_s, False
         started = time.monotonic()
-        time.sleep(rng.uniform(min_s, max_s))  # noqa: ASYNC251 (the point: a blocked loop)
+        time.sleep(seconds)  # noqa: ASYNC251 (the point: a blocked loop)
         stalls.append(time.monotonic() - started)
     return stalls
 
