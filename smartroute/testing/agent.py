@@ -145,7 +145,9 @@ class Agent:
             tally: dict[str, list[Any]] = self.tallies.setdefault(args["name"], {})
 
             def keep(msg: Message) -> None:
-                tally.setdefault(msg.node_id, []).append(msg.body)
+                body = msg.body  # a number, or [number, padding] (see paced_traffic)
+                tally.setdefault(msg.node_id, []).append(body[0] if isinstance(body, list)
+                                                         else body)
 
             sub = await self.node.subscribe(args["name"], keep, args.get("meta"))
             key = self.next_sub
@@ -158,7 +160,8 @@ class Agent:
             # Started in the background: "traffic_result" waits for what it returns.
             key = len(self.traffic) + 1
             self.traffic[key] = asyncio.create_task(paced_traffic(
-                self.node, args["targets"], float(args["rate_per_s"]), float(args["for_s"])))
+                self.node, args["targets"], float(args["rate_per_s"]), float(args["for_s"]),
+                int(args.get("pad_bytes", 0))))
             return key
         if op == "traffic_result":
             return await self.traffic[args["traffic"]]
@@ -187,9 +190,10 @@ TRAFFIC_PACE_S = 0.002
 """Paced traffic yields to the loop this long between rounds (so sends batch per loop turn)."""
 
 
-async def paced_traffic(node: Node, targets: list[str], rate_per_s: float,
-                        for_s: float) -> dict[str, Any]:
-    """Send each target the numbers 0, 1, 2... (EQ), ``rate_per_s`` per target, for ``for_s``.
+async def paced_traffic(node: Node, targets: list[str], rate_per_s: float, for_s: float,
+                        pad_bytes: int = 0) -> dict[str, Any]:
+    """Send each target the numbers 0, 1, 2... (EQ), ``rate_per_s`` per target, for ``for_s``;
+    with ``pad_bytes`` each body is ``[number, that many bytes]`` instead of the number.
 
     Returns per target: ``attempted``, ``accepted`` (send_to returned >= 1), and the numbers
     refused with ``LinkFull`` (``link_full``), matched nobody (``no_route``) or raised anything
@@ -202,6 +206,7 @@ async def paced_traffic(node: Node, targets: list[str], rate_per_s: float,
     started = loop.time()
     rounds = 0
     max_burst = max(1, int(rate_per_s * TRAFFIC_MAX_BURST_S))
+    padding = b"x" * pad_bytes
     while (elapsed := loop.time() - started) < for_s:  # bounded by time
         due = int(elapsed * rate_per_s) + 1
         rounds = max(rounds, due - max_burst)
@@ -211,8 +216,9 @@ async def paced_traffic(node: Node, targets: list[str], rate_per_s: float,
                 record = result[target]
                 number = record["attempted"]
                 record["attempted"] += 1
+                body: Any = [number, padding] if padding else number
                 try:
-                    matched = await node.send_to(number, ReceiveMode.EQ, target)
+                    matched = await node.send_to(body, ReceiveMode.EQ, target)
                 except LinkFull:
                     record["link_full"].append(number)
                 except Exception as exc:  # counted and reported, the traffic goes on
