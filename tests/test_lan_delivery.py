@@ -342,8 +342,11 @@ def test_nodes_that_block_their_loop_are_not_declared_dead(
             got = tallies[owner[target]].get(target, {}).get(nodes[i].node_id, [])
             delivered += len(got)
             if got != expected or record["errors"]:
+                in_order = all(x < y for x, y in itertools.pairwise(got))
                 wrong.append(f"node {i} -> {target}: accepted {len(expected)}, arrived "
-                             f"{len(got)} ({len(set(got))} distinct), errors {record['errors']}")
+                             f"{len(got)} ({len(set(got))} distinct, "
+                             f"{'in order' if in_order else 'OUT OF ORDER'}), "
+                             f"errors {record['errors']}")
     senders = {node.node_id for node in nodes}
     strangers = [name for tally in tallies for name, by_sender in tally.items()
                  for sender in by_sender if sender not in senders]
@@ -356,8 +359,10 @@ def test_nodes_that_block_their_loop_are_not_declared_dead(
           f"no route {no_route}; PeerDown {len(downs)}; pairs wrong {len(wrong)}")
     for line in wrong[:10]:
         print("  ", line)
-    for i, event in downs[:10]:
-        print(f"   node {i} saw PeerDown of {event['node_id'][:8]} ({event.get('reason')})")
+    index = {node.node_id: i for i, node in enumerate(nodes)}
+    for i, event in downs[:20]:
+        print(f"   node {i} saw PeerDown of node {index.get(event['node_id'])} "
+              f"({event.get('reason')})")
     assert downs == [], f"{len(downs)} PeerDown events; a busy loop was declared dead"
     assert wrong == [], f"{len(wrong)} sender/subscriber pairs did not get what was accepted"
     assert strangers == []
