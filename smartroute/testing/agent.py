@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,9 @@ class Agent:
         self.received: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
+        self.tallies: dict[str, dict[str, list[Any]]] = {}
+        self.traffic: dict[int, asyncio.Task[dict[str, Any]]] = {}
+        self.stallers: dict[int, asyncio.Task[list[float]]] = {}
 
     async def watch_events(self) -> None:
         async for event in self.node.events():
@@ -219,7 +223,121 @@ class Agent:
                 return await node.send_to(args.get("body", "after the stall"), ReceiveMode.EQ,
                                           args["send_after"])
             return None
+        return await self.run_fault_ops(op, args)
+
+    # --- ops for delivery and liveness tests (tests/test_lan_delivery.py) ----------------------
+
+    async def run_fault_ops(self, op: str, args: dict[str, Any]) -> Any:
+        """The ops that tally numbered traffic, send it paced, and stall this node's loop."""
+        if op == "subscribe_tally":
+            # A sync handler that keeps, per sender node, the numbers (bodies) that arrived.
+            tally: dict[str, list[Any]] = self.tallies.setdefault(args["name"], {})
+
+            def keep(msg: Message) -> None:
+                body = msg.body  # a number, or [number, padding] (see paced_traffic)
+                tally.setdefault(msg.node_id, []).append(body[0] if isinstance(body, list)
+                                                         else body)
+
+            sub = await self.node.subscribe(args["name"], keep, args.get("meta"))
+            key = self.next_sub
+            self.next_sub += 1
+            self.subs[key] = sub
+            return key
+        if op == "tallies":
+            return self.tallies
+        if op == "traffic":
+            # Started in the background: "traffic_result" waits for what it returns.
+            key = len(self.traffic) + 1
+            self.traffic[key] = asyncio.create_task(paced_traffic(
+                self.node, args["targets"], float(args["rate_per_s"]), float(args["for_s"]),
+                int(args.get("pad_bytes", 0))))
+            return key
+        if op == "traffic_result":
+            return await self.traffic[args["traffic"]]
+        if op == "stall_every":
+            key = len(self.stallers) + 1
+            self.stallers[key] = asyncio.create_task(stall_every(
+                float(args["every_s"]), float(args["min_s"]), float(args["max_s"]),
+                float(args["for_s"]), args.get("seed"), float(args.get("long_at_s", 0)),
+                float(args.get("long_s", 0))))
+            return key
+        if op == "stall_result":
+            return await self.stallers[args["staller"]]
         raise ValueError(f"unknown op {op!r}")
+
+
+TRAFFIC_MAX_BURST_S = 0.05
+"""Paced traffic that fell behind (a ``LinkFull`` wait, a stall) catches up at most this much of
+its schedule at once; the rest of the missed schedule is skipped, not sent in one burst."""
+
+TRAFFIC_PACE_S = 0.002
+"""Paced traffic yields to the loop this long between rounds (so sends batch per loop turn)."""
+
+
+async def paced_traffic(node: Node, targets: list[str], rate_per_s: float, for_s: float,
+                        pad_bytes: int = 0) -> dict[str, Any]:
+    """Send each target the numbers 0, 1, 2... (EQ), ``rate_per_s`` per target, for ``for_s``;
+    with ``pad_bytes`` each body is ``[number, that many bytes]`` instead of the number.
+
+    Returns per target: ``attempted``, ``accepted`` (send_to returned >= 1), and the numbers
+    refused with ``LinkFull`` (``link_full``), matched nobody (``no_route``) or raised anything
+    else (``errors``, by class). A number is used once, whatever became of it.
+    """
+    loop = asyncio.get_running_loop()
+    result: dict[str, dict[str, Any]] = {
+        target: {"attempted": 0, "accepted": 0, "link_full": [], "no_route": [], "errors": {}}
+        for target in targets}
+    started = loop.time()
+    rounds = 0
+    max_burst = max(1, int(rate_per_s * TRAFFIC_MAX_BURST_S))
+    padding = b"x" * pad_bytes
+    while (elapsed := loop.time() - started) < for_s:  # bounded by time
+        due = int(elapsed * rate_per_s) + 1
+        rounds = max(rounds, due - max_burst)
+        burst_end = min(due, rounds + max_burst)
+        while rounds < burst_end:
+            for target in targets:
+                record = result[target]
+                number = record["attempted"]
+                record["attempted"] += 1
+                body: Any = [number, padding] if padding else number
+                try:
+                    matched = await node.send_to(body, ReceiveMode.EQ, target)
+                except LinkFull:
+                    record["link_full"].append(number)
+                except Exception as exc:  # counted and reported, the traffic goes on
+                    errors = record["errors"]
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                else:
+                    if matched:
+                        record["accepted"] += 1
+                    else:
+                        record["no_route"].append(number)
+            rounds += 1
+        await asyncio.sleep(TRAFFIC_PACE_S)
+    return result
+
+
+async def stall_every(every_s: float, min_s: float, max_s: float, for_s: float,
+                      seed: int | None, long_at_s: float = 0, long_s: float = 0) -> list[float]:
+    """For ``for_s``, every ``every_s`` block the loop thread (``time.sleep``) for a random
+    ``min_s``..``max_s``; the first stall due ``long_at_s`` or later lasts ``long_s`` instead
+    (when ``long_s`` > 0). Returns the stalls' measured lengths."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    started_at = loop.time()
+    deadline = started_at + for_s
+    stalls: list[float] = []
+    long_due = long_s > 0
+    while loop.time() + every_s < deadline:  # bounded by time
+        await asyncio.sleep(every_s)
+        seconds = rng.uniform(min_s, max_s)
+        if long_due and loop.time() - started_at >= long_at_s:
+            seconds, long_due = long_s, False
+        started = time.monotonic()
+        time.sleep(seconds)  # noqa: ASYNC251 (the point: a blocked loop)
+        stalls.append(time.monotonic() - started)
+    return stalls
 
 
 async def serve(args: argparse.Namespace) -> None:
