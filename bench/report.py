@@ -50,18 +50,18 @@ SECTIONS = (
             "`send_to` EQ from a coroutine to a sync handler on the same node, one process; the "
             "loop yields every 500 sends. Messages per second."),
     Section("2. Cross-node throughput", ("cross-node throughput",),
-            "One sender process to one receiver process on loopback, 100-byte bodies, timed "
-            "from the sender's first send to the receiver's last receipt (one clock: "
-            "CLOCK_MONOTONIC). smartroute: node A `send_to` EQ to one subscriber on node B, "
-            "yielding every 500 sends; the handler only counts (sync, or async through the "
-            "subscriber's queue). Tight loop without yields: the same sync handler, the "
-            "sender a plain `for` of `await send_to` that never yields itself (the node gives "
-            "the loop a turn each time a 256 KiB batch is full). pyzmq blocking: PUSH `send` / "
-            "PULL `recv`, one call per message. pyzmq asyncio: the PULL awaits readiness "
-            "once, then drains with non-blocking `recv` (what smartroute's inbox does); the PUSH awaits only when "
-            "ZeroMQ's pipe is full. Redis: publisher -> redis-server -> subscriber, three "
-            "processes, redis-py with hiredis, PUBLISH pipelined 500 per round trip (the same "
-            "batch as smartroute's turn), the subscriber reading with `listen()`."),
+            "One sender process to one receiver process on loopback, 100-byte bodies, timed from "
+            "the sender's first send to the receiver's last receipt (one clock: CLOCK_MONOTONIC)."
+            " smartroute: node A `send_to` EQ to one subscriber on node B, yielding every 500 "
+            "sends; the handler only counts (sync, or async through the subscriber's queue). "
+            "Tight loop without yields: the same sync handler, the sender a plain `for` of `await"
+            " send_to` that never yields itself (the node gives the loop a turn each time a 256 "
+            "KiB batch is full). pyzmq blocking: PUSH `send` / PULL `recv`, one call per message."
+            " pyzmq asyncio: the PULL awaits readiness once, then drains with non-blocking `recv`"
+            " (what smartroute's inbox does); the PUSH awaits only when ZeroMQ's pipe is full. "
+            "Redis: publisher -> redis-server -> subscriber, three processes, redis-py with "
+            "hiredis, PUBLISH pipelined 500 per round trip (the same batch as smartroute's turn),"
+            " the subscriber reading with `listen()`."),
     Section("3. Fan-out", ("fan-out to 4 nodes",),
             "ALL from one sender to one subscriber on each of 4 other nodes (five processes); "
             "throughput counts each message once, deliveries four times, until the slowest "
