@@ -50,11 +50,14 @@ ARRIVAL_WAIT_S = 20.0
 RESET_COUNT = (200_000, 100_000)
 """Messages of one reset run (full, quick): ~1 s of flood, the reset comes in the middle."""
 
-RESET_AFTER_S = 0.15
-"""The reset is made this long after the flood started."""
+RESET_AFTER_S = 0.1
+"""The first reset is made this long after the flood started."""
 
-RESETS_PER_RUN = 2
-"""Connection resets per run, ``RESET_AFTER_S`` apart."""
+RESET_EVERY_S = 0.05
+"""Then one more this often: ~20 batches in flight at each."""
+
+RESETS_PER_RUN = 8
+"""Connection resets per run (the flood lasts ~0.8 s: most come while it runs)."""
 
 SS_TIMEOUT_S = 10.0
 """Longest ``ss -K`` may take."""
@@ -190,8 +193,8 @@ def reset_connections(port: int) -> int:
 
 
 def reset(bench: Bench) -> None:
-    """Messages lost when the sender's TCP connection to the receiver is reset (twice) in the
-    middle of a flood (goal: 0), and the batches resent."""
+    """Messages lost when the sender's TCP connection to the receiver is reset
+    (``RESETS_PER_RUN`` times) in the middle of a flood (goal: 0), and the batches resent."""
     workload = "TCP connection reset under load"
     if shutil.which("ss") is None:
         bench.skip(workload, "no `ss` (iproute2) here")
@@ -209,9 +212,10 @@ def reset(bench: Bench) -> None:
             def send() -> None:
                 nonlocal resets
                 flood = a.submit("flood", target="sink", count=count)
+                time.sleep(RESET_AFTER_S)  # the flood is under way: reset it mid-stream
                 for _ in range(RESETS_PER_RUN):
-                    time.sleep(RESET_AFTER_S)  # the flood is under way: reset it mid-stream
                     resets += reset_connections(port)
+                    time.sleep(RESET_EVERY_S)
                 a.wait(flood)
 
             runs.append(_lost_run(a, b, count, send))
