@@ -353,7 +353,9 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     lines += ["## Profile and fixes", "",
               "Where the cross-node path spends its time and what was done about it, with "
               "figures before and after: [PROFILE.md](PROFILE.md) (probe: "
-              "`bench/hot_path.py`). Discovery in more detail: [DISCOVERY.md](DISCOVERY.md).",
+              "`bench/hot_path.py`). Discovery in more detail: [DISCOVERY.md](DISCOVERY.md). Two "
+              "commits side by side, alternating rounds in one run: `bench/before_after.py "
+              "--old CHECKOUT` (last run: `results/before_after.json`).",
               ""]
     skipped = data.get("skipped", [])
     if skipped:

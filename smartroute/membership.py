@@ -13,7 +13,7 @@ Every transition of a peer happens here, in this one table (the h11 ``_state.py`
     connection closed (link_down)      ALIVE/SUSPECT   SUSPECT         -
     connection back (link_up)          SUSPECT         ALIVE if heard  -
     loop silent >= suspect_after_s     ALIVE           SUSPECT         -
-    redial refused while down          ALIVE/SUSPECT   (removed)       PeerDown "timeout"
+    redial refused after a loss        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
     down >= unreachable_after_s        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
     loop silent >= dead_after_s        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
     BYE                                ALIVE/SUSPECT   (removed)       PeerDown "bye"
@@ -164,8 +164,10 @@ class Membership:
             peer.state = PeerState.ALIVE
 
     def link_refused(self, peer: Peer) -> None:
-        """A dial to ``peer`` failed while its connection was down: nobody listens there."""
-        if peer.down_since is not None:
+        """A redial to ``peer`` failed after its connection went down: nobody listens there.
+        A link never connected yet may report refusals from before the peer listened (a
+        dial to a restarting node's port): it has ``connect_timeout_s`` instead."""
+        if peer.down_since is not None and peer.connected_once:
             peer.refused = True
 
     def expire(self, now: float) -> list[tuple[Peer, str]]:

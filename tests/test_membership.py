@@ -186,6 +186,7 @@ def test_a_refused_redial_is_dead_at_once_but_only_while_down(members: Membershi
 
 def test_a_link_never_connected_gets_connect_timeout_s(members: Membership) -> None:
     peer = add(members, connected=False)
+    members.link_refused(peer)  # from before the peer listened (its port was being reused)
     members.heard(peer, T0 + CONNECT_TIMEOUT_S - 0.5)
     assert expired(members, T0 + CONNECT_TIMEOUT_S - 0.0625) == []
     assert expired(members, T0 + CONNECT_TIMEOUT_S) == [peer]
