@@ -38,8 +38,9 @@ class PeerUp:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PeerDown:
-    """A peer left: ``reason`` is ``"bye"`` (it closed), ``"timeout"`` (silent for
-    ``dead_after_s``), ``"replaced"`` (a new incarnation or a new node on its endpoint) or
+    """A peer left: ``reason`` is ``"bye"`` (it closed), ``"timeout"`` (declared dead: its
+    redial was refused, it was unreachable for ``unreachable_after_s``, or its loop was silent
+    for ``dead_after_s``), ``"replaced"`` (a new incarnation or a new node on its endpoint) or
     ``"refused"`` (it refused us: another cluster or protocol version)."""
 
     peer: PeerInfo

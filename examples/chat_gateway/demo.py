@@ -25,7 +25,7 @@ from .client import ChatClient, describe
 from .processes import GatewayProcess, start_gateways
 
 STEP_TIMEOUT_S = 10.0
-"""No step waits longer than this (the mesh declares a killed gateway dead in ~1.5 s)."""
+"""No step waits longer than this (the mesh declares a killed gateway dead in ~0.1 s)."""
 
 
 class User:

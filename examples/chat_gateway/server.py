@@ -16,7 +16,8 @@ Clients speak newline-delimited JSON (README.md next to this file has the protoc
 - ``who`` reads the replicated table (``node.subscribers()`` with meta): no message is sent.
 - presence and room join/leave come from ``node.events()``: every gateway watches the table and
   tells its own clients. A killed gateway's subscribers are purged everywhere once the mesh
-  declares it dead (1.5 s by default), so its users go offline on every other gateway.
+  declares it dead (a killed one in well under a second, a frozen or cut-off one in under 2 s),
+  so its users go offline on every other gateway.
 """
 
 from __future__ import annotations
