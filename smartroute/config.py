@@ -52,8 +52,15 @@ PEER_EXCHANGE_INTERVAL_S = 2.0
 healed partition, a lost HELLO) meet again through any third."""
 
 REDIAL_DEAD_FOR_S = 30.0
-"""A peer declared dead is dialled again (every ``CONNECT_TIMEOUT_S``) for this long: if it was
-only cut off, the mesh heals when the network does."""
+"""A peer declared dead is dialled again every ``CONNECT_TIMEOUT_S`` for this long (then less
+often, see below), and what we sent it and it did not acknowledge is kept this long for it:
+if it was only cut off, the mesh heals when the network does and nothing is lost."""
+
+REDIAL_BACKOFF_MAX_S = 60.0
+"""After ``REDIAL_DEAD_FOR_S``, a dead peer's address is still dialled, backing off to once
+this often, as long as we remember it (``MAX_PEERS`` addresses): a partition of any length
+heals within about this long after the network does (mDNS, whose records outlive a crash
+by an hour, would not tell us again)."""
 
 DIGEST_INTERVAL_S = 1.0
 """Every link carries our table version at least this often, so a lost delta is repaired."""
@@ -161,6 +168,7 @@ class Timings:
     hello_retry_s: float = HELLO_RETRY_S
     peer_exchange_interval_s: float = PEER_EXCHANGE_INTERVAL_S
     redial_dead_for_s: float = REDIAL_DEAD_FOR_S
+    redial_backoff_max_s: float = REDIAL_BACKOFF_MAX_S
     digest_interval_s: float = DIGEST_INTERVAL_S
     snapshot_retry_s: float = SNAPSHOT_RETRY_S
     seed_retry_s: float = SEED_RETRY_S

@@ -104,6 +104,17 @@ class Link:
 
 
 @dataclasses.dataclass(slots=True)
+class Redial:
+    """A dead peer's address, dialled again until it answers."""
+
+    endpoint: str
+    dead_at: float
+    next_at: float
+    attempts: int = 0
+    """Dials in the backoff phase (after ``redial_dead_for_s``)."""
+
+
+@dataclasses.dataclass(slots=True)
 class Counters:
     """What the core counted; ``Node.stats()`` reports these."""
 
@@ -171,9 +182,8 @@ class Protocol:
         self._refusal_window = (0.0, 0)
         self._aliases: dict[str, bytes] = {}
         """Other endpoints (a seed's host name, a service address) that reach a peer."""
-        self._recently_dead: collections.OrderedDict[bytes, tuple[str, float]] = (
-            collections.OrderedDict()
-        )
+        self._redials: collections.OrderedDict[bytes, Redial] = collections.OrderedDict()
+        """Peers declared dead, by node id: their address is dialled again until they answer."""
         self._dials: list[Dial] = []
         self._sends: dict[int, list[bytes]] = {}
         self._hangups: list[int] = []
@@ -384,13 +394,27 @@ class Protocol:
                 self._hang_up(link.id)
             elif now - link.hello_at >= timings.hello_retry_s:
                 self._send_hello(link, now)
-        while self._recently_dead:
-            node_id, (_, when) = next(iter(self._recently_dead.items()))
-            if now - when < timings.redial_dead_for_s:
-                break
-            del self._recently_dead[node_id]
-        for endpoint, _ in list(self._recently_dead.values()):
-            self.hint(endpoint, now)  # a no-op while a dial to it is pending
+        self._redial_dead(now)
+
+    def _redial_dead(self, now: float) -> None:
+        """Dial dead peers' addresses again: every ``connect_timeout_s`` for
+        ``redial_dead_for_s``, then backing off to one dial every ``redial_backoff_max_s``,
+        for as long as we remember them (a partition of any length heals)."""
+        timings = self.timings
+        for node_id, redial in list(self._redials.items()):
+            if now < redial.next_at:
+                continue
+            if self.membership.by_endpoint(redial.endpoint) is not None:
+                del self._redials[node_id]  # its address is another live peer's now
+                continue
+            self.hint(redial.endpoint, now)  # a no-op while a dial to it is pending
+            if now - redial.dead_at < timings.redial_dead_for_s:
+                delay = timings.connect_timeout_s
+            else:
+                delay = min(timings.redial_backoff_max_s,
+                            timings.connect_timeout_s * 2 ** redial.attempts)
+                redial.attempts += 1
+            redial.next_at = now + delay
 
     def _expire_outboxes(self, now: float) -> None:
         """A dead peer that did not come back within ``redial_dead_for_s``: what we had sent
@@ -621,7 +645,7 @@ class Protocol:
             return
         link = self._pending_link(hello, endpoint) or self._dial(endpoint, now)
         link.peer = node_id
-        self._recently_dead.pop(node_id, None)
+        self._redials.pop(node_id, None)
         peer = self.membership.add(node_id, hello.incarnation, endpoint, hello.name, link.id, now,
                                    connected=link.connected)
         outbox = self.outboxes.get(node_id)
@@ -740,19 +764,21 @@ class Protocol:
         self.counters.unknown_sender_records += 1
         if type(record) is wire.Bye:
             return
-        known = self._recently_dead.pop(node_id, None)
-        if known is not None:
-            # It still talks to us, so it believes we are connected: say HELLO again and
-            # both sides re-learn each other's tables.
-            _log.info("%s: node %s we had declared dead is talking: reconnecting", self.hex[:8],
-                      node_id.hex()[:8])
-            endpoint = known[0]
-            pending = [link for link in self.links.values()
-                       if link.peer is None and link.endpoint == endpoint]
-            if pending:
-                self._send_hello(pending[0], now)  # its answer to the last one may be lost
-            else:
-                self.hint(endpoint, now)
+        redial = self._redials.get(node_id)
+        if redial is None:
+            return
+        # It still talks to us, so it believes we are connected: say HELLO again (at most a
+        # few times a second, whatever it sends) and both sides re-learn each other; what it
+        # sent meanwhile it sends again.
+        pending = [link for link in self.links.values()
+                   if link.peer is None and link.endpoint == redial.endpoint]
+        if not pending:
+            if redial.next_at > now:
+                _log.info("%s: node %s we had declared dead is talking: reconnecting",
+                          self.hex[:8], node_id.hex()[:8])
+                redial.next_at = now  # the timer dials it within a tick
+        elif now - pending[0].hello_at >= self.timings.hello_retry_s / 4:
+            self._send_hello(pending[0], now)  # its answer to the last one may be lost
 
     def _on_peers(self, peers: wire.Peers, now: float) -> None:
         for node_id, endpoint in peers.peers:
@@ -953,9 +979,9 @@ class Protocol:
             # Perhaps only cut off: if it comes back, our stream to it resumes (see _on_hello).
             if outbox is not None:
                 outbox.dead_at = now
-            self._recently_dead[peer.node_id] = (peer.endpoint, now)
-            if len(self._recently_dead) > self.limits.max_peers:
-                self._recently_dead.popitem(last=False)
+            self._redials[peer.node_id] = Redial(peer.endpoint, now, now)
+            if len(self._redials) > self.limits.max_peers:
+                self._redials.popitem(last=False)
         elif outbox is not None:
             self._count_lost(peer.node_id, outbox)
             del self.outboxes[peer.node_id]

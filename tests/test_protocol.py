@@ -512,6 +512,32 @@ def test_nodes_that_timed_each_other_out_reconnect_on_the_next_hint(net: MemNet)
     assert a.names_seen("x") == [b.hex]
 
 
+def test_a_partition_longer_than_redial_dead_for_s_still_heals(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    b.proto.subscribe("x", {}, net.now)
+    net.flush()
+    net.cut(a, b)
+    net.cut(b, a)
+    for host, other in ((a, b), (b, a)):  # libzmq: pings unanswered, the links close
+        host.proto.link_changed(host.proto.membership.peers[other.node_id].link, "down",
+                                net.now)
+    net.run(UNREACHABLE_AFTER_S + 2 * TICK_S)
+    assert a.downs() == [(b.hex, "timeout")] and b.downs() == [(a.hex, "timeout")]
+    net.run(TIMINGS.redial_dead_for_s + 5 * TIMINGS.redial_backoff_max_s)  # a long split
+    dials = len(net.records(wire.Hello, src=a))
+    net.run(TIMINGS.redial_backoff_max_s)
+    # Still dialled, backing off: about one dial per redial_backoff_max_s (HELLO retries
+    # within it), not one per connect_timeout_s.
+    hellos = len(net.records(wire.Hello, src=a)) - dials
+    per_dial = TIMINGS.connect_timeout_s / TIMINGS.hello_retry_s
+    assert 1 <= hellos <= 2 * per_dial
+    net.heal(a, b)
+    net.heal(b, a)
+    net.run(TIMINGS.redial_backoff_max_s + TIMINGS.connect_timeout_s)
+    assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
+    assert a.names_seen("x") == [b.hex]
+
+
 def test_two_nodes_split_by_a_healed_partition_rejoin_the_full_mesh(net: MemNet) -> None:
     seed, a, b = net.mesh("seed", "a", "b")
     net.cut(a, b)
