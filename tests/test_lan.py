@@ -153,6 +153,38 @@ def test_a_host_cut_off_and_healed_is_purged_then_relearned(
                what="messages flow again")
 
 
+LONG_CUT_S = 45.0
+"""Longer than ``redial_dead_for_s`` (30 s), after which the mesh used to stop dialling."""
+
+
+@pytest.mark.timeout(180)
+def test_a_cut_longer_than_redial_dead_for_s_still_heals_with_mdns_only(
+        lan_factory: Callable[[int], Lan], start: Callable[..., AgentProcess]) -> None:
+    """Issue 13: a host cut off for 45 s rejoins once the network heals, within
+    ``redial_backoff_max_s`` (60 s) and a few seconds, with mDNS only (its cached records
+    announce nothing new, so only the redial of dead peers can heal). Before: still split."""
+    lan = lan_factory(3)
+    nodes = [start(host) for host in lan.hosts]
+    for i, node in enumerate(nodes):
+        node.call("subscribe", name=f"user:{i}")
+    meet(nodes)
+    lan.hosts[2].cut()
+    for node in nodes[:2]:
+        wait_until(lambda node=node: not node.call("lookup", name="user:2"), 5,
+                   what="the cut host purged")
+    time.sleep(LONG_CUT_S)  # the scenario is the cut's length: nothing to poll for meanwhile
+    lan.hosts[2].heal()
+    healed = time.monotonic()
+    meet(nodes, timeout=60.0 + 10.0)
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("subscribers")) == 3, 10, what="re-learned")
+    print(f"cut {LONG_CUT_S:.0f} s: one mesh again {time.monotonic() - healed:.1f} s after "
+          "the heal")
+    assert nodes[0].call("send_to", body="back", target="user:2") == 1
+    wait_until(lambda: [d["body"] for d in nodes[2].call("received")] == ["back"],
+               what="messages flow again")
+
+
 def _retransmits(host: Host) -> int:
     out = subprocess.run([*host.prefix, "nstat", "-az", "TcpRetransSegs"], capture_output=True,
                          text=True, check=True, timeout=10).stdout
