@@ -224,8 +224,8 @@ class _Request:
         self.future = future
         self.remaining = remaining
         """Nodes (and local subscribers) that may still answer."""
-        self.nodes: set[str] = set()
-        """The remote nodes (hex ids) it went to that may still answer."""
+        self.nodes: set[bytes] = set()
+        """The remote nodes it went to that may still answer."""
 
 
 class Node:
@@ -638,7 +638,7 @@ class Node:
             # Each remote node answers, or says it has nobody left, or goes (PeerDown): then
             # we stop waiting early.
             request.remaining = len(plan.remote) + (1 if plan.local else 0)
-            request.nodes = {node.hex() for node in plan.remote}
+            request.nodes = set(plan.remote)
             if batch_full:
                 self._pump()
             try:
@@ -653,9 +653,10 @@ class Node:
     def _peer_gone(self, event: PeerDown) -> None:
         """Requests waiting on a node that left or died: one fewer may answer."""
         gone = event.peer.node_id
+        node = bytes.fromhex(gone)
         for request in self._requests.values():
-            if gone in request.nodes and not request.future.done():
-                request.nodes.discard(gone)
+            if node in request.nodes and not request.future.done():
+                request.nodes.discard(node)
                 request.remaining -= 1
                 if request.remaining <= 0:
                     request.future.set_exception(PeerLost(
@@ -1097,7 +1098,7 @@ class Node:
                 error_type=reply.type))
         else:
             request.remaining -= 1
-            request.nodes.discard(event.origin)
+            request.nodes.discard(bytes.fromhex(event.origin))
             if request.remaining <= 0:
                 request.future.set_exception(NoSubscriber(
                     "the subscriber left before the request reached it"))

@@ -228,9 +228,11 @@ class Protocol:
                 framed[link_id] = batches
             else:
                 queued.extend(batches)
-        self._reliable.clear()
-        self._control.clear()
-        self._pending_bytes.clear()
+        if sends:
+            self._reliable.clear()
+            self._pending_bytes.clear()
+            if self._control:
+                self._control.clear()
         out = Output(self._dials, framed, self._hangups)
         self._dials, self._hangups = [], []
         return out
@@ -316,7 +318,7 @@ class Protocol:
             if (force or peer.link in self._sends
                     or inflow.taken - inflow.acked >= self._ack_every):
                 self._ack_due.discard(node_id)
-                self._send(peer.link, wire.encode_ack(inflow.ack()))
+                self._send(peer.link, wire.encode_ack(*inflow.ack()))
 
     def events_received(self) -> list[CoreEvent]:
         """Drain the events accumulated since the last call."""
@@ -481,23 +483,20 @@ class Protocol:
 
     def _take(self, node_id: bytes, peer: Peer | None, raws: list[object], now: float) -> bool:
         """Judge a sequenced batch: True to handle its records (the next of its stream)."""
-        try:
-            seq = self.decoder.record(raws[0])
-        except RemoteProtocolError as exc:
+        numbers = wire.seq_of(raws[0])
+        if numbers is None:
             self.counters.malformed_records += len(raws)  # its records go with it
             self._quiet.warning(f"record:{node_id.hex()}", "%s: dropped a batch with a "
-                                "malformed SEQ from %s: %s", self.hex[:8],
-                                node_id.hex()[:8] or "?", exc)
+                                "malformed SEQ from %s", self.hex[:8], node_id.hex()[:8] or "?")
             return False
-        assert type(seq) is wire.Seq
         if peer is None:
             # Not taken, so not acknowledged: its sender keeps it, and resends it once we know
             # each other again (the stranger path below says HELLO to a peer we declared dead).
-            self._from_stranger(node_id, seq, now)
+            self._from_stranger(node_id, wire.Seq(*numbers), now)
             self.counters.unknown_sender_records += len(raws) - 1
             return False
         inflow = self.inflows.get(node_id) or self._new_inflow(node_id)
-        verdict = inflow.judge(seq.stream, seq.seq)
+        verdict = inflow.judge(*numbers)
         if verdict is Verdict.TAKE:
             self._ack_due.add(node_id)
             return True
@@ -527,7 +526,7 @@ class Protocol:
             self.counters.resend_requests += 1
             _log.debug("%s: gap in the stream of %s after batch %d: asking again",
                        self.hex[:8], peer.hex[:8], inflow.taken)
-            self._send(peer.link, wire.encode_ack(inflow.ack(resend=True)))
+            self._send(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
 
     def _on_ack(self, peer: Peer, ack: wire.Ack, now: float) -> None:
         outbox = self.outboxes.get(peer.node_id)

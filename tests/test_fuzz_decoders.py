@@ -56,6 +56,7 @@ UINT64 = 2**64 - 1
 # --- strategies: valid records --------------------------------------------------------------
 
 uints = st.one_of(st.integers(0, 300), st.integers(0, UINT64), st.just(UINT64))
+streams = st.one_of(st.integers(0, 300), st.integers(0, wire.MAX_STREAM))
 short_text = st.text(max_size=NAME_MAX)
 names = st.text(min_size=1, max_size=NAME_MAX)
 node_ids = st.binary(min_size=16, max_size=16).filter(lambda b: b[0] != 0)
@@ -89,8 +90,8 @@ records: st.SearchStrategy[tuple[wire.Record, bytes]] = st.one_of(
     st.builds(wire.Snapshot, uints, uints, entries).map(lambda r: (r, wire.encode_snapshot(r))),
     st.builds(wire.Heartbeat, uints, uints, uints, uints)
     .map(lambda r: (r, wire.encode_heartbeat(*r))),
-    st.builds(wire.Seq, uints, uints.filter(bool)).map(lambda r: (r, wire.encode_seq(*r))),
-    st.builds(wire.Ack, uints, uints, st.booleans()).map(lambda r: (r, wire.encode_ack(r))),
+    st.builds(wire.Seq, streams, uints.filter(bool)).map(lambda r: (r, wire.encode_seq(*r))),
+    st.builds(wire.Ack, streams, uints, st.booleans()).map(lambda r: (r, wire.encode_ack(*r))),
     st.just((wire.Bye(), wire.BYE)),
     st.builds(wire.Msg, uints, st.none() | short_text, st.integers(0, 4), targets, short_text,
               st.binary(max_size=64), st.none() | uints, st.none() | uints)
@@ -230,7 +231,7 @@ SAMPLES: list[tuple[wire.Record, bytes]] = [
         (wire.Snapshot(1, 2, [(1, "a", {}), (2, "b", {"k": b"v"})]), wire.encode_snapshot),
         (wire.Heartbeat(1, 2, 3, 4), lambda r: wire.encode_heartbeat(*r)),
         (wire.Seq(1, 2), lambda r: wire.encode_seq(*r)),
-        (wire.Ack(1, 2, True), wire.encode_ack),
+        (wire.Ack(1, 2, True), lambda r: wire.encode_ack(*r)),
         (wire.Msg(1, "me", 0, ["a", "b"], "str", b"\xa1x", None, None), wire.encode_msg),
         (wire.Msg(1, None, 4, "a", "str", b"\xc0", 7, 9), wire.encode_msg),
         (wire.Reply(9, 0, "str", b"\xc0"), wire.encode_reply),
