@@ -294,6 +294,8 @@ class Node:
         """What the core handed over and handlers have not had yet (see ``_pump``)."""
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
         self._pump_scheduled = False
+        self._batch_full = False
+        """The last ``_send`` filled a batch for a peer: let it leave before queueing more."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._quiet = QuietLog(_log)
@@ -530,9 +532,10 @@ class Node:
             mode, target = self._check_target(mode, target)
         if sender is not None:
             self._check_name(sender, "sender")
-        plan = await self._room_for(core, mode, target) if core.any_full else None
-        plan, batch_full = self._send(core, body, mode, target, sender, None, plan)
-        if batch_full:
+        plan = await self._room_for(core, mode, target) if core.full_peers else None
+        plan = self._send(core, body, mode, target, sender, None, plan)
+        if self._batch_full:
+            self._batch_full = False
             self._pump()
             await asyncio.sleep(0)  # the loop's turn: what a tight loop would starve
         return plan.matches
@@ -547,13 +550,14 @@ class Node:
         if sender is not None:
             self._check_name(sender, "sender")
         plan = None
-        if core.any_full:
+        if core.full_peers:
             plan = core.router.plan(mode, target)
             full = core.full_peer(plan)
             if full is not None:
                 self._link_full(full.hex, full.endpoint, 0.0)
-        plan, batch_full = self._send(core, body, mode, target, sender, None, plan)
-        if batch_full:
+        plan = self._send(core, body, mode, target, sender, None, plan)
+        if self._batch_full:
+            self._batch_full = False
             self._pump()
         return plan.matches
 
@@ -578,22 +582,22 @@ class Node:
                        f"frozen): nothing was sent", node_id=node_id)
 
     def _send(self, core: Protocol, body: object, mode: ReceiveMode, target: Target,
-              sender: str | None, request_id: int | None,
-              plan: Plan | None = None) -> tuple[Plan, bool]:
-        """Plan, queue for peers and deliver locally; also says whether a batch is full."""
+              sender: str | None, request_id: int | None, plan: Plan | None = None) -> Plan:
+        """Plan, queue for peers and deliver locally; sets ``_batch_full`` when a batch for a
+        peer is full (the caller lets it leave)."""
         if plan is None:
             plan = core.router.plan(mode, target)
         seq = next(self._seq)
         type_name = type_name_of(body)
-        batch_full = False
         if plan.remote:
             payload = encode_body(body)
             if len(payload) > self.limits.max_frame_bytes - ENVELOPE_BYTES:
                 raise UsageError(f"a body of {len(payload)} bytes cannot reach a peer: frames "
                                  f"are at most Limits.max_frame_bytes = "
                                  f"{self.limits.max_frame_bytes} bytes with the envelope")
-            batch_full = core.send(plan, wire.new_msg((seq, sender, mode, target, type_name,
-                                                       payload, None, request_id)))
+            if core.send(plan, wire.new_msg((seq, sender, mode, target, type_name, payload, None,
+                                             request_id))):
+                self._batch_full = True
             self._sent_remote_frames += len(plan.remote)
             if not self._pump_scheduled:
                 self._schedule_pump()
@@ -611,7 +615,7 @@ class Node:
                 if sub is not None:
                     self._deliver(sub, Message(seq, body, type_name, mode, target, sender,
                                                node_id, sub.name, replier))
-        return plan, batch_full
+        return plan
 
     async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,
                       timeout: float = 5.0) -> object:
@@ -626,20 +630,21 @@ class Node:
         mode, target = self._check_target(mode, target)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise UsageError("timeout must be a positive number of seconds")
-        plan = await self._room_for(core, mode, target) if core.any_full else None
+        plan = await self._room_for(core, mode, target) if core.full_peers else None
         request_id = next(self._request_ids)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         request = _Request(future, 0)
         self._requests[request_id] = request
         try:
-            plan, batch_full = self._send(core, body, mode, target, None, request_id, plan)
+            plan = self._send(core, body, mode, target, None, request_id, plan)
             if plan.matches == 0:
                 raise NoSubscriber(f"no subscriber for {target!r} ({mode.name})")
             # Each remote node answers, or says it has nobody left, or goes (PeerDown): then
             # we stop waiting early.
             request.remaining = len(plan.remote) + (1 if plan.local else 0)
             request.nodes = set(plan.remote)
-            if batch_full:
+            if self._batch_full:
+                self._batch_full = False
                 self._pump()
             try:
                 async with asyncio.timeout(timeout):  # no extra task, unlike wait_for

@@ -201,8 +201,9 @@ class Protocol:
         self._pending_bytes: dict[int, int] = {}
         self._resends: dict[int, list[bytes]] = {}
         self._ack_due: set[bytes] = set()
-        self._full: set[bytes] = set()
-        """Peers whose window is spent: ``send_to`` waits for them."""
+        self.full_peers: set[bytes] = set()
+        """Peers whose window is spent: ``send_to`` waits for them (an attribute, not a
+        method: ``send_to`` tests it for every message)."""
         self._ack_every = max(1, limits.send_window_batches // 4)
         self._events: list[CoreEvent] = []
         self._quiet = QuietLog(_log)
@@ -263,7 +264,7 @@ class Protocol:
                 batches.extend(outbox.number(chunk)
                                for chunk in wire.chunk_records(run, MAX_BATCH_BYTES))
         if outbox.full:
-            self._full.add(peer.node_id)
+            self.full_peers.add(peer.node_id)
         return batches
 
     def _outbox(self, peer: Peer) -> Outbox:
@@ -280,7 +281,7 @@ class Protocol:
         lost = outbox.unacked_messages()
         outbox.unacked.clear()
         outbox.unacked_bytes = 0
-        self._full.discard(node_id)
+        self.full_peers.discard(node_id)
         if not lost:
             return
         self.counters.lost_messages += lost
@@ -292,18 +293,13 @@ class Protocol:
 
     def full_peer(self, plan: Plan) -> Peer | None:
         """A peer ``plan`` reaches whose window is spent (``send_to`` must wait), if any."""
-        if not self._full:
+        if not self.full_peers:
             return None
         peers = self.membership.peers
         for node in plan.remote:
-            if node in self._full:
+            if node in self.full_peers:
                 return peers.get(node)
         return None
-
-    @property
-    def any_full(self) -> bool:
-        """Some peer's window is spent."""
-        return bool(self._full)
 
     def _queue_acks(self, *, force: bool) -> None:
         """ACK what we took from each peer: with a record we send it anyway this turn, when
@@ -534,7 +530,7 @@ class Protocol:
             return
         outbox.acked(ack.seq)
         if not outbox.full:
-            self._full.discard(peer.node_id)
+            self.full_peers.discard(peer.node_id)
         if ack.resend and outbox.unacked:
             self._resend(peer, outbox)
 
@@ -972,7 +968,7 @@ class Protocol:
         self._events.append(PeerDown(peer.info(), reason))
         self._events.extend(events)
         self._ack_due.discard(peer.node_id)
-        self._full.discard(peer.node_id)
+        self.full_peers.discard(peer.node_id)
         outbox = self.outboxes.get(peer.node_id)
         if reason == "timeout":
             # Perhaps only cut off: if it comes back, our stream to it resumes (see _on_hello).

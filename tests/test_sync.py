@@ -363,7 +363,7 @@ async def test_send_nowait_sends_like_send_to_and_never_waits_for_room(
         assert sorted(got) == [("a", "all"), ("a", "hi"), ("b", "all"), ("b", "hi")]
         # b's window is spent right now (and stays so): LinkFull at once, and nothing is sent.
         assert a._protocol is not None
-        monkeypatch.setattr(a._protocol, "_full", {bytes.fromhex(b.node_id)})
+        monkeypatch.setattr(a._protocol, "full_peers", {bytes.fromhex(b.node_id)})
         sent = a.stats()["sent"]
         with pytest.raises(LinkFull, match="nothing was sent") as raised:
             a.send_nowait("no room", ReceiveMode.EQ, "n")
