@@ -147,6 +147,11 @@ handlers): beyond it the inbox stops reading, so what follows waits in ZeroMQ,
 unacknowledged, and its senders' windows hold them back. Below it, acknowledgements and
 everything else a peer sends are still read at once."""
 
+HANDLER_HOLD_S = 0.5
+"""An async handler whose half-full queue has not moved for this long is stuck: the inbox
+stops waiting for it (its queue then drops the excess, counted), so one stuck handler cannot
+stop a node. Under ``SEND_TIMEOUT_S``: a burst held back meanwhile raises no ``LinkFull``."""
+
 HANDLER_QUEUE_SIZE = 10_000
 """Messages waiting for one async handler; past it new messages are dropped and counted."""
 

@@ -194,11 +194,11 @@ class Protocol:
         self.losses: dict[str, int] = {}
         """Messages lost (sent, never acknowledged) per peer node id (hex), bounded."""
         self._stream_ids = itertools.count(random.getrandbits(31) + 1)
-        self._reliable: set[int] = set()
-        """Links with records this turn that travel sequenced."""
+        self._riders: dict[int, list[bytes]] = {}
+        """Heartbeats and ACKs this turn, by link: they ride in whatever batch the link's
+        other records make (sequenced or not), or alone."""
         self._control: set[int] = set()
         """Links with HELLO, REFUSE or BYE records this turn (they travel unsequenced)."""
-        self._pending_bytes: dict[int, int] = {}
         self._resends: dict[int, list[bytes]] = {}
         self._ack_due: set[bytes] = set()
         self.full_peers: set[bytes] = set()
@@ -222,6 +222,17 @@ class Protocol:
         sends, self._sends = self._sends, {}
         framed: dict[int, list[bytes]] = self._resends
         self._resends = {}
+        riders = self._riders
+        if riders:
+            self._riders = {}
+            for link_id, records in riders.items():
+                sent = sends.get(link_id)
+                if sent is not None:
+                    records.extend(sent)
+                    sends[link_id] = records
+                else:
+                    framed.setdefault(link_id, []).extend(
+                        wire.encode_batches(records, MAX_BATCH_BYTES))
         for link_id, records in sends.items():
             batches = self._frame(link_id, records)
             queued = framed.get(link_id)
@@ -229,11 +240,8 @@ class Protocol:
                 framed[link_id] = batches
             else:
                 queued.extend(batches)
-        if sends:
-            self._reliable.clear()
-            self._pending_bytes.clear()
-            if self._control:
-                self._control.clear()
+        if self._control:
+            self._control.clear()
         out = Output(self._dials, framed, self._hangups)
         self._dials, self._hangups = [], []
         return out
@@ -241,7 +249,7 @@ class Protocol:
     def _frame(self, link_id: int, records: list[bytes]) -> list[bytes]:
         """Batches of at most ``MAX_BATCH_BYTES``; on a peer's link, every run of records
         that are not control records is sequenced."""
-        link = self.links.get(link_id) if link_id in self._reliable else None
+        link = self.links.get(link_id)
         peer = self.membership.peers.get(link.peer) if link and link.peer else None
         if peer is None or peer.link != link_id:
             return wire.encode_batches(records, MAX_BATCH_BYTES)
@@ -314,7 +322,7 @@ class Protocol:
             if (force or peer.link in self._sends
                     or inflow.taken - inflow.acked >= self._ack_every):
                 self._ack_due.discard(node_id)
-                self._send(peer.link, wire.encode_ack(*inflow.ack()))
+                self._ride(peer.link, wire.encode_ack(*inflow.ack()))
 
     def events_received(self) -> list[CoreEvent]:
         """Drain the events accumulated since the last call."""
@@ -323,7 +331,8 @@ class Protocol:
 
     def has_output(self) -> bool:
         """True when ``data_to_send`` would return something."""
-        return bool(self._sends or self._dials or self._hangups)
+        return bool(self._sends or self._riders or self._resends or self._dials
+                    or self._hangups)
 
     # --- inputs: discovery and time -------------------------------------------------------------
 
@@ -522,7 +531,7 @@ class Protocol:
             self.counters.resend_requests += 1
             _log.debug("%s: gap in the stream of %s after batch %d: asking again",
                        self.hex[:8], peer.hex[:8], inflow.taken)
-            self._send(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
+            self._ride(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
 
     def _on_ack(self, peer: Peer, ack: wire.Ack, now: float) -> None:
         outbox = self.outboxes.get(peer.node_id)
@@ -862,8 +871,6 @@ class Protocol:
         per message to save four small records a second."""
         peers = self.membership.peers
         sends = self._sends
-        pending = self._pending_bytes
-        reliable = self._reliable
         record = None
         full = False
         for node, sub_id in plan.remote.items():
@@ -874,17 +881,15 @@ class Protocol:
                 this = record
             else:  # ANY: the chosen subscriber travels with the record
                 this = wire.encode_msg(msg._replace(sub_id=sub_id))
-            reliable.add(link)
             queue = sends.get(link)
             if queue is None:
                 sends[link] = [this]
-                size = len(this)
             else:
                 queue.append(this)
-                size = pending.get(link, 0) + len(this)
-            pending[link] = size
-            if size >= MAX_BATCH_BYTES:
-                full = True
+                # Bytes estimated from this record's size (no running sum per message): a
+                # batch's worth of records like it, or two records of any size.
+                if len(queue) * len(this) >= MAX_BATCH_BYTES:
+                    full = True
         return full
 
     def reply(self, origin: str, reply: wire.Reply, now: float) -> bool:
@@ -940,15 +945,23 @@ class Protocol:
         self._control.add(link_id)
         self._send(link_id, record)
 
+    def _ride(self, link_id: int, record: bytes) -> None:
+        """A heartbeat or an ACK: it travels with the link's other records, or alone."""
+        queue = self._riders.get(link_id)
+        if queue is None:
+            self._riders[link_id] = [record]
+        else:
+            queue.append(record)
+
     def _send_peer(self, peer: Peer, record: bytes, now: float) -> None:
-        """A record that may travel either way (a heartbeat, an ACK)."""
+        """A heartbeat (see ``_ride``)."""
         peer.last_sent = now
-        self._send(peer.link, record)
+        self._ride(peer.link, record)
 
     def _send_reliable(self, peer: Peer, record: bytes, now: float) -> None:
-        """A record that must arrive: it travels sequenced."""
-        self._reliable.add(peer.link)
-        self._send_peer(peer, record, now)
+        """A record that must arrive: on a peer's link, it travels sequenced."""
+        peer.last_sent = now
+        self._send(peer.link, record)
 
     def _broadcast(self, record: bytes, now: float) -> None:
         """Send to every peer and to every dial still waiting for its HELLO answer."""
