@@ -18,6 +18,7 @@ from smartroute import wire
 from smartroute.config import RESEND_INTERVAL_S, Limits, Timings
 from smartroute.messages import decode_body, encode_body, message
 from smartroute.modes import ReceiveMode
+from smartroute.protocol import Deliver, Protocol
 from smartroute.streams import Outbox
 from smartroute.transport import curve
 
@@ -253,3 +254,107 @@ def test_limit_and_timing_defaults_in_the_spec_are_config_defaults() -> None:
     assert listed == {"RESEND_INTERVAL_S": RESEND_INTERVAL_S}
     # Every timing is listed, and every limit a peer can see.
     assert {f.name for f in dataclasses.fields(Timings)} <= set(defaults_in_spec_section_16())
+
+
+# --- the vectors are what two reference cores send each other ---------------------------------
+
+def batch_hex(name: str) -> str:
+    return str(next(v["hex"] for v in BATCHES if v["name"] == name))
+
+
+def record_hex(name: str) -> str:
+    return str(next(v["hex"] for v in RECORDS if v["name"] == name))
+
+
+def cores() -> tuple[Protocol, Protocol]:
+    """A (bound to all interfaces, two subscribers) and B, with the vectors' ids."""
+    hello = build("HELLO", RECORDS[0]["fields"])
+    reply = build("HELLO", RECORDS[1]["fields"])
+    assert type(hello) is wire.Hello and type(reply) is wire.Hello
+    a = Protocol(cluster="chat", node_id=hello.node_id, incarnation=hello.incarnation,
+                 endpoint=hello.endpoint, name=hello.name, timings=Timings(), limits=LIMITS)
+    b = Protocol(cluster="chat", node_id=reply.node_id, incarnation=reply.incarnation,
+                 endpoint=reply.endpoint, name=reply.name, timings=Timings(), limits=LIMITS)
+    for sub_id, name, meta in hello.entries:
+        assert a.subscribe(name, meta, NOW) == sub_id
+    a.data_to_send()
+    return a, b
+
+
+NOW = 100.0
+
+
+def test_a_handshake_sends_exactly_the_hello_vectors() -> None:
+    a, b = cores()
+    a.hint("tcp://10.0.0.2:7002", NOW)
+    out = a.data_to_send()
+    (dial,) = out.dials
+    assert dial.routing_id.hex() == VECTORS["routing_ids"][0]["routing_id"]
+    assert [batch.hex() for batch in out.sends[dial.link]] == [batch_hex("unsequenced-hello")]
+
+    # B sees A's connection come from 10.0.0.1: the wildcard resolves to it, B dials back.
+    b.receive(dial.routing_id, out.sends[dial.link][0], NOW, lambda: "10.0.0.1")
+    back = b.data_to_send()
+    (dial_back,) = back.dials
+    assert dial_back.endpoint == "tcp://10.0.0.1:7001"
+    assert [batch.hex() for batch in back.sends[dial_back.link]] == ["91" + record_hex(
+        "hello-reply")]
+    assert [type(e).__name__ for e in b.events_received()] == [
+        "PeerUp", "SubscriberUp", "SubscriberUp"]
+
+    # The reply's echo names A's dial: A's link to B is that dial; a reply is not answered.
+    a.receive(dial_back.routing_id, back.sends[dial_back.link][0], NOW)
+    assert a.membership.peers[b.node_id].link == dial.link
+    assert a.data_to_send().sends == {}
+
+
+def test_a_sequenced_batch_is_taken_acknowledged_and_a_gap_asked_again() -> None:
+    a, b = cores()
+    a.hint("tcp://10.0.0.2:7002", NOW)
+    out = a.data_to_send()
+    routing_id = out.dials[0].routing_id
+    b.receive(routing_id, out.sends[1][0], NOW, lambda: "10.0.0.1")
+    b.subscribe("user:alice", {}, NOW)
+    b.data_to_send()
+    b.events_received()
+
+    b.receive(routing_id, bytes.fromhex(batch_hex("sequenced-msgs")), NOW)
+    delivered = b.events_received()
+    assert [d.msg for d in delivered if isinstance(d, Deliver)] == [
+        build(r["kind"], r["fields"]) for r in BATCHES[1]["records"][1:]]
+    # The ACK leaves with the next timer tick, unsequenced.
+    b.tick(NOW + 0.05)
+    (ack_batch,) = b.data_to_send().sends[1]
+    ack = decode_batch(ack_batch)
+    assert [r for r in ack if type(r) is wire.Ack] == [wire.Ack(0x2B7E1516, 1, False)]
+
+    # Batches 2-4 taken (and acknowledged), then 6 after a gap: the ack-resend vector.
+    outbox = Outbox(0x2B7E1516, b.incarnation, 64, 1 << 23, next_seq=2)
+    for _ in range(3):
+        b.receive(routing_id, outbox.number([wire.encode_heartbeat(a.incarnation, 2)]), NOW)
+    b.tick(NOW + 0.1)
+    b.data_to_send()
+    outbox.next_seq = 6
+    b.receive(routing_id, outbox.number([wire.encode_heartbeat(a.incarnation, 2)]), NOW + 0.2)
+    assert [batch.hex() for batch in b.data_to_send().sends[1]] == [batch_hex("ack-resend")]
+    assert b.counters.gap_batches == 1
+
+
+def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
+    a, b = cores()
+    a.hint("tcp://10.0.0.2:7002", NOW)
+    out = a.data_to_send()
+    b.receive(out.dials[0].routing_id, out.sends[1][0], NOW, lambda: "10.0.0.1")
+    back = b.data_to_send()
+    a.receive(back.dials[0].routing_id, back.sends[1][0], NOW)
+    a.data_to_send()
+    sent = []
+    for i in range(5):
+        a.subscribe(f"user:{i}", {}, NOW)  # one DELTA: one sequenced batch per turn
+        (batch,) = a.data_to_send().sends[1]
+        sent.append(batch)
+    stream = a.outboxes[b.node_id].stream
+    assert [decode_batch(x)[0] for x in sent] == [wire.Seq(stream, n) for n in range(1, 6)]
+    a.receive(back.dials[0].routing_id, wire.encode_batch([wire.encode_ack(
+        wire.Ack(stream, 4, True))]), NOW)
+    assert a.data_to_send().sends[1] == [sent[4]]  # batch 5 again, the same bytes
