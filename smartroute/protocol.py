@@ -456,7 +456,8 @@ class Protocol:
             return
         peer = self.membership.peers.get(node_id)
         self.counters.records_received += len(raws)
-        if raws and type(first := raws[0]) is list and first and first[0] == _SEQ:
+        if (raws and type(first := raws[0]) is list and first and type(first[0]) is int
+                and first[0] == _SEQ):
             if not self._take(node_id, peer, raws, now):
                 return
             raws = raws[1:]
@@ -528,6 +529,7 @@ class Protocol:
 
     def _ask_resend(self, peer: Peer, inflow: Inflow, now: float) -> None:
         if inflow.may_ask_resend(now):
+            self._ack_due.discard(peer.node_id)  # the resend request acknowledges too
             self.counters.resend_requests += 1
             _log.debug("%s: gap in the stream of %s after batch %d: asking again",
                        self.hex[:8], peer.hex[:8], inflow.taken)

@@ -112,6 +112,11 @@ class Inflow:
     def judge(self, stream: int, seq: int) -> Verdict:
         """Take batch ``seq`` of ``stream`` if it is the next one."""
         if stream != self.stream:
+            if seq != 1 and self.stream:
+                # A late batch of an older stream, or a new one whose start was lost: only
+                # a start switches streams (or a heartbeat naming the new one, ``behind``);
+                # the first stream we hear of is taken from wherever it is (asked from 1).
+                return Verdict.GAP
             # The sender started a new stream (its outbox for us is new): from its start.
             self.stream, self.taken, self.acked = stream, 0, 0
         if seq == self.taken + 1:

@@ -528,7 +528,8 @@ class Decoder:
         if not endpoint.startswith("tcp://"):
             return False
         host, sep, port = endpoint[len("tcp://"):].rpartition(":")
-        return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+        return bool(sep and host and port.isascii() and port.isdigit()
+                    and 0 < int(port) < 65536)
 
     _decoders: ClassVar[dict[int, Callable[[Decoder, list[Any]], Record]]] = {
         Kind.HELLO: _hello,

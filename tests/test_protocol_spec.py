@@ -80,7 +80,7 @@ def encode(record: wire.Record) -> bytes:
         wire.SnapshotRequest: lambda r: wire.SNAPSHOT_REQUEST,
         wire.Snapshot: wire.encode_snapshot, wire.Heartbeat: lambda r: wire.encode_heartbeat(*r),
         wire.Bye: lambda r: wire.BYE, wire.Msg: wire.encode_msg, wire.Reply: wire.encode_reply,
-        wire.Seq: lambda r: wire.encode_seq(*r), wire.Ack: wire.encode_ack,
+        wire.Seq: lambda r: wire.encode_seq(*r), wire.Ack: lambda r: wire.encode_ack(*r),
     }
     encoded: bytes = encoders[type(record)](record)
     return encoded
@@ -355,6 +355,6 @@ def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
         sent.append(batch)
     stream = a.outboxes[b.node_id].stream
     assert [decode_batch(x)[0] for x in sent] == [wire.Seq(stream, n) for n in range(1, 6)]
-    a.receive(back.dials[0].routing_id, wire.encode_batch([wire.encode_ack(
-        wire.Ack(stream, 4, True))]), NOW)
+    a.receive(back.dials[0].routing_id, wire.encode_batch([wire.encode_ack(stream, 4, True)]),
+              NOW)
     assert a.data_to_send().sends[1] == [sent[4]]  # batch 5 again, the same bytes

@@ -70,6 +70,11 @@ def test_a_receiver_takes_the_next_batch_only() -> None:
     assert inflow.ack() == wire.Ack(7, 2, False)
     assert inflow.judge(9, 1) is Verdict.TAKE  # a new stream of the sender: from its start
     assert inflow.ack(resend=True) == wire.Ack(9, 1, True)
+    # A late batch of the older stream (a lingering link) does not switch back to it.
+    assert inflow.judge(7, 3) is Verdict.GAP
+    assert inflow.judge(9, 2) is Verdict.TAKE
+    # A new stream whose start was lost waits for it (the heartbeat names the stream).
+    assert inflow.judge(11, 4) is Verdict.GAP and inflow.stream == 9
 
 
 def test_a_heartbeat_tells_a_lost_tail() -> None:
