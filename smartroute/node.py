@@ -79,6 +79,9 @@ huge target list) is still caught when the batch is sent."""
 ROOM_POLL_S = 0.002
 """While ``send_to`` waits for room on a full link, it looks again this often."""
 
+DRAIN_POLL_S = 0.01
+"""While ``drain`` waits for answers and acknowledgements, it looks again this often."""
+
 DISPATCH_BUDGET_S = 0.005
 """Longest the node hands received messages to sync handlers (and an async handler's worker
 runs without a pause) before it lets the loop run the rest: timers, the inbox and sends must
@@ -321,6 +324,8 @@ class Node:
         self._pump_scheduled = False
         self._batch_full = False
         """The last ``_send`` filled a batch for a peer: let it leave before queueing more."""
+        self._handling = 0
+        """Requests from peers delivered here and not answered yet (``drain`` waits for them)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._quiet = QuietLog(_log)
@@ -442,6 +447,29 @@ class Node:
             return f"tcp://*:{port}", f"tcp://{_best_local_address()}:{port}"
         host = f"[{bound_host}]" if ":" in bound_host else bound_host
         return f"tcp://{host}:{port}", f"tcp://{host}:{port}"
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Leave the cluster gracefully, then close: peers stop choosing this node's
+        subscribers for ``ANY`` (and so for ``request``) at once, the requests it is handling
+        are answered and everything it sent is acknowledged (for at most ``timeout`` seconds),
+        then it says BYE. Messages still reach its subscribers meanwhile. Idempotent."""
+        if not isinstance(timeout, int | float) or timeout < 0:
+            raise UsageError("timeout must be a number of seconds >= 0")
+        core = self._protocol
+        if core is None or self._closed:
+            return
+        core.leave(self._now())
+        self._pump()
+        deadline = self._now() + timeout
+        while True:  # polled: settling is a state of the core, not an event
+            settled = core.settled() and self._handling == 0
+            if settled or self._now() >= deadline:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        if not settled:
+            _log.warning("%s: drain timed out after %s s: %d request(s) unanswered, closing",
+                         self.node_id[:8], timeout, self._handling)
+        await self.close()
 
     async def close(self) -> None:
         """Say BYE to every peer, stop everything and release the sockets. Idempotent."""
@@ -1121,7 +1149,10 @@ class Node:
         return reply
 
     def _remote_replier(self, origin: str, request_id: int) -> Callable[[object], None]:
+        self._handling += 1
+
         def reply(value: object) -> None:
+            self._handling -= 1  # called once: _reply_now drops the replier
             if isinstance(value, _ErrorReply):
                 self._send_reply(origin, request_id, value.error, error=True)
             else:

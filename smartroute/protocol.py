@@ -613,6 +613,9 @@ class Protocol:
         elif kind is wire.Bye:
             _log.info("%s: peer %s (%s) said BYE", self.hex[:8], peer.hex[:8], peer.endpoint)
             self._forget(peer, "bye", now)
+        elif kind is wire.Leaving:
+            _log.info("%s: peer %s (%s) is draining", self.hex[:8], peer.hex[:8], peer.endpoint)
+            self.router.leaving.add(peer.node_id)
 
     def _on_hello(self, node_id: bytes, hello: wire.Hello, now: float,
                   peer_address: AddressGetter | None) -> None:
@@ -902,6 +905,19 @@ class Protocol:
         self._send_reliable(peer, wire.encode_reply(reply), now)
         return True
 
+    def leave(self, now: float) -> None:
+        """Start draining: every peer hears LEAVING (and stops choosing our subscribers for
+        ANY); ``settled`` says when each has acknowledged everything we sent it."""
+        if not self._closed:
+            self._broadcast(wire.LEAVING, now)
+
+    def settled(self) -> bool:
+        """Every peer has acknowledged everything we sent it (and nothing waits to leave)."""
+        if self._sends or self._resends:
+            return False
+        return not any(outbox.unacked for node_id, outbox in self.outboxes.items()
+                       if node_id in self.membership.peers)
+
     def close(self, now: float) -> None:
         """Say BYE on every link (a dial not yet answered may already have made us the
         other side's peer) and hang up."""
@@ -984,6 +1000,7 @@ class Protocol:
         self._events.extend(events)
         self._ack_due.discard(peer.node_id)
         self.full_peers.discard(peer.node_id)
+        self.router.leaving.discard(peer.node_id)
         outbox = self.outboxes.get(peer.node_id)
         if reason == "timeout":
             # Perhaps only cut off: if it comes back, our stream to it resumes (see _on_hello).

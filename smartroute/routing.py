@@ -50,6 +50,9 @@ class Router:
         self._turn_memory = regex_cache_size
         self._plans: dict[str, Plan] = {}
         self._plans_at = table.changes
+        self.leaving: set[bytes] = set()
+        """Nodes that said LEAVING (they drain): ANY chooses their subscribers only when no
+        other node has one."""
 
     def pattern(self, source: str) -> Pattern:
         """The compiled pattern (linear-time, see ``patterns.py``), cached; a bad, unsupported
@@ -157,6 +160,10 @@ class Router:
                 candidates.extend((node, sub_id) for sub_id in subs)
         if not candidates:
             return Plan(0, [], {})
+        if self.leaving:
+            staying = [c for c in candidates if c[0] not in self.leaving]
+            if staying:
+                candidates = staying
         key = tuple(names)
         turn = self._turns.pop(key, 0)
         self._turns[key] = turn + 1

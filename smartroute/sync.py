@@ -226,15 +226,21 @@ class Node:
         self._refuse_on_loop("start()", "start it", "start nodes from another thread")
         self._run(self._node.start())
 
-    def close(self) -> None:
-        """Say BYE, stop the node and its thread. Idempotent; never from a handler."""
+    def drain(self, timeout: float = 5.0) -> None:
+        """See ``smartroute.Node.drain``; then the node and its thread stop, as ``close``."""
+        self.close(drain_s=timeout)
+
+    def close(self, *, drain_s: float | None = None) -> None:
+        """Say BYE, stop the node and its thread (after ``drain`` for ``drain_s`` seconds
+        when given). Idempotent; never from a handler."""
         self._refuse_on_loop("close()", "stop", "close it from another thread (for "
                              "instance, set a threading.Event that thread waits on)")
         with self._closing:  # a second close() waits for the first, then returns
             if self._stopped:
                 return
             try:
-                self._run(self._node.close())
+                self._run(self._node.close() if drain_s is None
+                          else self._node.drain(drain_s))
             finally:
                 with self._lock:
                     self._stopped = True

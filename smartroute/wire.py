@@ -51,6 +51,7 @@ class Kind(enum.IntEnum):
     REPLY = 10
     SEQ = 11
     ACK = 12
+    LEAVING = 13
 
 
 class ReplyStatus(enum.IntEnum):
@@ -150,6 +151,11 @@ class Bye(NamedTuple):
     """The sender is closing: forget it now."""
 
 
+class Leaving(NamedTuple):
+    """The sender drains (it closes soon): choose its subscribers for ANY (and so for a
+    request) only when nobody else has one; it still handles what reaches it."""
+
+
 class Msg(NamedTuple):
     """One ``send_to`` (or request) for the receiver's local subscribers."""
 
@@ -180,7 +186,7 @@ class Reply(NamedTuple):
 
 
 Record = (Hello | Refuse | Peers | Delta | SnapshotRequest | Snapshot | Heartbeat | Bye | Msg
-          | Reply | Seq | Ack)
+          | Reply | Seq | Ack | Leaving)
 
 
 # --- encoding -----------------------------------------------------------------------------------
@@ -225,6 +231,7 @@ def encode_delta(d: Delta) -> bytes:
 
 SNAPSHOT_REQUEST = _pack([Kind.SNAPSHOT_REQUEST])
 BYE = _pack([Kind.BYE])
+LEAVING = _pack([Kind.LEAVING])
 
 
 def encode_snapshot(s: Snapshot) -> bytes:
@@ -456,6 +463,10 @@ class Decoder:
         _arity(raw, 1)
         return Bye()
 
+    def _leaving(self, raw: list[Any]) -> Leaving:
+        _arity(raw, 1)
+        return Leaving()
+
     def _msg(self, raw: list[Any]) -> Msg:
         if len(raw) != 9:
             _arity(raw, 9)
@@ -544,6 +555,7 @@ class Decoder:
         Kind.REPLY: _reply,
         Kind.SEQ: _seq,
         Kind.ACK: _ack,
+        Kind.LEAVING: _leaving,
     }
 
 

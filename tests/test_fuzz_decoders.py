@@ -49,7 +49,8 @@ DECODER = wire.Decoder(max_frame_bytes=64 * 1024, max_table_entries=ENTRIES_MAX,
                        max_peers=PEERS_MAX, max_target_names=TARGETS_MAX,
                        max_name_length=NAME_MAX, max_meta_bytes=META_MAX)
 RECORD_TYPES = (wire.Hello, wire.Refuse, wire.Peers, wire.Delta, wire.SnapshotRequest,
-                wire.Snapshot, wire.Heartbeat, wire.Bye, wire.Msg, wire.Reply, wire.Seq, wire.Ack)
+                wire.Snapshot, wire.Heartbeat, wire.Bye, wire.Msg, wire.Reply, wire.Seq, wire.Ack,
+                wire.Leaving)
 UINT64 = 2**64 - 1
 
 
@@ -93,6 +94,7 @@ records: st.SearchStrategy[tuple[wire.Record, bytes]] = st.one_of(
     st.builds(wire.Seq, streams, uints.filter(bool)).map(lambda r: (r, wire.encode_seq(*r))),
     st.builds(wire.Ack, streams, uints, st.booleans()).map(lambda r: (r, wire.encode_ack(*r))),
     st.just((wire.Bye(), wire.BYE)),
+    st.just((wire.Leaving(), wire.LEAVING)),
     st.builds(wire.Msg, uints, st.none() | short_text, st.integers(0, 4), targets, short_text,
               st.binary(max_size=64), st.none() | uints, st.none() | uints)
     .map(lambda r: (r, wire.encode_msg(r))),

@@ -37,7 +37,8 @@ DECODER = wire.Decoder(
 RECORD_TYPES: dict[str, type[Any]] = {
     "HELLO": wire.Hello, "REFUSE": wire.Refuse, "PEERS": wire.Peers, "DELTA": wire.Delta,
     "SNAPSHOT_REQUEST": wire.SnapshotRequest, "SNAPSHOT": wire.Snapshot,
-    "HEARTBEAT": wire.Heartbeat, "BYE": wire.Bye, "MSG": wire.Msg, "REPLY": wire.Reply,
+    "HEARTBEAT": wire.Heartbeat, "BYE": wire.Bye, "LEAVING": wire.Leaving, "MSG": wire.Msg,
+    "REPLY": wire.Reply,
     "SEQ": wire.Seq, "ACK": wire.Ack,
 }
 
@@ -79,7 +80,8 @@ def encode(record: wire.Record) -> bytes:
         wire.Peers: lambda r: wire.encode_peers(r.peers), wire.Delta: wire.encode_delta,
         wire.SnapshotRequest: lambda r: wire.SNAPSHOT_REQUEST,
         wire.Snapshot: wire.encode_snapshot, wire.Heartbeat: lambda r: wire.encode_heartbeat(*r),
-        wire.Bye: lambda r: wire.BYE, wire.Msg: wire.encode_msg, wire.Reply: wire.encode_reply,
+        wire.Bye: lambda r: wire.BYE, wire.Leaving: lambda r: wire.LEAVING,
+        wire.Msg: wire.encode_msg, wire.Reply: wire.encode_reply,
         wire.Seq: lambda r: wire.encode_seq(*r), wire.Ack: lambda r: wire.encode_ack(*r),
     }
     encoded: bytes = encoders[type(record)](record)

@@ -123,7 +123,8 @@ def test_every_public_name_of_the_async_node_is_on_the_blocking_one() -> None:
         deliberately_missing: set[str] = set()
         assert public - deliberately_missing - set(dir(blocking)) == set()
         assert hasattr(blocking, "__enter__") and hasattr(blocking, "__exit__")
-        for name in public - {"close", "events", "lookup", "request", "send_nowait", "send_to",
+        for name in public - {"close", "drain", "events", "lookup", "request", "send_nowait",
+                              "send_to",
                               "start", "stats", "subscribe", "subscribers", "wait_for",
                               "peers"}:
             assert getattr(blocking, name) == getattr(blocking._node, name), name

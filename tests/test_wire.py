@@ -60,6 +60,7 @@ ROUND_TRIPS: list[tuple[wire.Record, bytes]] = [
     (ACK, wire.encode_ack(*ACK)),
     (wire.Ack(1, 2**40, False), wire.encode_ack(1, 2**40, False)),
     (wire.Bye(), wire.BYE),
+    (wire.Leaving(), wire.LEAVING),
     (MSG_EQ, wire.encode_msg(MSG_EQ)),
     (MSG_ANY, wire.encode_msg(MSG_ANY)),
     (MSG_ALL, wire.encode_msg(MSG_ALL)),
@@ -174,7 +175,7 @@ def test_a_field_of_the_wrong_type_is_rejected(kind: str, encoded: bytes, field:
     reject(raw)
 
 
-@pytest.mark.parametrize("kind", [0, 13, -1, 255, "1", None, 1.0, True, [1], b"\x01"])
+@pytest.mark.parametrize("kind", [0, 14, -1, 255, "1", None, 1.0, True, [1], b"\x01"])
 def test_unknown_kinds_are_rejected(kind: Any) -> None:
     reject([kind])
     reject([kind, 1, 2])
@@ -326,7 +327,7 @@ def decode_or_reject(payload: bytes, decoder: wire.Decoder) -> None:
             continue
         assert type(record) in (wire.Hello, wire.Refuse, wire.Peers, wire.Delta,
                                 wire.SnapshotRequest, wire.Snapshot, wire.Heartbeat, wire.Bye,
-                                wire.Seq, wire.Ack,
+                                wire.Seq, wire.Ack, wire.Leaving,
                                 wire.Msg, wire.Reply)
 
 

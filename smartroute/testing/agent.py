@@ -263,7 +263,44 @@ class Agent:
             return key
         if op == "stall_result":
             return await self.stallers[args["staller"]]
+        if op == "drain":
+            await self.node.drain(float(args.get("timeout", 5.0)))
+            return True
+        if op == "paced_requests":
+            # Started in the background, like "traffic": ``rate_per_s`` requests (ANY) to
+            # ``target`` for ``for_s``; "traffic_result" returns the failures by kind.
+            key = len(self.traffic) + 1
+            self.traffic[key] = asyncio.create_task(paced_requests(
+                self.node, args["target"], float(args["rate_per_s"]), float(args["for_s"]),
+                float(args.get("timeout", 5.0))))
+            return key
         raise ValueError(f"unknown op {op!r}")
+
+
+async def paced_requests(node: Node, target: str, rate_per_s: float, for_s: float,
+                         timeout: float) -> dict[str, Any]:
+    """One ``request`` (ANY) every ``1 / rate_per_s`` for ``for_s``, each in its own task (so
+    a slow answer does not hold the next): how many were answered, and the failures by kind
+    with when each happened (seconds from the start)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    failures: dict[str, list[float]] = {}
+    answered = 0
+
+    async def one(i: int) -> None:
+        nonlocal answered
+        try:
+            await node.request(target, i, timeout=timeout)
+            answered += 1
+        except Exception as exc:  # every failure is the result: counted by kind
+            failures.setdefault(type(exc).__name__, []).append(round(loop.time() - started, 3))
+
+    tasks = []
+    for i in range(int(rate_per_s * for_s)):
+        await asyncio.sleep(max(0.0, started + i / rate_per_s - loop.time()))
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return {"sent": len(tasks), "answered": answered, "failures": failures}
 
 
 TRAFFIC_MAX_BURST_S = 0.05
