@@ -35,9 +35,10 @@ PING_TIMEOUT_S = 1.0
 the process is frozen (SIGSTOP) or the path is cut. Four pings: one lost segment is
 retransmitted by TCP well within it on a LAN."""
 
-UNREACHABLE_AFTER_S = 0.5
+UNREACHABLE_AFTER_S = 0.25
 """A peer whose connection closed and is not back (handshake done) within this long is dead: a
-frozen process or a cut path is then dead ~1.5-1.75 s after it stopped answering. A redial
+frozen process or a cut path is then dead ~1.3-1.55 s after it stopped answering (a broken
+connection to a live process is back in ~10-20 ms: libzmq redials at once). A redial
 that is refused (nobody listens there: the process is gone) is dead at once."""
 
 CONNECT_TIMEOUT_S = 5.0
