@@ -8,6 +8,10 @@ with the reason otherwise.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,7 +138,7 @@ def test_nodes_meet_by_a_name_and_follow_its_records(lan: Lan, start: Start,
           f"{WINDOW_S:.0f} s and a logged one warning")
 
 
-@pytest.mark.parametrize("lan", [4], indirect=True)
+@pytest.mark.parametrize("lan", [pytest.param(4, id="4 hosts")], indirect=True)
 def test_srv_records_give_each_node_its_host_and_port(lan: Lan, start: Start,
                                                       tmp_path: Path) -> None:
     """Two nodes on one host at different ports (an A record could not tell them apart), one
@@ -154,3 +158,83 @@ def test_srv_records_give_each_node_its_host_and_port(lan: Lan, start: Start,
     meet([*nodes, late])
     for node in nodes:
         assert warnings_about(node, "host n3.smartroute.test does not resolve") == 1
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "examples" / "deploy"
+REPO = DEPLOY.parent.parent
+
+CHAT_CLIENT = """
+import json, socket, sys, time
+def connect(host):
+    sock = socket.create_connection((host, 7070), timeout=5)
+    return sock, sock.makefile("r")
+def ask(conn, **msg):
+    sock, lines = conn
+    sock.sendall((json.dumps(msg) + "\\n").encode())
+    while True:
+        answer = json.loads(lines.readline())
+        if answer.get("type") == msg["type"] or answer.get("type") == "registered":
+            return answer
+gateways = sys.argv[1:]
+for host, name in zip(gateways, ["alice", "bob"]):
+    conn = connect(host)
+    assert ask(conn, type="register", name=name)["type"] == "registered"
+    globals()[name] = conn
+third = connect(gateways[2])
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    users = ask(third, type="who")["users"]
+    if sorted(users) == ["alice", "bob"]:
+        break
+    time.sleep(0.05)
+print(json.dumps(sorted(users)))
+"""
+"""Registers alice on the first gateway and bob on the second; prints who the third sees."""
+
+
+def recipe_command(path: Path) -> list[str]:
+    """The ``command: [...]`` of a deploy recipe (written as a JSON list on one line)."""
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("command: ["):
+            command: list[str] = json.loads(line.split("command:", 1)[1])
+            return command
+    raise AssertionError(f"{path} has no command line")
+
+
+@pytest.mark.parametrize(("lan", "recipe", "name", "pod_ip"), [
+    pytest.param(4, "compose.yaml", "gateway", False, id="compose"),
+    pytest.param(4, "kubernetes.yaml", "chat-hl.default.svc.cluster.local", True,
+                 id="kubernetes"),
+], indirect=["lan"])
+def test_the_deploy_recipes_commands_form_one_chat(lan: Lan, recipe: str, name: str,
+                                                   pod_ip: bool, tmp_path: Path) -> None:
+    """The recipe's own command line, bound to 0.0.0.0 in three hosts that know the others
+    only as ``name`` (with ``POD_IP`` set as the downward API would): one chat."""
+    command = recipe_command(DEPLOY / recipe)
+    assert command[0] == "python" and f"dns:{name}:7001" in command
+    dns_host, *hosts = lan.hosts
+    dns = DnsServer(dns_host, tmp_path, {name: [host.address for host in hosts]})
+    gateways = []
+    for host in hosts:
+        host.use_nameserver(dns.address)
+        env = {**os.environ, "POD_IP": host.address} if pod_ip else \
+            {k: v for k, v in os.environ.items() if k != "POD_IP"}
+        gateways.append(host.run([sys.executable, *command[1:], "--log-level", "INFO"],
+                                 cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+                                 stderr=(tmp_path / f"{host.namespace}.log").open("w")))
+    for host, gateway in zip(hosts, gateways, strict=True):
+        assert gateway.stdout is not None
+        ready = gateway.stdout.readline()
+        assert "chat gateway" in ready and "listening on 0.0.0.0:7070" in ready, ready
+        if pod_ip:  # advertised from $POD_IP: peers dial the pod's address
+            assert f"at tcp://{host.address}:7001)" in ready, ready
+    client = hosts[2].run([sys.executable, "-c", CHAT_CLIENT, *(h.address for h in hosts)],
+                          stdout=subprocess.PIPE, text=True)
+    out, _ = client.communicate(timeout=30)
+    assert json.loads(out) == ["alice", "bob"], out
+    for gateway in gateways:
+        gateway.terminate()
+    for gateway in gateways:
+        assert gateway.wait(10) == 0
+        assert gateway.stdout is not None
+        gateway.stdout.close()
