@@ -227,3 +227,18 @@ async def test_a_started_node_advertises_the_environment_address(
         assert node.endpoint == f"tcp://127.0.0.2:{node.port}"
     finally:
         await node.close()
+
+
+async def test_a_hint_that_raises_does_not_end_discovery() -> None:
+    zone = FakeDns()
+    zone.hosts["chat"] = ["10.0.0.5"]
+    calls: list[str] = []
+
+    def hint(endpoint: str) -> None:
+        calls.append(endpoint)
+        raise RuntimeError("node bug")
+
+    dns = discovery(zone, "dns:chat:7001", interval_s=0.01)
+    await dns.start(hint, ME)
+    await async_wait_until(lambda: len(calls) >= 3, what="rounds go on")
+    await dns.close()

@@ -188,8 +188,12 @@ class DnsDiscovery:
 
     async def _run(self, hint: Hint) -> None:
         while True:  # until close(): a node's lifetime
-            for endpoint in await self.resolve():
-                hint(endpoint)
+            try:
+                for endpoint in await self.resolve():
+                    hint(endpoint)
+            except Exception as exc:  # a bug must not end discovery: the next may do better
+                self._quiet.warning(f"round:{type(exc).__name__}", "DNS discovery round "
+                                    "failed: %r (retried every %g s)", exc, self.interval_s)
             await asyncio.sleep(self.interval_s)
 
     async def resolve(self) -> tuple[str, ...]:
