@@ -77,7 +77,8 @@ def test_parse(spec: str, parsed: DnsName) -> None:
     "dns:chat:-1", "dns:chat:70o1", "dns:chat:7001/x", "dns:a..b:7001", "dns:-a.b:7001",
     "dns:a b:7001", "dns:tcp://chat:7001", f"dns:{'a' * 64}.b:7001",
     f"dns:{'a.' * 127}a:7001", "dns:[chat]:7001", "dns:fd00::5:7001",
-    "dns-srv:", "dns-srv:_sr._tcp.chat:7001", "dns-srv:..",
+    "dns:chat:\u00b2", "dns:chat:\uff17\uff10\uff10\uff11", "dns:chat..:7001",
+    "dns-srv:", "dns-srv:_sr._tcp.chat:7001", "dns-srv:..", "dns-srv:_sr._tcp.chat..",
 ])
 def test_bad_strings_are_usage_errors_at_node_time(spec: str) -> None:
     with pytest.raises(UsageError):

@@ -81,7 +81,7 @@ def is_dns(spec: object) -> bool:
 def parse_dns(spec: str) -> DnsName:
     """Parse ``dns:NAME:PORT`` or ``dns-srv:NAME``; ``UsageError`` saying what is wrong."""
     if spec.startswith(SRV_PREFIX):
-        name = spec[len(SRV_PREFIX):].rstrip(".")
+        name = spec[len(SRV_PREFIX):].removesuffix(".")
         if not _is_name(name):
             raise UsageError(f"{spec!r}: dns-srv: takes a DNS name (the SRV records carry the "
                              f"ports), like 'dns-srv:_smartroute._tcp.chat.example.com'")
@@ -96,9 +96,9 @@ def parse_dns(spec: str) -> DnsName:
         host = host[1:-1]
         valid_host = _is_ipv6(host)
     else:
-        host = host.rstrip(".")
+        host = host.removesuffix(".")
         valid_host = _is_name(host)
-    if not sep or not valid_host or not port_text.isdigit() \
+    if not sep or not valid_host or not (port_text.isascii() and port_text.isdigit()) \
             or not 0 < int(port_text) < 65536:
         raise UsageError(f"{spec!r}: DNS discovery looks like 'dns:NAME:PORT' with a port "
                          f"1..65535 (or 'dns-srv:NAME' for ports from SRV records)")
