@@ -135,7 +135,7 @@ def test_nodes_meet_by_a_name_and_follow_its_records(lan: Lan, start: Start,
                what="delivered with DNS down")
     assert warnings_about(a, f"dns:{NAME}:{PORT} does not resolve") == 1  # one line an outage
     print(f"dnsmasq answered {queries} queries; stopped, the mesh of 2 went on for "
-          f"{WINDOW_S:.0f} s and a logged one warning")
+          f"{WINDOW_S:.0f} s and node a logged one warning")
 
 
 @pytest.mark.parametrize("lan", [pytest.param(4, id="4 hosts")], indirect=True)
