@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server
+.PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server \
+	dnsmasq
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +29,20 @@ chat: $(STAMP)
 		--interface 127.0.0.1 --log-level INFO
 
 ## test: the whole suite: lint, types, unit tests and the multi-process tests
-test: lint typecheck $(STAMP)
+test: lint typecheck $(STAMP) dnsmasq
 	$(BIN)/python -m pytest
+
+# The DNS discovery tests (tests/test_lan_dns.py) run a real DNS server: dnsmasq, installed
+# from the distribution when we are root, as dnsmasq-base (the binary alone: the dnsmasq
+# package would also install and start a system DNS service). Otherwise, or if the install
+# fails, those tests are skipped and say why.
+dnsmasq:
+	@if command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends dnsmasq-base) \
+		|| echo "could not install dnsmasq-base: the DNS discovery tests will be skipped"; \
+	else echo "dnsmasq missing and not root: the DNS discovery tests will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check smartroute tests examples bench

@@ -132,7 +132,8 @@ def _add_mesh_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default="smartroute",
                         help="cluster name (default: %(default)s)")
     parser.add_argument("--seed", action="append", default=[], metavar="ENDPOINT",
-                        help="seed endpoint tcp://host:port (repeatable); without seeds: mDNS")
+                        help="seed endpoint tcp://host:port, or every address of a DNS name: "
+                             "dns:NAME:PORT, dns-srv:NAME (repeatable); without seeds: mDNS")
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="use mDNS only on the interface with this IPv4 address "
                              "(repeatable; default: all interfaces)")

@@ -72,6 +72,13 @@ SNAPSHOT_RETRY_S = 1.0
 SEED_RETRY_S = 1.0
 """Static discovery hints its seeds again this often while they are not connected."""
 
+DNS_INTERVAL_S = 5.0
+"""DNS discovery (``dns:`` and ``dns-srv:``) resolves its names again this often: a new replica
+(a pod, a compose container) is dialled within this of its record appearing. CoreDNS, the DNS
+of Kubernetes, serves Service records with a 5 s TTL, so asking more often mostly gets the same
+cached answer; each round costs one query per name (and one per host of an SRV answer).
+"""
+
 TICK_INTERVAL_S = 0.05
 """Resolution of every timer above: the node wakes the core this often."""
 
@@ -178,6 +185,7 @@ class Timings:
     digest_interval_s: float = DIGEST_INTERVAL_S
     snapshot_retry_s: float = SNAPSHOT_RETRY_S
     seed_retry_s: float = SEED_RETRY_S
+    dns_interval_s: float = DNS_INTERVAL_S
     tick_interval_s: float = TICK_INTERVAL_S
     close_linger_s: float = CLOSE_LINGER_S
     refusal_memory_s: float = REFUSAL_MEMORY_S

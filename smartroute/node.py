@@ -36,6 +36,7 @@ from .discovery import (
     StaticDiscovery,
     parse_endpoint,
 )
+from .discovery.dns import DnsDiscovery, advertise_from_environment, is_dns, parse_dns
 from .errors import (
     LinkFull,
     NodeClosed,
@@ -282,6 +283,8 @@ class Node:
         self.limits = limits if limits is not None else Limits()
         self.host = host
         self.port = port
+        if advertise is None:  # Kubernetes and compose: $SMARTROUTE_ADVERTISE, $POD_IP
+            advertise = advertise_from_environment(host, os.environ)
         if advertise is not None:
             if not isinstance(advertise, str) or not advertise:
                 raise UsageError("advertise is a host or a 'tcp://host:port' endpoint")
@@ -338,18 +341,23 @@ class Node:
 
     def _make_discovery(self, discovery: str | Sequence[str] | Discovery) -> Discovery:
         if isinstance(discovery, str):
-            if discovery == "mdns":
-                return MdnsDiscovery(interfaces=self.interfaces)
+            if discovery == "mdns" or is_dns(discovery):
+                return self._make_discovery([discovery])
             raise UsageError(f"discovery is 'mdns', a list of seed endpoints (which may include "
-                             f"'mdns') or a Discovery, not {discovery!r}")
+                             f"'mdns' and 'dns:NAME:PORT') or a Discovery, not {discovery!r}")
         if isinstance(discovery, Discovery):
             return discovery
         if isinstance(discovery, Sequence):
-            seeds = [seed for seed in discovery if seed != "mdns"]
-            static = StaticDiscovery(seeds, retry_s=self.timings.seed_retry_s)
-            if len(seeds) == len(discovery):
-                return static
-            return CombinedDiscovery([MdnsDiscovery(interfaces=self.interfaces), static])
+            names = [parse_dns(spec) for spec in discovery if is_dns(spec)]
+            seeds = [seed for seed in discovery if seed != "mdns" and not is_dns(seed)]
+            parts: list[Discovery] = []
+            if "mdns" in discovery:
+                parts.append(MdnsDiscovery(interfaces=self.interfaces))
+            if names:
+                parts.append(DnsDiscovery(names, interval_s=self.timings.dns_interval_s))
+            if seeds or not parts:
+                parts.append(StaticDiscovery(seeds, retry_s=self.timings.seed_retry_s))
+            return parts[0] if len(parts) == 1 else CombinedDiscovery(parts)
         raise TypeError(f"discovery is 'mdns', a list of seed endpoints or a Discovery, "
                         f"not {type(discovery).__name__}")
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,22 @@ def test_close_runs_when_the_test_body_raises() -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                             check=True).stdout
     assert lan.name not in listed
+
+
+def test_a_host_gets_its_own_resolv_conf_and_close_removes_it() -> None:
+    lan = Lan(2)
+    try:
+        a, b = lan.hosts
+        a.use_nameserver(b.address, search=["smartroute.test"])
+        seen = subprocess.run([*a.prefix, "cat", "/etc/resolv.conf"], capture_output=True,
+                              text=True, check=True, timeout=PROCESS_TIMEOUT_S).stdout
+        assert seen == (f"nameserver {b.address}\nsearch smartroute.test\n"
+                        "options timeout:1 attempts:1\n")
+        other = subprocess.run([*b.prefix, "cat", "/etc/resolv.conf"], capture_output=True,
+                               text=True, check=True, timeout=PROCESS_TIMEOUT_S).stdout
+        assert other == Path("/etc/resolv.conf").read_text()  # a host not told: the machine's
+        written = lan._netns_paths[-1]
+        assert written.exists()
+    finally:
+        lan.close()
+    assert not written.exists() and not written.parent.exists()

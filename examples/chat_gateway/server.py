@@ -730,7 +730,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="mDNS only on the interface with this address (repeatable)")
     parser.add_argument("--seed", action="append", default=[], metavar="tcp://HOST:PORT",
-                        help="a gateway's mesh endpoint to dial, besides mDNS (repeatable)")
+                        help="a gateway's mesh endpoint to dial, besides mDNS, or a DNS name "
+                             "of them all: dns:NAME:PORT, dns-srv:NAME (repeatable)")
+    parser.add_argument("--mesh-port", type=int, default=0, metavar="PORT",
+                        help="port of the mesh node (default: any free one; give one when "
+                             "peers find it by DNS name)")
     parser.add_argument("--no-mdns", action="store_true", help="discover by --seed only")
     parser.add_argument("--name", default=None, help="gateway name shown to users")
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, metavar="S",
@@ -778,7 +782,7 @@ async def run(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {"secret": secret} if secret else {}
     if args.dead_after is not None:
         options.update(dead_after_s=args.dead_after, suspect_after_s=args.dead_after / 2)
-    node = Node(args.cluster, discovery=discovery, host=args.host,
+    node = Node(args.cluster, discovery=discovery, host=args.host, port=args.mesh_port,
                 interfaces=args.interface or None, name=args.name, **options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,7 +16,8 @@ port of that bridge) with address ``198.18.0.<index+1>/16`` from the benchmarkin
 Contracts:
 
 - Nothing is created or changed in the root namespace: no interface, address, route or sysctl,
-  so no test traffic can leave the namespaces.
+  so no test traffic can leave the namespaces. The one file written outside them is a host's
+  ``/etc/netns/<namespace>/resolv.conf`` when asked (``Host.use_nameserver``), removed at close.
 - ``close()`` (also run by ``with``, and at interpreter exit for a Lan never closed) SIGKILLs
   every process started with ``Host.run`` and any other process left in the Lan's namespaces,
   then deletes every namespace it created, which removes their veths and the bridge. It is
@@ -40,6 +41,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -78,6 +80,10 @@ KILL_WAIT_S = 5.0
 
 KILL_POLL_S = 0.01
 """How often ``close()`` checks whether killed processes are gone."""
+
+NETNS_ETC = Path("/etc/netns")
+"""``ip netns exec NS`` bind-mounts each file of ``/etc/netns/NS/`` over the one of ``/etc/``: a
+``resolv.conf`` there gives the processes of that host their own DNS server."""
 
 NOT_ROOT_REASON = "LAN tests need root to create network namespaces (run as root, or see README)"
 """``lan_available()``'s answer for a non-root user."""
@@ -175,6 +181,28 @@ class Host:
         self._lan._processes.append(process)
         return process
 
+    def use_nameserver(self, address: str, *, search: Sequence[str] = (),
+                       timeout_s: int = 1, attempts: int = 1) -> None:
+        """Processes started in this host from now on resolve names through the DNS server at
+        ``address`` (with the ``search`` domains), giving up on it after ``attempts`` tries of
+        ``timeout_s`` s each: writes ``/etc/netns/<namespace>/resolv.conf``, which ``ip netns
+        exec`` mounts over ``/etc/resolv.conf``. ``close()`` removes it. Replaces an earlier one.
+        """
+        self._lan._check_open()
+        ipaddress.ip_address(address)  # ValueError for anything else
+        directory = NETNS_ETC / self.namespace
+        lines = [f"nameserver {address}"]
+        if search:
+            lines.append(f"search {' '.join(search)}")
+        lines.append(f"options timeout:{timeout_s} attempts:{attempts}")
+        created = self._lan._netns_paths  # noted before each is made: close() removes it
+        for folder in (NETNS_ETC, directory):
+            if not folder.exists():
+                created.append(folder)
+                folder.mkdir(exist_ok=True)
+        created.append(directory / "resolv.conf")
+        (directory / "resolv.conf").write_text("\n".join(lines) + "\n")
+
     def cut(self) -> None:
         """Take this host's bridge port down: it loses carrier and is cut off from the LAN."""
         self._lan._check_open()
@@ -264,6 +292,8 @@ class Lan:
         self.namespaces: list[str] = []
         """Every namespace this Lan created (and must delete), in creation order."""
         self._processes: list[subprocess.Popen[Any]] = []
+        self._netns_paths: list[Path] = []
+        """Folders and files made under ``NETNS_ETC`` (``Host.use_nameserver``), in order."""
         self._netem_supported: bool | None = None
         self._closed = False
         _OPEN_LANS.add(self)
@@ -312,6 +342,7 @@ class Lan:
         self._closed = True
         _OPEN_LANS.discard(self)
         self._kill_processes()
+        self._remove_netns_files()
         failures: list[str] = []
         for namespace in reversed(self.namespaces):
             try:
@@ -326,6 +357,17 @@ class Lan:
             if left:  # deletions that failed only because the namespace was gone are fine
                 raise LanError(f"could not delete namespaces {sorted(left)}: "
                                + "; ".join(failures))
+
+    def _remove_netns_files(self) -> None:
+        """Remove what ``Host.use_nameserver`` made, newest first; a folder only once empty
+        (another Lan may use ``/etc/netns`` too)."""
+        for path in reversed(dict.fromkeys(self._netns_paths)):
+            with contextlib.suppress(OSError):  # gone already, or a folder still in use
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        self._netns_paths.clear()
 
     def _check_open(self) -> None:
         if self._closed:
