@@ -155,7 +155,10 @@ class Subscription:
 
     def _offer(self, msg: Message) -> bool:
         queue = self._queue
-        if len(queue) >= self._queue_size:
+        # While this queue holds the inbox, what the node had already read (one frame at
+        # most: thousands of small messages) still comes in: room for it, up to twice the
+        # size, rather than dropping what the sender was told would be delivered.
+        if len(queue) >= (2 * self._queue_size if self._holding else self._queue_size):
             return False
         queue.append(msg)
         self._ready.set()
