@@ -71,6 +71,12 @@ async def run_node(args: argparse.Namespace) -> int:
     async with node:
         print(f"node {node.node_id} of cluster {node.cluster!r} at {node.endpoint}", flush=True)
         events = node.events()
+        server = None
+        if args.metrics_port is not None:
+            from .metrics import serve_http  # noqa: PLC0415 (an optional extra)
+            node.metrics()
+            server, url = serve_http(args.metrics_port, args.metrics_host)
+            print(f"metrics at {url}", flush=True)
 
         def show(msg: Message) -> None:
             print(f"message      to {msg.subscriber} from {msg.sender or msg.node_id[:12]}: "
@@ -88,6 +94,10 @@ async def run_node(args: argparse.Namespace) -> int:
         printer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await printer
+        if server is not None:
+            # shutdown() waits for the server's poll (0.5 s): not on the node's loop.
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
     print("closed", flush=True)
     return 0
 
@@ -154,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_mesh_options(node)
     node.add_argument("--subscribe", action="append", default=[], metavar="NAME",
                       help="subscribe NAME and print what it receives (repeatable)")
+    node.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                      help="serve Prometheus metrics at /metrics on PORT (0: any free one; "
+                           "needs smartroute[metrics])")
+    node.add_argument("--metrics-host", default="127.0.0.1",
+                      help="address the metrics server binds (default: %(default)s)")
     peers = commands.add_parser("peers", help="print the nodes of a cluster")
     _add_mesh_options(peers)
     peers.add_argument("--watch", action="store_true", help="print the table every second")
