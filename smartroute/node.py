@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
@@ -56,6 +56,11 @@ from .protocol import WILDCARD_HOSTS, CoreEvent, Deliver, Protocol, ReplyArrived
 from .routing import Plan, Target
 from .transport import Inbox, Links
 from .transport.curve import Authenticator, Curve, check_secret
+
+if TYPE_CHECKING:  # the metrics extra is optional: only its types are named here
+    from prometheus_client.registry import CollectorRegistry
+
+    from .metrics import NodeCollector
 
 _log = logging.getLogger("smartroute.node")
 
@@ -814,6 +819,14 @@ class Node:
                                            + self._links.handshake_failures)
             stats["dropped"] += self._links.dropped_batches
         return stats
+
+    def metrics(self, registry: CollectorRegistry | None = None) -> NodeCollector:
+        """Register a Prometheus collector of ``stats()`` and ``losses`` on ``registry``
+        (default: prometheus_client's) and return it (``registry.unregister()`` takes it);
+        ``UsageError`` without the ``smartroute[metrics]`` extra. Names: smartroute.metrics."""
+        # Imported only when asked for: prometheus-client is an optional extra.
+        from .metrics import NodeCollector  # noqa: PLC0415
+        return NodeCollector(self.stats, lambda: self.losses, lambda: self._loop).register(registry)
 
     # --- argument checks ------------------------------------------------------------------------
 

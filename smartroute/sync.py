@@ -29,7 +29,7 @@ import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import Limits, Timings
 from .errors import NodeClosed, UsageError
@@ -40,6 +40,11 @@ from .node import Handler
 from .node import Node as AsyncNode
 from .node import Subscription as AsyncSubscription
 from .routing import Target
+
+if TYPE_CHECKING:  # the metrics extra is optional: only its types are named here
+    from prometheus_client.registry import CollectorRegistry
+
+    from .metrics import NodeCollector
 
 _T = TypeVar("_T")
 
@@ -394,6 +399,10 @@ class Node:
     def losses(self) -> dict[str, int]:
         """See ``smartroute.Node.losses``."""
         return self._call(lambda: self._node.losses)
+
+    def metrics(self, registry: CollectorRegistry | None = None) -> NodeCollector:
+        """See ``smartroute.Node.metrics``; scrapes read the counters on the node's thread."""
+        return self._node.metrics(registry)
 
     def __repr__(self) -> str:
         return f"smartroute.sync.Node(node_id={self.node_id[:8]!r}, running={self.running})"

@@ -13,11 +13,13 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.chat_gateway.client import ChatClient
 from examples.chat_gateway.demo import wait_for_mesh
@@ -382,3 +384,23 @@ async def test_gateways_with_a_secret_chat_and_one_without_is_left_out(
     finally:
         for gateway in secure:
             gateway.kill()
+
+
+def test_a_gateway_serves_its_mesh_metrics(tmp_path: Path) -> None:
+    gateway = GatewayProcess("gw-metrics", cluster=f"chat-metrics-{os.getpid()}",
+                             log_path=tmp_path / "metrics.log",
+                             options=["--no-mdns", "--metrics-port", "0"])
+    try:
+        line = gateway.next_line()
+        assert line is not None and line.startswith("metrics at http://127.0.0.1:")
+        url = line.removeprefix("metrics at ")
+        with urllib.request.urlopen(url, timeout=5) as response:
+            families = {f.name: f for f in text_string_to_metric_families(response.read()
+                                                                          .decode())}
+        assert families["smartroute_peers"].type == "gauge"
+        assert families["smartroute_peers"].samples[0].value == 0
+        assert families["smartroute_sent"].type == "counter"
+        gateway.stop()
+        assert gateway.process.returncode == 0
+    finally:
+        gateway.kill()

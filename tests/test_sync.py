@@ -126,7 +126,7 @@ def test_every_public_name_of_the_async_node_is_on_the_blocking_one() -> None:
         for name in public - {"close", "drain", "events", "lookup", "request", "send_nowait",
                               "send_to",
                               "start", "stats", "subscribe", "subscribers", "wait_for",
-                              "peers"}:
+                              "peers", "metrics"}:
             assert getattr(blocking, name) == getattr(blocking._node, name), name
     finally:
         blocking.close()

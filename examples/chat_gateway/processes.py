@@ -69,6 +69,11 @@ class GatewayProcess:
             self._lines.put(line)
         self._lines.put(None)
 
+    def next_line(self, timeout: float = READY_TIMEOUT_S) -> str | None:
+        """The next line it printed after the ``listening on`` one (None: it exited)."""
+        line = self._lines.get(timeout=timeout)
+        return None if line is None else line.rstrip("\n")
+
     @property
     def alive(self) -> bool:
         """True while the process runs."""

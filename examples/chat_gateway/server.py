@@ -744,6 +744,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dead-after", type=float, default=None, metavar="S",
                         help="a peer gateway whose event loop is silent this long while its "
                              "connection is alive is stuck: dead (default: the mesh's 20 s)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve the mesh node's Prometheus metrics on 127.0.0.1:PORT/metrics "
+                             "(0: any free port; needs smartroute[metrics])")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.idle_timeout <= 0 or args.max_output_bytes <= 0:
@@ -794,9 +797,17 @@ async def run(args: argparse.Namespace) -> None:
         server, (host, port) = await serve_clients(gateway, args.host, args.port)
         print(f"chat gateway {gateway.name} listening on {host}:{port} (cluster "
               f"{args.cluster!r}, mesh node {node.node_id[:8]} at {node.endpoint})", flush=True)
+        metrics = None
+        if args.metrics_port is not None:
+            from smartroute.metrics import serve_http  # noqa: PLC0415 (an optional extra)
+            node.metrics()
+            metrics, url = serve_http(args.metrics_port)
+            print(f"metrics at {url}", flush=True)
         await stop.wait()
         server.close()
         await gateway.close()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.shutdown)
     print("closed", flush=True)
 
 
