@@ -66,6 +66,11 @@ def secret_from(args: argparse.Namespace) -> str | None:
     return secret or None
 
 
+DRAIN_TIMEOUT_S = 5.0
+"""How long ``smartroute node`` drains on SIGTERM before it closes anyway (Kubernetes gives a
+pod 30 s between SIGTERM and SIGKILL)."""
+
+
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,6 +106,10 @@ async def run_node(args: argparse.Namespace) -> int:
 
         printer = asyncio.create_task(print_events())
         await stop.wait()
+        # A rolling restart's SIGTERM: peers stop choosing this node, what it handles is
+        # answered and what it sent acknowledged, then BYE (see Node.drain).
+        await node.drain(args.drain_timeout)
+        print("drained", flush=True)
         printer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await printer
@@ -421,6 +430,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "needs smartroute[metrics])")
     node.add_argument("--metrics-host", default="127.0.0.1",
                       help="address the metrics server binds (default: %(default)s)")
+    node.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S, metavar="S",
+                      help="on SIGTERM or Ctrl-C, drain for at most S seconds before closing "
+                           "(default: %(default)s)")
     peers = commands.add_parser("peers", help="print the nodes of a cluster")
     _add_mesh_options(peers)
     _add_watch_options(peers, "print the table every second")

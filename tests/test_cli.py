@@ -50,7 +50,7 @@ def test_smartroute_node_prints_the_mesh_and_leaves_with_a_bye(spawn: Spawn) -> 
                    what="message printed")
         os.kill(cli.pid, signal.SIGTERM)
         assert cli.wait(10) == 0
-        assert printed("closed")
+        assert printed("drained") and printed("closed")
     finally:
         if cli.poll() is None:
             os.kill(cli.pid, signal.SIGKILL)

@@ -777,8 +777,12 @@ async def serve_clients(gateway: Gateway, host: str,
     return server, (bound_host, bound_port)
 
 
+DRAIN_TIMEOUT_S = 5.0
+"""On SIGTERM the gateway's node drains at most this long (then BYE)."""
+
+
 async def run(args: argparse.Namespace) -> None:
-    """Serve until SIGINT or SIGTERM, then say bye to clients and BYE to the mesh."""
+    """Serve until SIGINT or SIGTERM, then say bye to clients, drain and BYE to the mesh."""
     discovery: list[str] = ([] if args.no_mdns else ["mdns"]) + args.seed
     secret = args.secret or os.environ.get("SMARTROUTE_SECRET")
     # Only when given: a node without a secret says in its log that links are unencrypted.
@@ -806,6 +810,8 @@ async def run(args: argparse.Namespace) -> None:
         await stop.wait()
         server.close()
         await gateway.close()
+        # The mesh side of a rolling restart: peers stop choosing this gateway, then BYE.
+        await node.drain(DRAIN_TIMEOUT_S)
         if metrics is not None:
             await asyncio.to_thread(metrics.shutdown)
     print("closed", flush=True)
