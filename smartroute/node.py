@@ -158,12 +158,13 @@ class Subscription:
             if msg._replier is not None:  # a waiting requester learns at once, not at timeout
                 self.node._reply_now(msg, NodeClosed("the subscriber closed"), error=True)
 
-    def _offer(self, msg: Message) -> bool:
+    def _offer(self, msg: Message, remote: bool = False) -> bool:
         queue = self._queue
-        # While this queue holds the inbox, what the node had already read (one frame at
-        # most: thousands of small messages) still comes in: room for it, up to twice the
-        # size, rather than dropping what the sender was told would be delivered.
-        if len(queue) >= (2 * self._queue_size if self._holding else self._queue_size):
+        # While this queue holds the inbox, what the node had already read from peers (one
+        # frame at most: thousands of small messages) still comes in: room for it, up to
+        # twice the size, rather than dropping it. Local sends get no such room.
+        if len(queue) >= (2 * self._queue_size if self._holding and remote
+                          else self._queue_size):
             return False
         queue.append(msg)
         self._ready.set()
@@ -1077,15 +1078,15 @@ class Node:
             replier = (self._remote_replier(origin, request_id)
                        if request_id is not None else None)
             self._deliver(sub, Message(msg.seq, body, msg.type, mode, msg.target, msg.sender,
-                                       origin, sub.name, replier))
+                                       origin, sub.name, replier), True)
         if nobody:
             self._stats["dropped"] += 1
             if request_id is not None:
                 self._send_reply(origin, request_id, None, error=False, nobody=True)
 
-    def _deliver(self, sub: Subscription, msg: Message) -> None:
+    def _deliver(self, sub: Subscription, msg: Message, remote: bool = False) -> None:
         if sub.is_async:
-            if sub._offer(msg):
+            if sub._offer(msg, remote):
                 self._delivered += 1
             else:
                 self._queue_full(sub, msg)
