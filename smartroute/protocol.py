@@ -201,6 +201,9 @@ class Protocol:
         """Links with HELLO, REFUSE or BYE records this turn (they travel unsequenced)."""
         self._resends: dict[int, list[bytes]] = {}
         self._ack_due: set[bytes] = set()
+        """Peers we took batches from since our last ACK to them (the timer acknowledges)."""
+        self._ack_now: set[bytes] = set()
+        """Of those, the ones with a quarter of their window waiting: acknowledged at once."""
         self.full_peers: set[bytes] = set()
         """Peers whose window is spent: ``send_to`` waits for them (an attribute, not a
         method: ``send_to`` tests it for every message)."""
@@ -217,7 +220,7 @@ class Protocol:
     def data_to_send(self) -> Output:
         """Drain the network actions accumulated since the last call: every link's records
         framed into batches (sequenced where they must not be lost), resends first."""
-        if self._ack_due:
+        if self._ack_now:
             self._queue_acks(force=False)
         sends, self._sends = self._sends, {}
         framed: dict[int, list[bytes]] = self._resends
@@ -269,9 +272,10 @@ class Protocol:
             if control:
                 batches.extend(wire.encode_batches(run, MAX_BATCH_BYTES))
             else:
-                batches.extend(outbox.number(chunk)
-                               for chunk in wire.chunk_records(run, MAX_BATCH_BYTES))
-        if outbox.full:
+                for chunk in wire.chunk_records(run, MAX_BATCH_BYTES):
+                    batches.append(outbox.number(chunk))
+        if (len(outbox.unacked) >= outbox.window_batches
+                or outbox.unacked_bytes >= outbox.window_bytes):  # ``full``, inline: per batch
             self.full_peers.add(peer.node_id)
         return batches
 
@@ -310,19 +314,20 @@ class Protocol:
         return None
 
     def _queue_acks(self, *, force: bool) -> None:
-        """ACK what we took from each peer: with a record we send it anyway this turn, when
-        a quarter of its window waits, or (``force``, from the timer) whatever waits."""
+        """ACK what we took: from peers with a quarter of their window waiting, or (``force``:
+        the timer, every ``tick_interval_s``, and close) from every peer with anything waiting.
+        Not with every batch: a request/reply exchange would carry an ACK record each way,
+        measured ~10% of its cost; the window has room for the timer's pace."""
+        due = self._ack_due if force else self._ack_now
         peers = self.membership.peers
-        for node_id in list(self._ack_due):
+        for node_id in due:
             peer = peers.get(node_id)
             inflow = self.inflows.get(node_id)
-            if peer is None or inflow is None:
-                self._ack_due.discard(node_id)
-                continue
-            if (force or peer.link in self._sends
-                    or inflow.taken - inflow.acked >= self._ack_every):
-                self._ack_due.discard(node_id)
+            if peer is not None and inflow is not None and inflow.taken > inflow.acked:
                 self._ride(peer.link, wire.encode_ack(*inflow.ack()))
+        if force:
+            self._ack_due.clear()
+        self._ack_now.clear()
 
     def events_received(self) -> list[CoreEvent]:
         """Drain the events accumulated since the last call."""
@@ -505,6 +510,8 @@ class Protocol:
         verdict = inflow.judge(*numbers)
         if verdict is Verdict.TAKE:
             self._ack_due.add(node_id)
+            if inflow.taken - inflow.acked >= self._ack_every:
+                self._ack_now.add(node_id)
             return True
         self.membership.heard(peer, now)
         if verdict is Verdict.DUPLICATE:
@@ -530,6 +537,7 @@ class Protocol:
     def _ask_resend(self, peer: Peer, inflow: Inflow, now: float) -> None:
         if inflow.may_ask_resend(now):
             self._ack_due.discard(peer.node_id)  # the resend request acknowledges too
+            self._ack_now.discard(peer.node_id)
             self.counters.resend_requests += 1
             _log.debug("%s: gap in the stream of %s after batch %d: asking again",
                        self.hex[:8], peer.hex[:8], inflow.taken)
@@ -540,7 +548,7 @@ class Protocol:
         if outbox is None or ack.stream != outbox.stream:
             return
         outbox.acked(ack.seq)
-        if not outbox.full:
+        if self.full_peers and not outbox.full:
             self.full_peers.discard(peer.node_id)
         if ack.resend and outbox.unacked:
             self._resend(peer, outbox)
@@ -999,6 +1007,7 @@ class Protocol:
         self._events.append(PeerDown(peer.info(), reason))
         self._events.extend(events)
         self._ack_due.discard(peer.node_id)
+        self._ack_now.discard(peer.node_id)
         self.full_peers.discard(peer.node_id)
         self.router.leaving.discard(peer.node_id)
         outbox = self.outboxes.get(peer.node_id)
