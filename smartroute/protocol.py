@@ -136,6 +136,15 @@ class Counters:
     resend_requests: int = 0
 
 
+def _queue(queues: dict[int, list[bytes]], link_id: int, record: bytes) -> None:
+    """Append ``record`` to the list of ``link_id`` in ``queues``."""
+    queue = queues.get(link_id)
+    if queue is None:
+        queues[link_id] = [record]
+    else:
+        queue.append(record)
+
+
 def resolve_endpoint(endpoint: str, peer_address: str | None) -> str:
     """Replace a wildcard host (``tcp://*:7001``) by the address the peer was seen from."""
     if peer_address is None or not endpoint.startswith("tcp://"):
@@ -960,11 +969,7 @@ class Protocol:
             self._hangups.append(link_id)
 
     def _send(self, link_id: int, record: bytes) -> None:
-        queue = self._sends.get(link_id)
-        if queue is None:
-            self._sends[link_id] = [record]
-        else:
-            queue.append(record)
+        _queue(self._sends, link_id, record)
 
     def _send_control(self, link_id: int, record: bytes) -> None:
         """A HELLO, REFUSE or BYE: never sequenced (see streams.py)."""
@@ -973,11 +978,7 @@ class Protocol:
 
     def _ride(self, link_id: int, record: bytes) -> None:
         """A heartbeat or an ACK: it travels with the link's other records, or alone."""
-        queue = self._riders.get(link_id)
-        if queue is None:
-            self._riders[link_id] = [record]
-        else:
-            queue.append(record)
+        _queue(self._riders, link_id, record)
 
     def _send_peer(self, peer: Peer, record: bytes, now: float) -> None:
         """A heartbeat (see ``_ride``)."""
