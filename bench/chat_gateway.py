@@ -55,9 +55,6 @@ SETTLE_S = 0.5
 RUN_TIMEOUT_S = 60.0
 """Longest wait for one measured step."""
 
-DEAD_AFTER_S = 10.0
-"""The gateways' failure detection in this benchmark (the mesh's default is 1.5 s)."""
-
 ROOM = "bench"
 LINES_PER_MEMBER = 2
 """Answers each member gets while setting up: registered, joined."""
@@ -322,10 +319,10 @@ def load_clients(count: int) -> list[Child]:
 
 
 def gateway_options() -> list[str]:
-    # Clients of a benchmark stay silent: no idle pings while we measure. Gateways and
-    # thousands of clients share 2 cores here: a gateway's loop stalls ~0.5-2 s at times
-    # (see longest_loop_stall), which the mesh's default 1.5 s would take for a death.
-    return ["--idle-timeout", "3600", "--log-level", "INFO", "--dead-after", str(DEAD_AFTER_S)]
+    # Clients of a benchmark stay silent: no idle pings while we measure. A gateway's loop
+    # stalls ~0.5-2 s at times here (see longest_loop_stall): since issue 10 that makes it
+    # suspect, not dead (libzmq answers the mesh's pings), so the default timings apply.
+    return ["--idle-timeout", "3600", "--log-level", "INFO"]
 
 
 def measure_one_gateway(idle: int, hold: int, log_dir: Path) -> list[dict[str, Any]]:
