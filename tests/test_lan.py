@@ -47,8 +47,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Start a node on a LAN host, mDNS on that host's address only; all SIGKILLed at the end."""
     agents: list[AgentProcess] = []
 
-    def run(host: Host, *, cluster: str = CLUSTER, **kwargs: Any) -> AgentProcess:
-        agent = AgentProcess(cluster=cluster, prefix=host.prefix, host=host.address, mdns=True,
+    def run(host: Host, *, cluster: str = CLUSTER, mdns: bool = True,
+            **kwargs: Any) -> AgentProcess:
+        agent = AgentProcess(cluster=cluster, prefix=host.prefix, host=host.address, mdns=mdns,
                              interfaces=[host.address], log_path=tmp_path / f"n{len(agents)}.log",
                              **kwargs)
         agents.append(agent)
@@ -183,6 +184,47 @@ def test_a_cut_longer_than_redial_dead_for_s_still_heals_with_mdns_only(
     assert nodes[0].call("send_to", body="back", target="user:2") == 1
     wait_until(lambda: [d["body"] for d in nodes[2].call("received")] == ["back"],
                what="messages flow again")
+
+
+SPLIT_S = 90.0
+
+
+@pytest.mark.timeout(240)
+def test_a_three_three_split_for_90_s_with_seeds_on_one_side_heals(
+        lan_factory: Callable[[int], Lan], start: Callable[..., AgentProcess]) -> None:
+    """Issue 13: six hosts split 3+3 (each side drops what it sends to the other) for 90 s,
+    every seed on one side; after the heal one mesh and one table again within
+    ``redial_backoff_max_s`` (60 s) and a few seconds."""
+    lan = lan_factory(6)
+    first = start(lan.hosts[0], mdns=False)
+    nodes = [first, *(start(host, mdns=False, seeds=[first.endpoint])
+                      for host in lan.hosts[1:])]
+    for i, node in enumerate(nodes):
+        node.call("subscribe", name=f"user:{i}")
+    meet(nodes, timeout=20.0)
+    side_a, side_b = lan.hosts[:3], lan.hosts[3:]
+    for host in side_a:
+        host.block(side_b)
+    for host in side_b:
+        host.block(side_a)
+    for node in nodes[:3]:
+        wait_until(lambda node=node: len(node.call("peers")) == 2, 10,
+                   what="side A sees only side A")
+    for node in nodes[3:]:
+        wait_until(lambda node=node: len(node.call("peers")) == 2, 10,
+                   what="side B sees only side B")
+    time.sleep(SPLIT_S)  # the scenario is the split's length: nothing to poll for meanwhile
+    for host in lan.hosts:
+        host.unblock()
+    healed = time.monotonic()
+    meet(nodes, timeout=60.0 + 10.0)
+    for node in nodes:
+        wait_until(lambda node=node: len(node.call("subscribers")) == 6, 10, what="one table")
+    print(f"3+3 split {SPLIT_S:.0f} s: one mesh again {time.monotonic() - healed:.1f} s after "
+          "the heal")
+    assert nodes[0].call("send_to", body="across", target="user:5") == 1
+    wait_until(lambda: [d["body"] for d in nodes[5].call("received")] == ["across"],
+               what="messages cross the healed split")
 
 
 def _retransmits(host: Host) -> int:

@@ -167,6 +167,8 @@ class Host:
         self._lan = lan
         self._port = f"h{index}"
         self._shaping: Literal["netem", "bpf"] | None = None
+        self._blocked = False
+        """A ``block`` filter is installed (it goes with the clsact qdisc)."""
 
     def __repr__(self) -> str:
         return f"Host({self.index}, {self.namespace!r}, {self.address!r})"
@@ -245,6 +247,30 @@ class Host:
         self._tc("filter", "replace", "dev", HOST_INTERFACE, "egress", "pref", "1", "handle", "1",
                  "bpf", "da", "bytecode", _loss_bytecode(loss_percent))
 
+    def block(self, others: Sequence[Host]) -> None:
+        """Drop every IPv4 packet this host sends to ``others`` (a partition: call it on both
+        sides); ``unblock()`` undoes it. A classic-BPF filter on eth0's egress hook, beside
+        any loss ``netem`` set (it keeps its own slot)."""
+        self._lan._check_open()
+        if not others:
+            raise ValueError("block needs at least one host")
+        if self._shaping == "netem":
+            raise LanError("block() cannot be combined with a real netem qdisc here")
+        if self._shaping is None:
+            self._tc("qdisc", "add", "dev", HOST_INTERFACE, "clsact")
+            self._shaping = "bpf"
+        self._tc("filter", "replace", "dev", HOST_INTERFACE, "egress", "pref", "2", "handle",
+                 "2", "bpf", "da", "bytecode",
+                 _block_bytecode([int(ipaddress.IPv4Address(h.address)) for h in others]))
+        self._blocked = True
+
+    def unblock(self) -> None:
+        """Undo ``block``; a no-op when nothing is blocked."""
+        self._lan._check_open()
+        if self._blocked:
+            self._tc("filter", "delete", "dev", HOST_INTERFACE, "egress", "pref", "2")
+            self._blocked = False
+
     def clear_netem(self) -> None:
         """Remove any impairment set by ``netem``; a no-op when there is none."""
         self._lan._check_open()
@@ -252,10 +278,26 @@ class Host:
             self._tc("qdisc", "delete", "dev", HOST_INTERFACE, "root")
         elif self._shaping == "bpf":
             self._tc("qdisc", "delete", "dev", HOST_INTERFACE, "clsact")
+            self._blocked = False  # its filter went with the qdisc
         self._shaping = None
 
     def _tc(self, *args: str) -> None:
         _command([*self.prefix, "tc", *args])
+
+
+def _block_bytecode(addresses: list[int]) -> str:
+    """A classic-BPF program (tc ``bytecode`` syntax, from the Ethernet header) returning SHOT
+    for IPv4 packets to any of ``addresses``, OK for everything else."""
+    n = len(addresses)
+    program = [
+        "40 0 0 12",  # A = ethertype
+        f"21 0 {n + 1} 2048",  # not IPv4: to OK
+        "32 0 0 30",  # A = IPv4 destination
+        *(f"21 {n - i} 0 {address}" for i, address in enumerate(addresses)),  # to SHOT
+        f"6 0 0 {TC_ACT_OK}",
+        f"6 0 0 {TC_ACT_SHOT}",
+    ]
+    return f"{len(program)}," + ",".join(program)
 
 
 def _loss_bytecode(loss_percent: float) -> str:
