@@ -27,6 +27,8 @@ class PeerInfo:
     name: str
     state: str
     incarnation: int
+    rtt_s: float | None = None
+    """Round trip to it and back through both event loops, smoothed (None: not measured yet)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -77,6 +77,12 @@ class Peer:
     """The link's connection was up at least once (a first connection gets more grace)."""
     refused: bool = False
     """A redial after the connection went down was refused: nobody listens there any more."""
+    echo_us: int = 0
+    """Its last heartbeat's clock, to echo in ours (the round trip, see wire.Heartbeat)."""
+    echo_at: float = 0.0
+    """When we received that heartbeat."""
+    rtt_s: float | None = None
+    """Round trip through both loops, smoothed (an exponential average of heartbeat echoes)."""
     hex: str = dataclasses.field(init=False)
     """The node id as printed everywhere (kept: every message received names its origin)."""
 
@@ -85,7 +91,8 @@ class Peer:
 
     def info(self) -> PeerInfo:
         """The public view of this peer."""
-        return PeerInfo(self.hex, self.endpoint, self.name, self.state.value, self.incarnation)
+        return PeerInfo(self.hex, self.endpoint, self.name, self.state.value, self.incarnation,
+                        self.rtt_s)
 
 
 class Membership:

@@ -3,8 +3,9 @@
 Every scrape reads ``stats()`` and ``losses`` once. Each counter of ``stats()`` becomes
 ``smartroute_<name>_total``; ``peers`` and ``subscribers`` are the gauges ``smartroute_peers``
 and ``smartroute_subscribers``; ``losses`` is ``smartroute_peer_lost_messages_total`` with a
-``peer`` label (the peer's node id). Importing this module without prometheus-client raises
-``UsageError`` naming the extra.
+``peer`` label (the peer's node id), and each peer's smoothed round trip is the gauge
+``smartroute_peer_rtt_seconds`` with the same label. Importing this module without
+prometheus-client raises ``UsageError`` naming the extra.
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ class NodeCollector(Collector):
 
     def __init__(self, stats: Callable[[], Mapping[str, int]],
                  losses: Callable[[], Mapping[str, int]],
-                 loop: Callable[[], asyncio.AbstractEventLoop | None]) -> None:
+                 loop: Callable[[], asyncio.AbstractEventLoop | None],
+                 rtts: Callable[[], Mapping[str, float]] | None = None) -> None:
         self._stats = stats
         self._losses = losses
         self._loop = loop
+        self._rtts = rtts
 
     def register(self, registry: CollectorRegistry | None = None) -> NodeCollector:
         """Register on ``registry`` (default: prometheus_client's) and return self; a second
@@ -69,16 +72,17 @@ class NodeCollector(Collector):
         (REGISTRY if registry is None else registry).register(self)
         return self
 
-    def _read(self) -> tuple[dict[str, int], dict[str, int]]:
-        return dict(self._stats()), dict(self._losses())
+    def _read(self) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+        rtts = dict(self._rtts()) if self._rtts is not None else {}
+        return dict(self._stats()), dict(self._losses()), rtts
 
-    def _read_on_loop(self) -> tuple[dict[str, int], dict[str, int]]:
+    def _read_on_loop(self) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
         loop = self._loop()
         if loop is None or not loop.is_running() or _running_loop() is loop:
             return self._read()
         # Scrapes come on the HTTP server's thread; the counters live on the node's loop.
-        future: concurrent.futures.Future[tuple[dict[str, int], dict[str, int]]] = (
-            concurrent.futures.Future())
+        future: concurrent.futures.Future[
+            tuple[dict[str, int], dict[str, int], dict[str, float]]] = concurrent.futures.Future()
 
         def read() -> None:
             try:
@@ -95,7 +99,7 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """One family per ``stats()`` entry, then the per-peer losses."""
-        stats, losses = self._read_on_loop()
+        stats, losses, rtts = self._read_on_loop()
         for key in sorted(stats):
             help_text = HELP.get(key, f"Node.stats()[{key!r}]")
             if key in GAUGES:
@@ -107,6 +111,11 @@ class NodeCollector(Collector):
         for peer in sorted(losses):
             lost.add_metric([peer], losses[peer])
         yield lost
+        rtt = GaugeMetricFamily(PREFIX + "peer_rtt_seconds", "smoothed round trip per peer "
+                                "(PeerInfo.rtt_s)", labels=["peer"])
+        for peer in sorted(rtts):
+            rtt.add_metric([peer], rtts[peer])
+        yield rtt
 
 
 def serve_http(port: int, host: str = "127.0.0.1",

@@ -827,7 +827,11 @@ class Node:
         ``UsageError`` without the ``smartroute[metrics]`` extra. Names: smartroute.metrics."""
         # Imported only when asked for: prometheus-client is an optional extra.
         from .metrics import NodeCollector  # noqa: PLC0415
-        return NodeCollector(self.stats, lambda: self.losses, lambda: self._loop).register(registry)
+        return NodeCollector(self.stats, lambda: self.losses, lambda: self._loop,
+                             self._rtts).register(registry)
+
+    def _rtts(self) -> dict[str, float]:
+        return {peer.node_id: peer.rtt_s for peer in self.peers if peer.rtt_s is not None}
 
     # --- argument checks ------------------------------------------------------------------------
 

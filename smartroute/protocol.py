@@ -43,6 +43,9 @@ _MODES = tuple(ReceiveMode)
 _SEQ = int(wire.Kind.SEQ)
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 
+RTT_SMOOTHING = 0.2
+"""Weight of a new round-trip sample in a peer's smoothed ``rtt_s`` (about the last five)."""
+
 REFUSALS_PER_S = 10
 """Most REFUSE records sent per second (each needs a short-lived link of its own)."""
 
@@ -398,8 +401,10 @@ class Protocol:
                     or now - peer.last_digest >= timings.digest_interval_s):
                 outbox = self.outboxes.get(peer.node_id)
                 stream, sent = (outbox.stream, outbox.last_sent) if outbox else (0, 0)
-                self._send_peer(peer, wire.encode_heartbeat(self.incarnation, self.table.version,
-                                                            stream, sent), now)
+                held_us = int((now - peer.echo_at) * 1e6) if peer.echo_us else 0
+                self._send_peer(peer, wire.encode_heartbeat(
+                    self.incarnation, self.table.version, stream, sent, int(now * 1e6),
+                    peer.echo_us, held_us), now)
                 peer.last_digest = now
         self._expire_outboxes(now)
         if now - self._last_exchange >= timings.peer_exchange_interval_s:
@@ -830,6 +835,13 @@ class Protocol:
         replica = self.table.replicas.get(peer.node_id)
         if beat.incarnation != peer.incarnation:
             return
+        if beat.time_us:
+            peer.echo_us, peer.echo_at = beat.time_us, now
+        if beat.echo_us:
+            rtt = now - (beat.echo_us + beat.held_us) / 1e6
+            if 0 <= rtt < self.timings.dead_after_s:  # an echo of an earlier process: ignored
+                peer.rtt_s = rtt if peer.rtt_s is None else (
+                    peer.rtt_s + RTT_SMOOTHING * (rtt - peer.rtt_s))
         inflow = self.inflows.get(peer.node_id)
         if inflow is None and beat.sent:
             inflow = self._new_inflow(peer.node_id)

@@ -128,6 +128,13 @@ class Heartbeat(NamedTuple):
     """The sender's stream to the receiver (0: none yet)."""
     sent: int = 0
     """The number of the last sequenced batch sent on that stream (0: none)."""
+    time_us: int = 0
+    """The sender's monotonic clock, in microseconds (echoed back for the round trip)."""
+    echo_us: int = 0
+    """The ``time_us`` of the receiver's last heartbeat to the sender (0: none yet)."""
+    held_us: int = 0
+    """How long the sender held that echo before this heartbeat left, in microseconds: the
+    receiver's round trip is its clock now - ``echo_us`` - ``held_us``."""
 
 
 class Seq(NamedTuple):
@@ -239,9 +246,10 @@ def encode_snapshot(s: Snapshot) -> bytes:
     return _pack([Kind.SNAPSHOT, s.incarnation, s.version, [list(e) for e in s.entries]])
 
 
-def encode_heartbeat(incarnation: int, version: int, stream: int = 0, sent: int = 0) -> bytes:
+def encode_heartbeat(incarnation: int, version: int, stream: int = 0, sent: int = 0,
+                     time_us: int = 0, echo_us: int = 0, held_us: int = 0) -> bytes:
     """Encode a HEARTBEAT record."""
-    return _pack([Kind.HEARTBEAT, incarnation, version, stream, sent])
+    return _pack([Kind.HEARTBEAT, incarnation, version, stream, sent, time_us, echo_us, held_us])
 
 
 MAX_STREAM = 0xFFFFFFFF
@@ -442,9 +450,9 @@ class Decoder:
         return Snapshot(raw[1], raw[2], self._entries(raw[3]))
 
     def _heartbeat(self, raw: list[Any]) -> Heartbeat:
-        _arity(raw, 5)
+        _arity(raw, 8)
         _check(all(_is_uint(value) for value in raw[1:]), "heartbeat numbers")
-        return Heartbeat(raw[1], raw[2], raw[3], raw[4])
+        return Heartbeat(*raw[1:])
 
     def _seq(self, raw: list[Any]) -> Seq:
         _arity(raw, 3)

@@ -39,17 +39,20 @@ def parse(text: str) -> tuple[dict[str, str], Samples]:
 def test_counters_gauges_and_losses_by_peer() -> None:
     registry = CollectorRegistry()
     stats = {"sent": 3, "lost_messages": 5, "peers": 2, "subscribers": 7}
-    collector = NodeCollector(lambda: stats, lambda: {"ab12": 4, "cd34": 1}, lambda: None)
+    collector = NodeCollector(lambda: stats, lambda: {"ab12": 4, "cd34": 1}, lambda: None,
+                              lambda: {"ab12": 0.00025})
     assert collector.register(registry) is collector
     types, samples = parse(generate_latest(registry).decode())
     assert types == {"smartroute_sent": "counter", "smartroute_lost_messages": "counter",
                      "smartroute_peers": "gauge", "smartroute_subscribers": "gauge",
-                     "smartroute_peer_lost_messages": "counter"}
+                     "smartroute_peer_lost_messages": "counter",
+                     "smartroute_peer_rtt_seconds": "gauge"}
     assert samples == {
         ("smartroute_sent_total", ()): 3, ("smartroute_lost_messages_total", ()): 5,
         ("smartroute_peers", ()): 2, ("smartroute_subscribers", ()): 7,
         ("smartroute_peer_lost_messages_total", (("peer", "ab12"),)): 4,
-        ("smartroute_peer_lost_messages_total", (("peer", "cd34"),)): 1}
+        ("smartroute_peer_lost_messages_total", (("peer", "cd34"),)): 1,
+        ("smartroute_peer_rtt_seconds", (("peer", "ab12"),)): 0.00025}
     stats["sent"] = 4  # every scrape reads the node again
     assert parse(generate_latest(registry).decode())[1]["smartroute_sent_total", ()] == 4
     registry.unregister(collector)

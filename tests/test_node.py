@@ -62,6 +62,14 @@ async def pair() -> AsyncIterator[tuple[Node, Node]]:
     await a.close()
 
 
+async def test_peers_show_a_measured_round_trip(pair: tuple[Node, Node]) -> None:
+    for node in pair:
+        await async_wait_until(lambda node=node: node.peers[0].rtt_s is not None,
+                               what="a round trip measured")
+        rtt = node.peers[0].rtt_s
+        assert rtt is not None and 0 < rtt < 0.5  # two loops on loopback, a tick at most
+
+
 # --- bad arguments fail at the call, clearly --------------------------------------------------
 
 def test_constructor_rejects_bad_options() -> None:

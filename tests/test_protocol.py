@@ -441,6 +441,16 @@ def test_a_connection_back_in_time_keeps_the_peer_and_resends_what_was_lost(
     assert a.proto.outboxes[b.node_id].unacked == collections.deque()
 
 
+def test_heartbeats_echo_each_other_clocks_into_a_round_trip(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    assert a.proto.membership.peers[b.node_id].rtt_s is None
+    net.run(3 * TIMINGS.heartbeat_interval_s)
+    # memnet delivers at once: the round trip is 0 whatever each side held the echo for.
+    for host, other in ((a, b), (b, a)):
+        rtt = host.proto.membership.peers[other.node_id].info().rtt_s
+        assert rtt is not None and abs(rtt) < 1e-5
+
+
 def test_a_healthy_idle_mesh_has_no_false_deaths(net: MemNet) -> None:
     hosts = net.mesh("a", "b", "c", "d")
     net.run(60.0)

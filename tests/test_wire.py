@@ -33,7 +33,7 @@ DELTA_ADD = wire.Delta(INC, 7, 4, "user:bob", {"age": 3, "tags": ["x"]})
 DELTA_REMOVE = wire.Delta(1, 8, 4, None, None)
 SNAPSHOT = wire.Snapshot(5, 9, [(2, "a", {}), (5, "b", {"k": b"\x00"})])
 HEARTBEAT = wire.Heartbeat(5, 9)
-HEARTBEAT_SENT = wire.Heartbeat(5, 9, 7, 2**40)
+HEARTBEAT_SENT = wire.Heartbeat(5, 9, 7, 2**40, 2**50, 12345, 678)
 SEQ = wire.Seq(0xFFFFFFFF, 1)
 ACK = wire.Ack(3, 0, True)
 MSG_EQ = wire.Msg(1, "user:bob", 0, ["user:alice", "room:7"], "Speak", b"\x92\xa1a\xa1b",
@@ -134,7 +134,8 @@ def test_encode_batch_is_a_msgpack_array_of_any_length(n: int) -> None:
     records = [wire.encode_heartbeat(1, i) for i in range(n)]
     batch = wire.encode_batch(records)
     # The hand-made header must be exactly what msgpack would write for that array.
-    assert batch == msgpack.packb([[int(wire.Kind.HEARTBEAT), 1, i, 0, 0] for i in range(n)])
+    assert batch == msgpack.packb([[int(wire.Kind.HEARTBEAT), 1, i, 0, 0, 0, 0, 0]
+                                   for i in range(n)])
     decoded = decode_all(batch)
     assert len(decoded) == n
     assert decoded == [wire.Heartbeat(1, i) for i in range(n)]
