@@ -533,7 +533,15 @@ class Protocol:
             self._ack_due.add(node_id)  # its sender may have missed our ACK
         else:
             self.counters.gap_batches += 1
-            self._ask_resend(peer, inflow, now)
+            if numbers[0] != inflow.stream:
+                # A stream we do not follow (its sender started anew while we still held its
+                # old one, and we missed the start): ask that stream from its start. Its
+                # heartbeats cannot tell us: on a busy link they ride in these very batches.
+                if inflow.may_ask_resend(now):
+                    self.counters.resend_requests += 1
+                    self._ride(peer.link, wire.encode_ack(numbers[0], 0, True))
+            else:
+                self._ask_resend(peer, inflow, now)
         return False
 
     def _new_inflow(self, node_id: bytes) -> Inflow:

@@ -522,6 +522,24 @@ def test_nodes_that_timed_each_other_out_reconnect_on_the_next_hint(net: MemNet)
     assert a.names_seen("x") == [b.hex]
 
 
+def test_a_new_stream_whose_start_was_lost_is_asked_from_its_start(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    b.proto.subscribe("sink", {}, net.now)
+    net.flush()
+    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", "old"))
+    net.flush()
+    # a's stream to b starts anew (its outbox expired while b was away); its first batch is
+    # lost, and b still follows the old stream.
+    del a.proto.outboxes[b.node_id]
+    net.drop_next(a, b)
+    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", 1))
+    net.flush()
+    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", 2))
+    net.flush()
+    assert [decode_body(d.msg.body) for d in b.delivered()] == ["old", 1, 2]
+    assert b.proto.counters.gap_batches >= 1 and a.proto.counters.retransmitted_batches >= 1
+
+
 def test_a_partition_longer_than_redial_dead_for_s_still_heals(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     b.proto.subscribe("x", {}, net.now)
