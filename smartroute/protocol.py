@@ -286,8 +286,7 @@ class Protocol:
             else:
                 for chunk in wire.chunk_records(run, MAX_BATCH_BYTES):
                     batches.append(outbox.number(chunk))
-        if (len(outbox.unacked) >= outbox.window_batches
-                or outbox.unacked_bytes >= outbox.window_bytes):  # ``full``, inline: per batch
+        if outbox.full:
             self.full_peers.add(peer.node_id)
         return batches
 
@@ -533,15 +532,11 @@ class Protocol:
             self._ack_due.add(node_id)  # its sender may have missed our ACK
         else:
             self.counters.gap_batches += 1
-            if numbers[0] != inflow.stream:
-                # A stream we do not follow (its sender started anew while we still held its
-                # old one, and we missed the start): ask that stream from its start. Its
-                # heartbeats cannot tell us: on a busy link they ride in these very batches.
-                if inflow.may_ask_resend(now):
-                    self.counters.resend_requests += 1
-                    self._ride(peer.link, wire.encode_ack(numbers[0], 0, True))
-            else:
-                self._ask_resend(peer, inflow, now)
+            # A stream we do not follow (its sender started anew while we still held its old
+            # one, and we missed the start) is asked from its start: its heartbeats cannot
+            # tell us, on a busy link they ride in these very batches.
+            self._ask_resend(peer, inflow, now,
+                             stream=numbers[0] if numbers[0] != inflow.stream else None)
         return False
 
     def _new_inflow(self, node_id: bytes) -> Inflow:
@@ -556,14 +551,22 @@ class Protocol:
                     break
         return inflow
 
-    def _ask_resend(self, peer: Peer, inflow: Inflow, now: float) -> None:
-        if inflow.may_ask_resend(now):
-            self._ack_due.discard(peer.node_id)  # the resend request acknowledges too
-            self._ack_now.discard(peer.node_id)
-            self.counters.resend_requests += 1
-            _log.debug("%s: gap in the stream of %s after batch %d: asking again",
-                       self.hex[:8], peer.hex[:8], inflow.taken)
-            self._ride(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
+    def _ask_resend(self, peer: Peer, inflow: Inflow, now: float, *,
+                    stream: int | None = None) -> None:
+        """Ask ``peer`` again for what follows the gap in the stream we take (an ACK with
+        resend), or for all of another ``stream`` from its start; at most every
+        ``RESEND_INTERVAL_S``."""
+        if not inflow.may_ask_resend(now):
+            return
+        self.counters.resend_requests += 1
+        _log.debug("%s: gap in the stream of %s after batch %d: asking again", self.hex[:8],
+                   peer.hex[:8], 0 if stream is not None else inflow.taken)
+        if stream is not None:
+            self._ride(peer.link, wire.encode_ack(stream, 0, True))
+            return
+        self._ack_due.discard(peer.node_id)  # the resend request acknowledges too
+        self._ack_now.discard(peer.node_id)
+        self._ride(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
 
     def _on_ack(self, peer: Peer, ack: wire.Ack, now: float) -> None:
         outbox = self.outboxes.get(peer.node_id)

@@ -3,10 +3,11 @@
 The core decides what to send; this module only moves batches. Receiving drains the ROUTER
 without awaiting between messages (one await per burst, not per message), and sending is a
 non-blocking ``send`` on a DEALER that never blocks the loop: a link whose queue is full keeps
-later batches, in order, in a bounded backlog (``Node.send_to`` waits while its peer's link has
-one) and drops and counts beyond it. ``ZMQ_SNDHWM`` bounds each link and ``ZMQ_RCVHWM`` each
-incoming connection, so a receiver that falls behind pushes back to its senders instead of
-growing.
+later batches, in order, in a bounded backlog and drops and counts beyond it. The core's window
+of unacknowledged batches per peer (``streams.py``) keeps links far below ``ZMQ_SNDHWM``;
+``ZMQ_RCVHWM`` bounds each incoming connection above any sender's window. Every link carries
+ZMTP pings, and its monitor tells the node when its connection comes up, goes down, or a dial
+is refused (``Links.check``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ heartbeats must not wait behind a flood, or busy nodes get declared dead (measur
 
 BACKLOG_BATCHES = 1024
 """Batches a full link holds back (in order) until its peer reads again; beyond that they are
-dropped and counted. ``send_to`` waits instead of adding to a backlog, so what lands here is the
-node's own traffic: heartbeats, table changes, replies, messages of the same loop turn."""
+dropped and counted. The window keeps sequenced traffic far below the high-water mark, so what
+lands here is mostly control records of a link whose connection is down for long; a dropped
+sequenced batch is still kept by the core and resent."""
 
 RECONNECT_IVL_MS = 10
 """ZeroMQ's first reconnect interval for a link whose connection closed (plus up to as much
@@ -234,8 +236,7 @@ class Links:
         self._poller = zmq.Poller()
         self._quiet = QuietLog(_log)
         self.backlogs: dict[int, collections.deque[bytes]] = {}
-        """Links that were full, with the batches waiting for room: while a link is here,
-        ``send_to`` to its peer waits (see ``Node.send_to``)."""
+        """Links that were full, with the batches waiting for room (``flush`` moves them on)."""
         self.dropped_batches = 0
         self.handshake_failures = 0
 
