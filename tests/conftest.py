@@ -11,8 +11,28 @@ import pytest
 from hypothesis import settings
 
 from smartroute.testing.cluster import AgentProcess
+from smartroute.testing.lan import Lan, lan_available
 
 Spawn = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def lan_factory() -> Iterator[Callable[[int], Lan]]:
+    """Build simulated LANs (network namespaces; skipped with the reason when that is not
+    possible here); every one is removed at the end."""
+    reason = lan_available()
+    if reason is not None:
+        pytest.skip(reason)
+    lans: list[Lan] = []
+
+    def make(hosts: int) -> Lan:
+        lan = Lan(hosts)
+        lans.append(lan)
+        return lan
+
+    yield make
+    for lan in lans:
+        lan.close()
 
 
 @pytest.fixture

@@ -18,28 +18,11 @@ import pytest
 
 from smartroute.testing import wait_until
 from smartroute.testing.cluster import AgentProcess
-from smartroute.testing.lan import Host, Lan, lan_available
+from smartroute.testing.lan import Host, Lan
 
 pytestmark = pytest.mark.lan
 
 CLUSTER = "lan"
-
-
-@pytest.fixture
-def lan_factory(tmp_path: Path) -> Iterator[Callable[[int], Lan]]:
-    reason = lan_available()
-    if reason is not None:
-        pytest.skip(reason)
-    lans: list[Lan] = []
-
-    def make(hosts: int) -> Lan:
-        lan = Lan(hosts)
-        lans.append(lan)
-        return lan
-
-    yield make
-    for lan in lans:
-        lan.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 
 from smartroute.testing import wait_until
 from smartroute.testing.cluster import AgentProcess
-from smartroute.testing.lan import Host, Lan, lan_available
+from smartroute.testing.lan import Host, Lan
 
 pytestmark = [pytest.mark.lan, pytest.mark.processes]
 
@@ -47,23 +47,6 @@ waits up to connect_timeout_s, 5 s)."""
 
 def endpoint(host: Host, port: int = PORT) -> str:
     return f"tcp://{host.address}:{port}"
-
-
-@pytest.fixture
-def lan_factory() -> Iterator[Callable[[int], Lan]]:
-    reason = lan_available()
-    if reason is not None:
-        pytest.skip(reason)
-    lans: list[Lan] = []
-
-    def make(hosts: int) -> Lan:
-        lan = Lan(hosts, name="dlv")
-        lans.append(lan)
-        return lan
-
-    yield make
-    for lan in lans:
-        lan.close()
 
 
 @pytest.fixture
