@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 import report
+import table_memory
 import workloads_baselines
 import workloads_delivery
 import workloads_discovery
@@ -100,7 +101,7 @@ FAMILIES: dict[str, Callable[[Bench], None]] = {
     "failure": workloads_delivery.failure_detection,
     "stall": workloads_delivery.stall,
     "reset": workloads_delivery.reset,
-    "memory": workloads_mesh.memory,
+    "memory": table_memory.memory,
     "pyzmq": workloads_baselines.pyzmq,
     "redis": workloads_baselines.redis_baselines,
     "lan": workloads_baselines.lan_baselines,

@@ -70,11 +70,13 @@ class BenchNode:
         return started
 
     async def subscribe_many(self, args: dict[str, Any]) -> dict[str, float]:
-        """Subscribe ``count`` names ``prefix0``, ``prefix1``...; returns when it started and
-        ended."""
+        """Subscribe ``count`` names ``prefix0``, ``prefix1``... (each with ``meta``, if
+        given); returns when it started and ended."""
         started = time.monotonic()
+        meta = args.get("meta")
         for i in range(args["count"]):
-            self.subs.append(await self.node.subscribe(f"{args['prefix']}{i}", self.ignore))
+            self.subs.append(await self.node.subscribe(f"{args['prefix']}{i}", self.ignore,
+                                                       meta=meta))
             if i % PER_TURN == PER_TURN - 1:
                 await asyncio.sleep(0)
         return {"t_start": started, "t_end": time.monotonic()}

@@ -1,6 +1,6 @@
 """smartroute's own workloads on loopback: local dispatch, cross-node throughput, fan-out,
-request/reply, subscription propagation and the memory of a big table (failure detection is
-in ``workloads_delivery``).
+request/reply and subscription propagation (failure detection is in ``workloads_delivery``, the
+memory of a big table in ``table_memory``).
 
 Every node is a ``worker_smartroute.py`` process. Each measured run follows one unmeasured
 warm-up.
@@ -11,23 +11,15 @@ from __future__ import annotations
 import contextlib
 import time
 
-from common import PER_TURN, Bench, Worker, WorkerError, latency_rows, rate, row, rss_bytes
-
-from smartroute.testing import wait_until
+from common import PER_TURN, Bench, Worker, WorkerError, latency_rows, rate, row
 
 NODE = "worker_smartroute.py"
 
 FAN_OUT_NODES = 4
 """Receiving nodes of the fan-out workload (one subscriber each; the sender has none)."""
 
-TABLE_SUBSCRIBERS = 100_000
-"""Subscribers in the table of the memory workload (the issue's goal is stated for 100,000)."""
-
 RTT_WARMUP = 100
 """Round trips before each measured run: connections, caches and the allocator settle."""
-
-TABLE_WAIT_S = 180.0
-"""Longest the memory workload waits for 100,000 subscribers to replicate (~10 s here)."""
 
 SLOWEST_RATE = 2_000
 """Messages per second below which a flood counts as lost rather than slow (the slowest
@@ -205,30 +197,3 @@ def propagation(bench: Bench) -> None:
                 samples.append(b.call("waited", name=name) - started)
             runs.append(samples)
     bench.add(*latency_rows("subscription propagation", "smartroute", runs))
-
-
-def memory(bench: Bench) -> None:
-    """RSS of a node whose table holds 100,000 subscribers of another node: growth and total,
-    and how long the table took to replicate. Fresh processes each run."""
-    runs = 1 if bench.scale.quick else 3
-    growth, total, owner_total, seconds = [], [], [], []
-    for _ in range(runs):
-        owner, observer = node_pair(bench)
-        with owner, observer:
-            observer.call("subscribe", name="mem:probe", handler="ignore")
-            owner.call("wait_for", name="mem:probe")
-            before = rss_bytes(observer.pid)
-            spent = owner.call("subscribe_many", prefix="mem:", count=TABLE_SUBSCRIBERS,
-                               answer_within_s=TABLE_WAIT_S)
-            wait_until(lambda: observer.call("table_size") > TABLE_SUBSCRIBERS,  # noqa: B023
-                       TABLE_WAIT_S, interval=0.05, what="100,000 subscribers replicated")
-            seconds.append(time.monotonic() - spent["t_start"])
-            after = rss_bytes(observer.pid)
-            growth.append((after - before) / MB)
-            total.append(after / MB)
-            owner_total.append(rss_bytes(owner.pid) / MB)
-    workload = "memory, 100,000 subscribers"
-    bench.add(row(workload, "smartroute", "observer RSS growth", growth, "MB"),
-              row(workload, "smartroute", "observer RSS", total, "MB"),
-              row(workload, "smartroute", "subscribing node RSS", owner_total, "MB"),
-              row(workload, "smartroute", "replication time", seconds, "s"))
