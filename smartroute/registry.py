@@ -151,7 +151,7 @@ class Table:
             if delta.sub_id not in replica.entries:
                 return DeltaOutcome.APPLIED, []
             return DeltaOutcome.APPLIED, [self._remove_remote(replica, delta.sub_id)]
-        meta = delta.meta or {}
+        meta = delta.meta if delta.meta is not None else {}
         held = replica.entries.get(delta.sub_id)
         if held is not None and held[0] == delta.name:  # an update of its meta
             if held[1] == meta:

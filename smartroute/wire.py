@@ -31,7 +31,13 @@ MAX_MAP_ITEMS = 4096
 MAX_ENDPOINT_LENGTH = 300
 """Longest endpoint accepted from a peer: ``tcp://`` plus a DNS name (253) plus a port."""
 
+META_CACHE_BYTES = 1 << 20
+"""Most bytes of encoded meta a decoder remembers to share equal metas (emptied when full)."""
+
 Meta = dict[str, Any]
+EMPTY_META: Meta = {}
+"""The one empty meta of every decoded record (never changed: metas are shared)."""
+
 Entry = tuple[int, str, Meta]
 """One subscriber of a table: ``(sub_id, name, meta)``."""
 
@@ -364,6 +370,10 @@ class Decoder:
         self.max_target_names = max_target_names
         self.max_name_length = max_name_length
         self.max_meta_bytes = max_meta_bytes
+        self._metas: dict[bytes, Meta] = {}
+        """Metas decoded before, by their encoding: an equal one decodes to the same object
+        (a gateway gives all its users one meta; 100,000 copies were 18 MB of a table)."""
+        self._metas_bytes = 0
 
     def batch(self, payload: bytes | memoryview) -> list[Any]:
         """Split a batch into raw records; raises ``RemoteProtocolError`` if it is not one."""
@@ -437,7 +447,7 @@ class Decoder:
             _check(meta is None, "removal meta")
         else:
             _check(self._is_name(name), "name")
-            _check(self._is_meta(meta), "meta")
+            meta = self._meta(meta)
         return Delta(inc, version, sub_id, name, meta)
 
     def _snapshot_request(self, raw: list[Any]) -> SnapshotRequest:
@@ -528,17 +538,32 @@ class Decoder:
         for entry in entries:
             _check(type(entry) is list and len(entry) == 3, "entry")
             sub_id, name, meta = entry
-            _check(_is_uint(sub_id) and self._is_name(name) and self._is_meta(meta), "entry")
-            out.append((sub_id, name, meta))
+            _check(_is_uint(sub_id) and self._is_name(name), "entry")
+            out.append((sub_id, name, self._meta(meta)))
         return out
 
     def _is_name(self, name: Any) -> bool:
         return type(name) is str and 0 < len(name) <= self.max_name_length
 
-    def _is_meta(self, meta: Any) -> bool:
+    def _meta(self, meta: Any) -> Meta:
+        """A valid meta, as the object of an equal one decoded before if any (metas are
+        shared: nobody changes one in place). Every empty meta is ``EMPTY_META``."""
+        _check(type(meta) is dict, "meta")
+        if not meta:
+            return EMPTY_META
+        packed: bytes = msgpack.packb(meta)
         # Meta is replicated to every node: hold peers to the limit our own API enforces.
-        return type(meta) is dict and (
-            not meta or len(msgpack.packb(meta)) <= self.max_meta_bytes)
+        _check(len(packed) <= self.max_meta_bytes, "meta")
+        shared = self._metas.get(packed)
+        if shared is not None:
+            return shared
+        if self._metas_bytes + len(packed) > META_CACHE_BYTES:
+            self._metas.clear()
+            self._metas_bytes = 0
+        fresh: Meta = meta
+        self._metas[packed] = fresh
+        self._metas_bytes += len(packed)
+        return fresh
 
     def _is_endpoint(self, endpoint: Any) -> bool:
         # Only TCP endpoints are dialled: an ipc:// or inproc:// one from a peer is refused.

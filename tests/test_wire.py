@@ -375,3 +375,29 @@ def mutated_batches(draw: st.DrawFn) -> bytes:
 def test_mutated_valid_batches_only_raise_remote_protocol_error(payload: bytes) -> None:
     decode_or_reject(payload, DECODER)
     decode_or_reject(payload, SMALL)
+
+
+def test_equal_metas_decode_to_one_shared_object_within_a_byte_budget() -> None:
+    decoder = wire.Decoder(max_frame_bytes=1 << 20, max_table_entries=100, max_peers=10,
+                           max_target_names=10, max_name_length=256, max_meta_bytes=4096)
+
+    def decoded(sub_id: int, meta: dict[str, Any]) -> wire.Delta:
+        raw = msgpack.unpackb(wire.encode_delta(wire.Delta(1, sub_id, sub_id, "user:x", meta)))
+        record = decoder.record(raw)
+        assert type(record) is wire.Delta and record.meta == meta
+        return record
+
+    first, second = decoded(1, {"gateway": "gw-1"}), decoded(2, {"gateway": "gw-1"})
+    assert first.meta is second.meta
+    assert decoded(3, {"gateway": "gw-2"}).meta is not first.meta
+    assert decoded(4, {}).meta is decoded(5, {}).meta is wire.EMPTY_META
+    snapshot = decoder.record(msgpack.unpackb(wire.encode_snapshot(wire.Snapshot(1, 2, [
+        (1, "a", {"gateway": "gw-1"}), (2, "b", {})]))))
+    assert type(snapshot) is wire.Snapshot
+    assert snapshot.entries[0][2] is first.meta and snapshot.entries[1][2] is wire.EMPTY_META
+    # Distinct metas do not pile up: past the budget the cache starts again.
+    blob = "x" * 4000
+    for i in range(wire.META_CACHE_BYTES // 4000 + 2):
+        decoded(10 + i, {"blob": blob, "i": i})
+    assert decoder._metas_bytes <= wire.META_CACHE_BYTES
+    assert decoded(1, {"gateway": "gw-1"}).meta is not first.meta  # forgotten, equal still
