@@ -19,6 +19,11 @@ from .wire import Delta, Entry, Meta
 
 TableEvent = SubscriberUp | SubscriberDown | SubscriberUpdated
 
+Holders = tuple[bytes, int] | dict[bytes, dict[int, Meta]]
+"""The remote subscribers of one name: ``(node_id, sub_id)`` when there is exactly one (most
+names: a user's own), else node -> sub_id -> meta. Two dicts per name were 490 of the ~900
+bytes a remote subscriber cost (issue 12)."""
+
 
 class DeltaOutcome(enum.Enum):
     """What applying a peer's delta did."""
@@ -54,8 +59,8 @@ class Table:
         """Our subscribers: sub_id -> (name, meta), in subscription order."""
         self.local_by_name: dict[str, list[int]] = {}
         self.replicas: dict[bytes, Replica] = {}
-        self.remote_by_name: dict[str, dict[bytes, dict[int, Meta]]] = {}
-        """name -> node -> sub_id -> meta, for every remote subscriber."""
+        self.remote_by_name: dict[str, Holders] = {}
+        """name -> its remote subscribers (see ``Holders``)."""
         self.changes = 0
         """Grows at every subscriber added or removed, ours or a peer's: what was computed
         from the table at one value still holds while it is unchanged (a meta update does
@@ -175,7 +180,19 @@ class Table:
     def _add_remote(self, replica: Replica, sub_id: int, name: str, meta: Meta) -> TableEvent:
         replica.entries[sub_id] = (name, meta)
         self.changes += 1
-        self.remote_by_name.setdefault(name, {}).setdefault(replica.node_id, {})[sub_id] = meta
+        held = self.remote_by_name.get(name)
+        if held is None:
+            self.remote_by_name[name] = (replica.node_id, sub_id)
+        else:
+            if isinstance(held, tuple):
+                node, other = held
+                held = self.remote_by_name[name] = {
+                    node: {other: self.replicas[node].entries[other][1]}}
+            subs = held.get(replica.node_id)
+            if subs is None:
+                held[replica.node_id] = {sub_id: meta}
+            else:
+                subs[sub_id] = meta
         return SubscriberUp(Subscriber(name, replica.hex, meta))
 
     def _update_remote(self, replica: Replica, sub_id: int, meta: Meta) -> TableEvent:
@@ -183,19 +200,26 @@ class Table:
         ``changes`` does not grow: plans do not depend on meta."""
         name, old = replica.entries[sub_id]
         replica.entries[sub_id] = (name, meta)
-        self.remote_by_name[name][replica.node_id][sub_id] = meta
+        held = self.remote_by_name[name]
+        if isinstance(held, dict):
+            held[replica.node_id][sub_id] = meta
         return SubscriberUpdated(Subscriber(name, replica.hex, meta), old)
 
     def _remove_remote(self, replica: Replica, sub_id: int) -> TableEvent:
         name, meta = replica.entries.pop(sub_id)
         self.changes += 1
-        by_node = self.remote_by_name[name]
-        subs = by_node[replica.node_id]
-        del subs[sub_id]
-        if not subs:
-            del by_node[replica.node_id]
-            if not by_node:
-                del self.remote_by_name[name]
+        held = self.remote_by_name[name]
+        if isinstance(held, tuple):
+            del self.remote_by_name[name]
+        else:
+            subs = held[replica.node_id]
+            del subs[sub_id]
+            if not subs:
+                del held[replica.node_id]
+            if len(held) == 1:  # back to one subscriber?
+                ((node, subs),) = held.items()
+                if len(subs) == 1:
+                    self.remote_by_name[name] = (node, next(iter(subs)))
         return SubscriberDown(Subscriber(name, replica.hex, meta))
 
     # --- questions ----------------------------------------------------------------------------
@@ -213,16 +237,34 @@ class Table:
             Subscriber(name, self.hex, self.local[sub_id][1], local=True)
             for sub_id in self.local_by_name.get(name, ())
         ]
-        for node_id, subs in self.remote_by_name.get(name, {}).items():
-            node_hex = self.replicas[node_id].hex
-            found.extend(Subscriber(name, node_hex, meta) for meta in subs.values())
+        held = self.remote_by_name.get(name)
+        if isinstance(held, tuple):
+            replica = self.replicas[held[0]]
+            found.append(Subscriber(name, replica.hex, replica.entries[held[1]][1]))
+        elif held:
+            for node_id, subs in held.items():
+                node_hex = self.replicas[node_id].hex
+                found.extend(Subscriber(name, node_hex, meta) for meta in subs.values())
         return found
+
+    def remote(self, name: str) -> list[tuple[bytes, int]]:
+        """``(node_id, sub_id)`` of every remote subscriber of ``name``, by node."""
+        held = self.remote_by_name.get(name)
+        if held is None:
+            return []
+        if isinstance(held, tuple):
+            return [held]
+        return [(node, sub_id) for node, subs in held.items() for sub_id in subs]
 
     def count(self, name: str) -> int:
         """How many subscribers of ``name`` are known, local and remote."""
         total = len(self.local_by_name.get(name, ()))
-        for subs in self.remote_by_name.get(name, {}).values():
-            total += len(subs)
+        held = self.remote_by_name.get(name)
+        if isinstance(held, tuple):
+            total += 1
+        elif held:
+            for subs in held.values():
+                total += len(subs)
         return total
 
     def all(self) -> list[Subscriber]:

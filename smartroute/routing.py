@@ -120,9 +120,14 @@ class Router:
             if ids:
                 local.extend(ids)
                 count += len(ids)
-            by_node = remote_by_name.get(name)
-            if by_node:
-                for node, subs in by_node.items():
+            held = remote_by_name.get(name)
+            if held is None:
+                continue
+            if isinstance(held, tuple):  # one remote subscriber (see registry.Holders)
+                remote[held[0]] = None
+                count += 1
+            else:
+                for node, subs in held.items():
                     remote[node] = None
                     count += len(subs)
         if len(local) > 1 and mode is not _EQ:
@@ -138,11 +143,14 @@ class Router:
             plans.clear()
             self._plans_at = table.changes
         local = table.local_by_name.get(name)
-        by_node = table.remote_by_name.get(name)
+        held = table.remote_by_name.get(name)
         count = len(local) if local else 0
         remote: dict[bytes, int | None] = {}
-        if by_node:
-            for node, subs in by_node.items():
+        if isinstance(held, tuple):  # one remote subscriber (see registry.Holders)
+            remote[held[0]] = None
+            count += 1
+        elif held:
+            for node, subs in held.items():
                 remote[node] = None
                 count += len(subs)
         plan = Plan(count, list(local) if local else [], remote)
@@ -156,8 +164,7 @@ class Router:
         candidates: list[tuple[bytes | None, int]] = []
         for name in dict.fromkeys(names):
             candidates.extend((None, sub_id) for sub_id in table.local_by_name.get(name, ()))
-            for node, subs in table.remote_by_name.get(name, {}).items():
-                candidates.extend((node, sub_id) for sub_id in subs)
+            candidates.extend(table.remote(name))
         if not candidates:
             return Plan(0, [], {})
         if self.leaving:
