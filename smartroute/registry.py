@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from .events import Subscriber, SubscriberDown, SubscriberUp, SubscriberUpdated
 from .wire import Delta, Entry, Meta
 
 TableEvent = SubscriberUp | SubscriberDown | SubscriberUpdated
 
-Holders = tuple[bytes, int] | dict[bytes, dict[int, Meta]]
-"""The remote subscribers of one name: ``(node_id, sub_id)`` when there is exactly one (most
-names: a user's own), else node -> sub_id -> meta. Two dicts per name were 490 of the ~900
-bytes a remote subscriber cost (issue 12)."""
+Holders = tuple[bytes, int, Meta] | dict[bytes, dict[int, Meta]]
+"""The remote subscribers of one name: ``(node_id, sub_id, meta)`` when there is exactly one
+(most names: a user's own), else node -> sub_id -> meta. Two dicts per name were 490 of the
+~900 bytes a remote subscriber cost (issue 12). The only place a remote meta is kept."""
 
 
 class DeltaOutcome(enum.Enum):
@@ -42,8 +42,46 @@ class Replica:
     hex: str
     incarnation: int
     version: int
-    entries: dict[int, tuple[str, Meta]]
+    names: dict[int, str]
+    """sub_id -> name, in the order they came (metas are in the table's ``remote_by_name``)."""
+    by_name: dict[str, Holders] = dataclasses.field(repr=False, compare=False)
+    """The table's ``remote_by_name``."""
     snapshot_requested_at: float | None = None
+
+    @property
+    def entries(self) -> Entries:
+        """sub_id -> ``(name, meta)``: a read-only view."""
+        return Entries(self)
+
+    def meta(self, sub_id: int, name: str) -> Meta:
+        """The meta of our subscriber ``sub_id`` named ``name``."""
+        held = self.by_name[name]
+        if isinstance(held, tuple):
+            return held[2]
+        return held[self.node_id][sub_id]
+
+
+class Entries(Mapping[int, tuple[str, Meta]]):
+    """A replica's subscribers as sub_id -> ``(name, meta)``, read from where they are kept
+    (a tuple per subscriber here cost 56 bytes)."""
+
+    __slots__ = ("_replica",)
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+
+    def __getitem__(self, sub_id: int) -> tuple[str, Meta]:
+        name = self._replica.names[sub_id]
+        return name, self._replica.meta(sub_id, name)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._replica.names)
+
+    def __len__(self) -> int:
+        return len(self._replica.names)
+
+    def __contains__(self, sub_id: object) -> bool:
+        return sub_id in self._replica.names
 
 
 class Table:
@@ -117,7 +155,8 @@ class Table:
         """Set a peer's replica from a HELLO or SNAPSHOT; stale snapshots change nothing."""
         replica = self.replicas.get(node_id)
         if replica is None:
-            replica = Replica(node_id, node_id.hex(), incarnation, version, {})
+            replica = Replica(node_id, node_id.hex(), incarnation, version, {},
+                              self.remote_by_name)
             self.replicas[node_id] = replica
         elif replica.incarnation == incarnation and version < replica.version:
             return []
@@ -127,16 +166,17 @@ class Table:
         new = {sub_id: (name, meta) for sub_id, name, meta in entries}
         events: list[TableEvent] = []
         updates: list[tuple[int, Meta]] = []
-        for sub_id, (name, meta) in list(replica.entries.items()):
+        for sub_id, name in list(replica.names.items()):
             now = new.get(sub_id)
             if now is None or now[0] != name:
                 events.append(self._remove_remote(replica, sub_id))
-            elif now[1] != meta:
+            elif now[1] != replica.meta(sub_id, name):
                 updates.append((sub_id, now[1]))
         for sub_id, meta in updates:
             events.append(self._update_remote(replica, sub_id, meta))
+        names = replica.names
         for sub_id, (name, meta) in new.items():
-            if sub_id not in replica.entries:
+            if sub_id not in names:
                 events.append(self._add_remote(replica, sub_id, name, meta))
         replica.version = version
         replica.snapshot_requested_at = None
@@ -153,13 +193,13 @@ class Table:
             return DeltaOutcome.GAP, []
         replica.version = delta.version
         if delta.name is None:
-            if delta.sub_id not in replica.entries:
+            if delta.sub_id not in replica.names:
                 return DeltaOutcome.APPLIED, []
             return DeltaOutcome.APPLIED, [self._remove_remote(replica, delta.sub_id)]
         meta = delta.meta if delta.meta is not None else {}
-        held = replica.entries.get(delta.sub_id)
-        if held is not None and held[0] == delta.name:  # an update of its meta
-            if held[1] == meta:
+        held = replica.names.get(delta.sub_id)
+        if held == delta.name:  # an update of its meta
+            if replica.meta(delta.sub_id, held) == meta:
                 return DeltaOutcome.APPLIED, []
             return DeltaOutcome.APPLIED, [self._update_remote(replica, delta.sub_id, meta)]
         events: list[TableEvent] = []
@@ -173,21 +213,20 @@ class Table:
         replica = self.replicas.get(node_id)
         if replica is None:
             return []
-        events = [self._remove_remote(replica, sub_id) for sub_id in list(replica.entries)]
+        events = [self._remove_remote(replica, sub_id) for sub_id in list(replica.names)]
         del self.replicas[node_id]
         return events
 
     def _add_remote(self, replica: Replica, sub_id: int, name: str, meta: Meta) -> TableEvent:
-        replica.entries[sub_id] = (name, meta)
+        replica.names[sub_id] = name
         self.changes += 1
         held = self.remote_by_name.get(name)
         if held is None:
-            self.remote_by_name[name] = (replica.node_id, sub_id)
+            self.remote_by_name[name] = (replica.node_id, sub_id, meta)
         else:
             if isinstance(held, tuple):
-                node, other = held
-                held = self.remote_by_name[name] = {
-                    node: {other: self.replicas[node].entries[other][1]}}
+                node, other, other_meta = held
+                held = self.remote_by_name[name] = {node: {other: other_meta}}
             subs = held.get(replica.node_id)
             if subs is None:
                 held[replica.node_id] = {sub_id: meta}
@@ -198,28 +237,34 @@ class Table:
     def _update_remote(self, replica: Replica, sub_id: int, meta: Meta) -> TableEvent:
         """Replace the meta of a held subscriber, in place (its place in ``lookup`` stays);
         ``changes`` does not grow: plans do not depend on meta."""
-        name, old = replica.entries[sub_id]
-        replica.entries[sub_id] = (name, meta)
+        name = replica.names[sub_id]
         held = self.remote_by_name[name]
-        if isinstance(held, dict):
-            held[replica.node_id][sub_id] = meta
+        if isinstance(held, tuple):
+            old = held[2]
+            self.remote_by_name[name] = (held[0], held[1], meta)
+        else:
+            subs = held[replica.node_id]
+            old = subs[sub_id]
+            subs[sub_id] = meta
         return SubscriberUpdated(Subscriber(name, replica.hex, meta), old)
 
     def _remove_remote(self, replica: Replica, sub_id: int) -> TableEvent:
-        name, meta = replica.entries.pop(sub_id)
+        name = replica.names.pop(sub_id)
         self.changes += 1
         held = self.remote_by_name[name]
         if isinstance(held, tuple):
+            meta = held[2]
             del self.remote_by_name[name]
         else:
             subs = held[replica.node_id]
-            del subs[sub_id]
+            meta = subs.pop(sub_id)
             if not subs:
                 del held[replica.node_id]
             if len(held) == 1:  # back to one subscriber?
                 ((node, subs),) = held.items()
                 if len(subs) == 1:
-                    self.remote_by_name[name] = (node, next(iter(subs)))
+                    ((other, other_meta),) = subs.items()
+                    self.remote_by_name[name] = (node, other, other_meta)
         return SubscriberDown(Subscriber(name, replica.hex, meta))
 
     # --- questions ----------------------------------------------------------------------------
@@ -239,8 +284,7 @@ class Table:
         ]
         held = self.remote_by_name.get(name)
         if isinstance(held, tuple):
-            replica = self.replicas[held[0]]
-            found.append(Subscriber(name, replica.hex, replica.entries[held[1]][1]))
+            found.append(Subscriber(name, self.replicas[held[0]].hex, held[2]))
         elif held:
             for node_id, subs in held.items():
                 node_hex = self.replicas[node_id].hex
@@ -253,7 +297,7 @@ class Table:
         if held is None:
             return []
         if isinstance(held, tuple):
-            return [held]
+            return [(held[0], held[1])]
         return [(node, sub_id) for node, subs in held.items() for sub_id in subs]
 
     def count(self, name: str) -> int:
@@ -276,4 +320,4 @@ class Table:
 
     def size(self) -> int:
         """Number of known subscribers, local and remote."""
-        return len(self.local) + sum(len(r.entries) for r in self.replicas.values())
+        return len(self.local) + sum(len(r.names) for r in self.replicas.values())

@@ -103,8 +103,8 @@ class Router:
             return self._plan_any(_as_list(target))
         if mode is _ALL:
             remote_all: dict[bytes, int | None] = {
-                node: None for node, r in table.replicas.items() if r.entries}
-            count = len(table.local) + sum(len(r.entries) for r in table.replicas.values())
+                node: None for node, r in table.replicas.items() if r.names}
+            count = len(table.local) + sum(len(r.names) for r in table.replicas.values())
             return Plan(count, list(table.local), remote_all)
         if mode is _EQ:
             names: Iterable[str] = dict.fromkeys(_as_list(target))
