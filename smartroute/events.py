@@ -14,6 +14,8 @@ class Subscriber:
     node_id: str
     """Hex id of the node the subscriber lives on."""
     meta: dict[str, Any]
+    """Shared with the table (and, for a remote one, with every subscriber of an equal meta):
+    read it, never change it in place (``Subscription.update_meta`` replaces it)."""
     local: bool = False
     """True when it lives on the node that answered."""
 
