@@ -54,7 +54,7 @@ class Replica:
         return Entries(self)
 
     def meta(self, sub_id: int, name: str) -> Meta:
-        """The meta of our subscriber ``sub_id`` named ``name``."""
+        """The meta of its subscriber ``sub_id`` named ``name``."""
         held = self.by_name[name]
         if isinstance(held, tuple):
             return held[2]
