@@ -34,12 +34,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .config import Limits, Timings
 from .errors import NodeClosed, UsageError
 from .events import Event, PeerInfo, Subscriber
-from .modes import ReceiveMode
+from .modes import ReceiveMode, Target
 from .node import EventStream as AsyncEventStream
 from .node import Handler
 from .node import Node as AsyncNode
 from .node import Subscription as AsyncSubscription
-from .routing import Target
 
 if TYPE_CHECKING:  # the metrics extra is optional: only its types are named here
     from prometheus_client.registry import CollectorRegistry

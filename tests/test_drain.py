@@ -14,8 +14,8 @@ import pytest
 from smartroute import Node, ReceiveMode, UsageError
 from smartroute.testing import wait_until
 from smartroute.testing.cluster import AgentProcess
+from smartroute.testing.memnet import MemNet, send
 from tests.conftest import Spawn
-from tests.memnet import MemNet, msg, send_to
 
 CLUSTER = "drain"
 SERVICE = "svc:work"
@@ -40,13 +40,13 @@ def test_peers_stop_choosing_a_leaving_node_for_any_and_it_settles(net: MemNet) 
     net.flush()
     net.run(2 * net.timings.tick_interval_s)  # the ACKs of LEAVING come back
     assert c.proto.settled()
-    chosen = {next(iter(send_to(a.proto, ReceiveMode.ANY, SERVICE, msg(SERVICE, i)).remote))
+    chosen = {next(iter(send(a.proto, ReceiveMode.ANY, SERVICE, i).remote))
               for i in range(10)}
     assert chosen == {b.node_id}
     # Only the leaving node has one: it is still chosen (it still handles what reaches it).
     b.proto.unsubscribe(b.proto.table.local_by_name[SERVICE][0], net.now)
     net.flush()
-    assert send_to(a.proto, ReceiveMode.ANY, SERVICE, msg(SERVICE, 0)).remote.keys() == {c.node_id}
+    assert send(a.proto, ReceiveMode.ANY, SERVICE, 0).remote.keys() == {c.node_id}
 
 
 def start(spawn: Spawn, seeds: list[str], port: int = 0) -> AgentProcess:

@@ -19,7 +19,7 @@ from smartroute.patterns import (
 )
 from smartroute.protocol import Deliver
 from smartroute.testing import FAST_TIMINGS, async_wait_until
-from tests.memnet import MemNet, msg
+from smartroute.testing.memnet import MemNet, msg
 
 # --- the proof of semantics: differential against re.search ------------------------------------
 

@@ -16,7 +16,7 @@ from smartroute.membership import PeerState
 from smartroute.messages import decode_body, encode_body
 from smartroute.modes import ReceiveMode
 from smartroute.protocol import REFUSALS_PER_S, Deliver, ReplyArrived, resolve_endpoint
-from tests.memnet import Host, MemNet, msg, send_to
+from smartroute.testing.memnet import Host, MemNet, msg, send
 
 TIMINGS = Timings()
 DEAD_AFTER_S = TIMINGS.dead_after_s
@@ -174,7 +174,7 @@ def test_a_remote_node_gets_one_record_per_send_and_fans_out_locally(net: MemNet
     mine = a.proto.subscribe("room:7", {}, net.now)
     net.flush()
 
-    plan = send_to(a.proto, ReceiveMode.EQ, "room:7", msg("room:7", "hello"))
+    plan = send(a.proto, ReceiveMode.EQ, "room:7", "hello")
     net.flush()
     assert plan.matches == 4
     assert plan.local == [mine]
@@ -202,7 +202,7 @@ def test_every_mode_reaches_exactly_the_matching_remote_subscribers(
         b.proto.subscribe(name, {}, net.now)
     c.proto.subscribe("room:8", {}, net.now)
     net.flush()
-    plan = send_to(a.proto, mode, target, msg(target, mode=mode))
+    plan = send(a.proto, mode, target)
     net.flush()
     assert plan.matches == b_count + c_count
     assert [len(d.sub_ids) for d in b.delivered()] == [b_count]
@@ -216,8 +216,7 @@ def test_any_reaches_one_subscriber_per_send_balanced_over_nodes(net: MemNet) ->
     on_c = c.proto.subscribe("svc:echo", {}, net.now)
     net.flush()
     for seq in range(6):
-        plan = send_to(a.proto, ReceiveMode.ANY, "svc:echo",
-                            msg("svc:echo", mode=ReceiveMode.ANY, seq=seq))
+        plan = send(a.proto, ReceiveMode.ANY, "svc:echo", seq=seq)
         assert plan.matches == 1
         net.flush()
     got_b = [d.sub_ids for d in b.delivered()]
@@ -231,7 +230,7 @@ def test_any_falls_back_when_the_chosen_subscriber_left_in_flight(net: MemNet) -
     first = b.proto.subscribe("svc", {}, net.now)
     second = b.proto.subscribe("svc", {}, net.now)
     net.flush()
-    plan = send_to(a.proto, ReceiveMode.ANY, "svc", msg("svc", mode=ReceiveMode.ANY))
+    plan = send(a.proto, ReceiveMode.ANY, "svc")
     assert plan.remote == {b.node_id: first}
     b.proto.unsubscribe(first, net.now)  # a has not heard yet
     net.flush()
@@ -242,13 +241,12 @@ def test_a_request_gets_its_reply(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     echo = b.proto.subscribe("svc:echo", {}, net.now)
     net.flush()
-    send_to(a.proto, ReceiveMode.ANY, "svc:echo",
-                 msg("svc:echo", "ping", mode=ReceiveMode.ANY, request_id=41))
+    send(a.proto, ReceiveMode.ANY, "svc:echo", "ping", request_id=41)
     net.flush()
     [deliver] = b.delivered()
     assert (deliver.sub_ids, deliver.msg.request_id) == ([echo], 41)
     reply = wire.Reply(41, wire.ReplyStatus.OK, "str", encode_body("pong"))
-    assert b.proto.reply(deliver.origin, reply, net.now)
+    assert b.proto.reply(deliver.origin, *reply, net.now)
     net.flush()
     assert a.of(ReplyArrived) == [ReplyArrived(b.hex, reply)]
 
@@ -258,7 +256,7 @@ def test_a_request_nobody_takes_any_more_is_answered_no_subscriber(net: MemNet) 
     sub = b.proto.subscribe("svc:echo", {}, net.now)
     net.flush()
     b.proto.unsubscribe(sub, net.now)  # a still believes b has it
-    send_to(a.proto, ReceiveMode.EQ, "svc:echo", msg("svc:echo", request_id=7))
+    send(a.proto, ReceiveMode.EQ, "svc:echo", request_id=7)
     net.flush()
     assert b.delivered() == []
     [arrived] = a.of(ReplyArrived)
@@ -271,7 +269,7 @@ def test_a_reply_to_a_gone_node_is_reported_undeliverable(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     a.proto.close(net.now)
     net.flush()
-    assert not b.proto.reply(a.hex, wire.Reply(1, wire.ReplyStatus.OK, "str", b"\xa0"), net.now)
+    assert not b.proto.reply(a.hex, 1, wire.ReplyStatus.OK, "str", b"\xa0", net.now)
 
 
 def test_a_dial_nobody_answers_is_given_up_after_connect_timeout_s(net: MemNet) -> None:
@@ -426,7 +424,7 @@ def test_a_connection_back_in_time_keeps_the_peer_and_resends_what_was_lost(
     link = a.proto.membership.peers[b.node_id].link
     net.cut(a, b)  # a TCP reset: what was in the connection is gone
     for i in range(3):
-        send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", i, seq=i + 1))
+        send(a.proto, ReceiveMode.EQ, "sink", i, seq=i + 1)
     net.flush()
     a.proto.link_changed(link, "down", net.now)
     net.run(UNREACHABLE_AFTER_S / 2)
@@ -526,15 +524,15 @@ def test_a_new_stream_whose_start_was_lost_is_asked_from_its_start(net: MemNet) 
     a, b = net.mesh("a", "b")
     b.proto.subscribe("sink", {}, net.now)
     net.flush()
-    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", "old"))
+    send(a.proto, ReceiveMode.EQ, "sink", "old")
     net.flush()
     # a's stream to b starts anew (its outbox expired while b was away); its first batch is
     # lost, and b still follows the old stream.
     del a.proto.outboxes[b.node_id]
     net.drop_next(a, b)
-    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", 1))
+    send(a.proto, ReceiveMode.EQ, "sink", 1)
     net.flush()
-    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", 2))
+    send(a.proto, ReceiveMode.EQ, "sink", 2)
     net.flush()
     assert [decode_body(d.msg.body) for d in b.delivered()] == ["old", 1, 2]
     assert b.proto.counters.gap_batches >= 1 and a.proto.counters.retransmitted_batches >= 1

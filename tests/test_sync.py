@@ -137,7 +137,7 @@ def test_every_public_name_of_async_subscriptions_and_streams_has_its_twin() -> 
     # closed with close() (blocking), not aclose().
     deliberately_missing = {"sub_id", "is_async", "aclose"}
     for async_type, blocking_type, instance_names in (
-            (AsyncSubscription, Subscription, {"node", "sub_id", "name", "meta", "handler",
+            (AsyncSubscription, Subscription, {"sub_id", "name", "meta", "handler",
                                                "is_async", "closed"}),
             (AsyncEventStream, SyncEventStream, {"dropped"})):
         public = {n for n in dir(async_type) if not n.startswith("_")} | instance_names
@@ -215,10 +215,10 @@ def test_calls_that_would_wait_on_the_loop_raise_usage_error_in_a_handler(
     assert "return a value from the handler" in str(outcomes["request"])
     assert "lookup()" in str(outcomes["wait_for"])
     # Nothing happened: the node serves, the async subscriber is there, the stream lives.
-    assert a.running and not async_sub.closed and len(a._node._streams) == 1
+    assert a.running and not async_sub.closed and len(a._node._dispatcher.streams) == 1
     assert b.request("svc:async", "ping", timeout=DEADLINE_S) == "ping"
     events.close()
-    assert len(a._node._streams) == 0
+    assert len(a._node._dispatcher.streams) == 0
 
 
 async def _async_echo(msg: Message) -> object:
@@ -253,7 +253,7 @@ def test_calls_that_need_no_waiting_work_in_a_handler(pair: tuple[Node, Node]) -
         "peers": [b.node_id], "stats": 1,
         "props": (a.node_id, a.incarnation, a.endpoint, True, "sync"),
     }
-    assert len(a._node._streams) == 0
+    assert len(a._node._dispatcher.streams) == 0
 
 
 def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> None:
@@ -281,7 +281,7 @@ def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> 
 
 def test_an_abandoned_events_iterator_releases_its_stream() -> None:
     with make_node() as a:
-        streams = a._node._streams
+        streams = a._node._dispatcher.streams
 
         def first(events: Iterator[object]) -> object:
             for event in events:
@@ -331,7 +331,7 @@ def test_after_close_every_call_raises_node_closed_and_none_hangs() -> None:
 
     waiter = threading.Thread(target=wait_for_nobody, daemon=True)
     waiter.start()
-    wait_until(lambda: a._node._waiters, timeout=DEADLINE_S, what="the waiter waits")
+    wait_until(lambda: a._node._dispatcher._waiters, timeout=DEADLINE_S, what="the waiter waits")
     call_within(a.close)
     waiter.join(DEADLINE_S)
     assert [type(exc) for exc in waiter_outcome] == [NodeClosed]

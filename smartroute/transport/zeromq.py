@@ -23,16 +23,13 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from ..config import RECEIVE_BUDGET_S
+from ..endpoints import bind_address
 from ..logs import QuietLog
 from ..wire import NODE_ID_BYTES
 from .curve import HANDSHAKE_EVENTS, Curve, client_options, handshake_failure, server_options
 
 _log = logging.getLogger("smartroute.transport")
-
-RECEIVE_BUDGET_S = 0.005
-"""Longest the inbox handles messages before it lets other tasks run: the timers that send our
-heartbeats must not wait behind a flood, or busy nodes get declared dead (measured: one
-2048-batch burst of 500-message batches held the loop for ~8 s)."""
 
 BACKLOG_BATCHES = 1024
 """Batches a full link holds back (in order) until its peer reads again; beyond that they are
@@ -96,11 +93,10 @@ class Inbox:
 
     def bind(self, host: str, port: int) -> str:
         """Bind and return the bound endpoint, with the real port when ``port`` was 0."""
-        bind_host = "*" if host in ("0.0.0.0", "*", "") else host
-        if ":" in bind_host and not bind_host.startswith("["):
+        address = bind_address(host, port)
+        if address.startswith("tcp://["):
             self._sock.setsockopt(zmq.IPV6, 1)
-            bind_host = f"[{bind_host}]"
-        self._sock.bind(f"tcp://{bind_host}:{port}")
+        self._sock.bind(address)
         last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         assert isinstance(last, bytes)
         return last.decode()

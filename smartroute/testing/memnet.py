@@ -1,7 +1,8 @@
-"""An in-memory network of sans-I/O ``Protocol`` instances, driven by a fake clock.
+"""An in-memory network of sans-I/O ``Protocol`` instances, driven by a fake clock: test a
+service's use of the mesh, or the protocol itself, without sockets, processes or waiting.
 
 Each host is a ``Protocol``; ``flush()`` carries out every host's ``data_to_send()`` the way
-``Node._pump`` does (dials, then the batches of each link, then hang-ups) and delivers each
+a ``Node`` does (dials, then the batches of each link, then hang-ups) and delivers each
 batch to the host that owns the dialled endpoint *at delivery time* (a ZeroMQ DEALER reconnects
 to whoever listens there), in FIFO order. A link's connection is reported up as soon as a live
 host owns its endpoint, and down then refused when that host crashes (a killed process's port
@@ -16,13 +17,12 @@ import dataclasses
 import itertools
 from typing import Any, NamedTuple, TypeVar
 
-from smartroute import wire
-from smartroute.config import Limits, Timings
-from smartroute.events import PeerDown, PeerUp
-from smartroute.messages import encode_body
-from smartroute.modes import ReceiveMode
-from smartroute.protocol import CoreEvent, Deliver, Dial, Protocol
-from smartroute.routing import Plan
+from .. import wire
+from ..config import Limits, Timings
+from ..events import PeerDown, PeerUp
+from ..messages import encode_body, type_name_of
+from ..modes import ReceiveMode
+from ..protocol import CoreEvent, Deliver, Dial, Plan, Protocol
 
 _E = TypeVar("_E")
 
@@ -247,14 +247,16 @@ class MemNet:
 
 def msg(target: str | list[str] | None, body: Any = "hi", *, mode: ReceiveMode = ReceiveMode.EQ,
         seq: int = 1, request_id: int | None = None) -> wire.Msg:
-    """The MSG record ``Node.send_to`` would build."""
-    return wire.Msg(seq, None, int(mode), target, type(body).__name__, encode_body(body), None,
+    """A MSG record, for tests that feed a protocol batches they crafted themselves."""
+    return wire.Msg(seq, None, int(mode), target, type_name_of(body), encode_body(body), None,
                     request_id)
 
 
-def send_to(proto: Protocol, mode: ReceiveMode, target: str | list[str] | None,
-            record: wire.Msg) -> Plan:
-    """Plan and send one message, as ``Node.send_to`` does."""
-    plan = proto.router.plan(mode, target)
-    proto.send(plan, record)
+def send(proto: Protocol, mode: ReceiveMode, target: str | list[str] | None, body: Any = "hi",
+         *, seq: int = 1, request_id: int | None = None) -> Plan:
+    """Plan and send one message to the peers it reaches (local subscribers get nothing: a
+    ``Node`` hands those their messages itself)."""
+    plan = proto.plan(mode, target)
+    proto.send_to(plan, seq, None, mode, target, type_name_of(body), encode_body(body),
+                  request_id)
     return plan
