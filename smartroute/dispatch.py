@@ -19,7 +19,7 @@ from .events import Event, PeerDown, PeerUp, SubscriberUp
 from .logs import QuietLog
 from .messages import Message, decode_body
 from .modes import ReceiveMode, Target
-from .protocol import CoreEvent, Deliver, ReplyArrived
+from .protocol import Deliver, ProtocolEvent, ReplyArrived
 from .requests import Replier, Requests, reply_now
 
 _log = logging.getLogger("smartroute.node")
@@ -207,7 +207,7 @@ class Dispatcher:
         # Weak: an iterator its consumer left (break, return, an exception) goes with it.
         self.streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
-        self.backlog: collections.deque[CoreEvent] = collections.deque()
+        self.backlog: collections.deque[ProtocolEvent] = collections.deque()
         """What the protocol handed over and handlers have not had yet (budget spent)."""
         self._holding: set[Subscription] = set()
         """Async handlers whose queue is half full: the inbox reads nothing meanwhile."""
@@ -261,7 +261,7 @@ class Dispatcher:
 
     # --- what the protocol hands over -----------------------------------------------------------
 
-    def dispatch(self, events: list[CoreEvent]) -> bool:
+    def dispatch(self, events: list[ProtocolEvent]) -> bool:
         """Hand ``events`` (after any backlog) to user code until the budget is spent; True
         when some are left for the next loop turn."""
         backlog = self.backlog

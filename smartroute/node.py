@@ -20,11 +20,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import zmq
-
 from .config import DRAIN_POLL_S, ROOM_POLL_S, Limits, Timings
-from .discovery import CombinedDiscovery, Discovery, LocalNode, MdnsDiscovery, StaticDiscovery
-from .discovery.dns import DnsDiscovery, advertise_from_environment, is_dns, parse_dns
+from .discovery import Discovery, LocalNode, make_discovery
+from .discovery.dns import advertise_from_environment
 from .dispatch import Dispatcher, EventStream, Handler, Subscription
 from .endpoints import announced_hosts, check_advertise, node_endpoints, parse_endpoint
 from .errors import LinkFull, NodeClosed, NoSubscriber, RequestTimeout, UsageError
@@ -35,7 +33,7 @@ from .modes import ReceiveMode, Target, check_name, check_target
 from .protocol import Plan, Protocol, ReplyStatus, new_node_id
 from .requests import Requests
 from .transport.curve import Curve, check_secret
-from .transport.driver import Driver
+from .transport.driver import Driver, Hands
 
 if TYPE_CHECKING:  # the metrics extra is optional: only its types are named here
     from prometheus_client.registry import CollectorRegistry
@@ -87,7 +85,7 @@ class Node:
         self.advertise = advertise
         self.interfaces = list(interfaces) if interfaces is not None else None
         self.name = name if name is not None else f"{socket.gethostname()}:{os.getpid()}"
-        self._discovery = self._make_discovery(discovery)
+        self._discovery = make_discovery(discovery, self.interfaces, self.timings)
         # With a secret the id is bound to this node's CURVE key (see transport.curve).
         self._node_id = self._curve.node_id if self._curve is not None else new_node_id()
         self.node_id = self._node_id.hex()
@@ -98,23 +96,21 @@ class Node:
         """The ``tcp://ip:port`` peers dial; set by ``start``."""
         self._protocol: Protocol | None = None
         """The mesh's every decision (None until ``start``)."""
-        self._driver = Driver(self.limits, self.timings, self._curve)
-        """The sockets."""
         self._stats: collections.Counter[str] = collections.Counter()
-        """Counters of the node's own rooms (the protocol and driver keep theirs)."""
-        self._requests = Requests(self.node_id, self._send_reply, self._schedule_pump)
-        """Requests we wait on, and repliers of those we handle."""
-        self._dispatcher = Dispatcher(self.node_id, self.limits, self._requests, self._stats,
-                                      count=self._count, pace=self._pace_inbox)
-        """Subscriptions, handlers, event streams and waiters."""
-        self._tasks: list[asyncio.Task[None]] = []
-        """The inbox reader and the timers."""
+        """Counters of the node's own rooms (the protocol and the transport keep theirs)."""
+        self._driver = Driver(self.limits, self.timings, self._curve, self._stats,
+                              self.node_id[:8])
+        """The sockets, the timers and the pump."""
+        self._requests = Requests(self.node_id, self._send_reply, self._driver.schedule_pump)
+        """Requests we wait on, and the repliers of those we handle."""
+        self._dispatcher = dispatcher = Dispatcher(
+            self.node_id, self.limits, self._requests, self._stats, count=self._count,
+            pace=self._driver.pace_inbox)
+        """Subscriptions and their handlers, event streams and waiters."""
+        self._driver.hand_to(Hands(dispatcher.dispatch, lambda: bool(dispatcher.backlog),
+                                   lambda: dispatcher.holds_inbox, dispatcher.release_stuck))
         self._seq = itertools.count(1)
         """Sequence numbers of our messages (``Message.id``)."""
-        self._pump_scheduled = False
-        """A ``_pump`` is scheduled with ``call_soon``."""
-        self._pumping = False
-        """``_pump`` is running: what handlers queue leaves at its end."""
         self._batch_full = False
         """The last send filled a batch for a peer: let it leave before queueing more."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,28 +119,6 @@ class Node:
         # The counters of every send are plain attributes: a Counter item costs twice more.
         self._sent = 0
         self._sent_remote_frames = 0
-
-    def _make_discovery(self, discovery: str | Sequence[str] | Discovery) -> Discovery:
-        if isinstance(discovery, str):
-            if discovery == "mdns" or is_dns(discovery):
-                return self._make_discovery([discovery])
-            raise UsageError(f"discovery is 'mdns', a list of seed endpoints (which may include "
-                             f"'mdns' and 'dns:NAME:PORT') or a Discovery, not {discovery!r}")
-        if isinstance(discovery, Discovery):
-            return discovery
-        if isinstance(discovery, Sequence):
-            names = [parse_dns(spec) for spec in discovery if is_dns(spec)]
-            seeds = [seed for seed in discovery if seed != "mdns" and not is_dns(seed)]
-            parts: list[Discovery] = []
-            if "mdns" in discovery:
-                parts.append(MdnsDiscovery(interfaces=self.interfaces))
-            if names:
-                parts.append(DnsDiscovery(names, interval_s=self.timings.dns_interval_s))
-            if seeds or not parts:
-                parts.append(StaticDiscovery(seeds, retry_s=self.timings.seed_retry_s))
-            return parts[0] if len(parts) == 1 else CombinedDiscovery(parts)
-        raise TypeError(f"discovery is 'mdns', a list of seed endpoints or a Discovery, "
-                        f"not {type(discovery).__name__}")
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -176,14 +150,7 @@ class Node:
             endpoint=advertised, name=self.name, timings=self.timings, limits=self.limits,
         )
         protocol.hint_self(self.endpoint)
-        # The first tick: from now on a blocked loop is measured, even before the timer ran.
-        protocol.tick(self._now())
-        self._tasks = [
-            asyncio.create_task(self._driver.receive(self._received), name="smartroute-rx"),
-            asyncio.create_task(self._tick(), name="smartroute-timers"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(_task_ended)
+        self._driver.start(protocol)
         _log.info("%s: node %r of cluster %r listening at %s", self.node_id[:8], self.name,
                   self.cluster, self.endpoint)
         if self._curve is None:
@@ -207,7 +174,7 @@ class Node:
         if protocol is None or self._closed:
             return
         protocol.leave(self._now())
-        self._pump()
+        self._driver.pump()
         deadline = self._now() + timeout
         while True:  # polled: settling is a state of the protocol, not an event
             settled = protocol.settled() and self._requests.handling == 0
@@ -229,16 +196,14 @@ class Node:
             return
         await self._discovery.close()
         protocol.close(self._now())
-        self._pump()
+        self._driver.pump()
         await self._stop()
         _log.info("%s: node closed", self.node_id[:8])
 
     async def _stop(self) -> None:
         """Release everything ``start`` took, whatever state it got to."""
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._driver.stop()
         await self._dispatcher.close()
         self._requests.fail_all(NodeClosed("the node closed"))
         await self._driver.close()
@@ -277,14 +242,14 @@ class Node:
         sub_id = protocol.subscribe(name, meta, self._now())
         sub = self._dispatcher.subscription(sub_id, name, meta, handler, concurrency,
                                             self._unsubscribe)
-        self._pump()
+        self._driver.pump()
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         self._dispatcher.subs.pop(sub.sub_id, None)
         if self._protocol is not None and not self._closed:
             self._protocol.unsubscribe(sub.sub_id, self._now())
-            self._pump()
+            self._driver.pump()
 
     async def send_to(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
                       target: Target = None, *, sender: str | None = None) -> int:
@@ -310,7 +275,7 @@ class Node:
         plan = self._send(protocol, body, mode, target, sender, None, plan)
         if self._batch_full:
             self._batch_full = False
-            self._pump()
+            self._driver.pump()
             await asyncio.sleep(0)  # the loop's turn: what a tight loop would starve
         return plan.matches
 
@@ -332,7 +297,7 @@ class Node:
         plan = self._send(protocol, body, mode, target, sender, None, plan)
         if self._batch_full:
             self._batch_full = False
-            self._pump()
+            self._driver.pump()
         return plan.matches
 
     async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,
@@ -361,7 +326,7 @@ class Node:
             pending.nodes = set(plan.remote)
             if self._batch_full:
                 self._batch_full = False
-                self._pump()
+                self._driver.pump()
             try:
                 async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
                     return await pending.future
@@ -477,8 +442,9 @@ class Node:
                                 request_id):
                 self._batch_full = True
             self._sent_remote_frames += len(plan.remote)
-            if not (self._pump_scheduled or self._pumping):
-                self._schedule_pump()
+            driver = self._driver
+            if not (driver.pump_scheduled or driver.pumping):
+                driver.schedule_pump()
         elif not surely_encodes(body):
             # Not encoded when no peer needs the bytes, but still checked: what cannot travel
             # is refused even when the subscribers are all local today.
@@ -501,84 +467,7 @@ class Node:
     def _count(self, name: str) -> int:
         return self._protocol.count(name) if self._protocol is not None else 0
 
-    # --- carrying out what the protocol decided -------------------------------------------------
-
     def _hint(self, endpoint: str) -> None:
         if self._protocol is not None and not self._closed:
             self._protocol.hint(endpoint, self._now())
-            self._pump()
-
-    async def _tick(self) -> None:
-        interval = self.timings.tick_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            protocol = self._protocol
-            assert protocol is not None
-            try:
-                # Connections first: what they did while this loop was blocked (a handshake
-                # done, a connection back) must count before the protocol judges anyone.
-                self._driver.check(protocol, self._now())
-                protocol.tick(self._now())
-                self._pump()
-                self._dispatcher.release_stuck()
-            except Exception:
-                # A timer must never stop: heartbeats and death detection live here.
-                self._stats["internal_errors"] += 1
-                _log.exception("%s: internal error in the timers (node keeps running)",
-                               self.node_id[:8])
-
-    def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
-        protocol = self._protocol
-        assert protocol is not None
-        protocol.receive(routing_id, frame.buffer, self._now(), lambda: _peer_address(frame))
-        self._pump()
-
-    def _schedule_pump(self) -> None:
-        if not (self._pump_scheduled or self._pumping):
-            self._pump_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._pump)
-
-    def _pump(self) -> None:
-        """Carry out the protocol's output (dials, one batch per link, hang-ups), then hand
-        its events to user code; what the handlers sent (replies first of all) leaves in the
-        same turn."""
-        self._pump_scheduled = False
-        protocol = self._protocol
-        if protocol is None or self._driver.links is None:
-            return
-        self._carry_out(protocol)
-        events = protocol.events_received()
-        if not events and not self._dispatcher.backlog:
-            return
-        self._pumping = True
-        try:
-            behind = self._dispatcher.dispatch(events)
-        finally:
-            self._pumping = False
-        if behind:
-            # Budget spent (slow sync handlers): the rest after the timers and sends.
-            self._schedule_pump()
-        self._pace_inbox()
-        if protocol.has_output():
-            self._carry_out(protocol)
-
-    def _carry_out(self, protocol: Protocol) -> None:
-        if self._driver.carry_out(protocol, self._now()):
-            self._schedule_pump()  # a dial failed: the hang-up and any PeerDown go out next
-
-    def _pace_inbox(self) -> None:
-        self._driver.pace(self._dispatcher.holds_inbox)
-
-
-def _task_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _log.error("smartroute task %s died: the node no longer works", task.get_name(),
-                   exc_info=task.exception())
-
-
-def _peer_address(frame: zmq.Frame) -> str | None:
-    try:
-        return str(frame.get("Peer-Address"))
-    except zmq.ZMQError:
-        return None
+            self._driver.pump()

@@ -37,8 +37,17 @@ from .routing import Plan, Router
 from .streams import Inflow, Outbox, Verdict
 from .wire import Meta, ReplyStatus
 
-__all__ = ["CoreEvent", "Deliver", "Dial", "Output", "Plan", "Protocol", "ReplyArrived",
-           "ReplyStatus", "new_node_id"]
+__all__ = [
+    "Deliver",
+    "Dial",
+    "Output",
+    "Plan",
+    "Protocol",
+    "ProtocolEvent",
+    "ReplyArrived",
+    "ReplyStatus",
+    "new_node_id",
+]
 
 _log = logging.getLogger("smartroute.protocol")
 
@@ -100,7 +109,7 @@ class ReplyArrived(NamedTuple):
     reply: wire.Reply
 
 
-CoreEvent = Event | Deliver | ReplyArrived
+ProtocolEvent = Event | Deliver | ReplyArrived
 AddressGetter = Callable[[], str | None]
 
 
@@ -222,7 +231,7 @@ class Protocol:
         """Peers whose window is spent: ``send_to`` waits for them (an attribute, not a
         method: ``send_to`` tests it for every message)."""
         self._ack_every = max(1, limits.send_window_batches // 4)
-        self._events: list[CoreEvent] = []
+        self._events: list[ProtocolEvent] = []
         self._quiet = QuietLog(_log)
         self._last_exchange = 0.0
         self._last_tick = float("inf")
@@ -346,7 +355,7 @@ class Protocol:
             self._ack_due.clear()
         self._ack_now.clear()
 
-    def events_received(self) -> list[CoreEvent]:
+    def events_received(self) -> list[ProtocolEvent]:
         """Drain the events accumulated since the last call."""
         events, self._events = self._events, []
         return events

@@ -345,7 +345,7 @@ async def test_abandoned_events_iterators_are_released() -> None:
     from a second node): afterwards the node holds no stream, and a burst of 10,050 events
     drops none (``events_dropped`` stays 0).
 
-    Before issue 10: every abandoned iterator stays in ``node._dispatcher.streams`` (1,000) and keeps
+    Before issue 10: every abandoned iterator stays in the node's streams (1,000) and keeps
     queueing events; the burst overflows each of them (measured: 1,000 streams held,
     events_dropped 1,050,000)."""
     watcher = Node(CLUSTER, discovery=[], host="127.0.0.1")

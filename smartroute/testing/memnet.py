@@ -22,7 +22,7 @@ from ..config import Limits, Timings
 from ..events import PeerDown, PeerUp
 from ..messages import encode_body, type_name_of
 from ..modes import ReceiveMode
-from ..protocol import CoreEvent, Deliver, Dial, Plan, Protocol
+from ..protocol import Deliver, Dial, Plan, Protocol, ProtocolEvent
 
 _E = TypeVar("_E")
 
@@ -36,7 +36,7 @@ class Host:
 
     name: str
     proto: Protocol
-    events: list[CoreEvent] = dataclasses.field(default_factory=list)
+    events: list[ProtocolEvent] = dataclasses.field(default_factory=list)
     up: bool = True
     stalled: bool = False
     """Its event loop is blocked: no ticks, nothing sent or read (what arrives waits), but
