@@ -80,7 +80,7 @@ cached answer; each round costs one query per name (and one per host of an SRV a
 """
 
 TICK_INTERVAL_S = 0.05
-"""Resolution of every timer above: the node wakes the core this often."""
+"""Resolution of every timer above: the node wakes the protocol this often."""
 
 CLOSE_LINGER_S = 0.5
 """On close, unsent records (BYE among them) get this long to leave the socket."""

@@ -11,7 +11,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import DISPATCH_BACKLOG_EVENTS, DISPATCH_BUDGET_S, HANDLER_HOLD_S, Limits
 from .errors import NodeClosed, RemoteProtocolError, WaitTimeout
@@ -32,19 +32,27 @@ _MODES = tuple(ReceiveMode)
 """Modes by wire value (the decoder checked the range): faster than ``ReceiveMode(n)``."""
 
 
+class Owner(NamedTuple):
+    """What a subscription asks of the node it belongs to."""
+
+    unsubscribe: Callable[[Subscription], None]
+    """It closed: take it out of the table."""
+    update_meta: Callable[[Subscription, object], dict[str, Any]]
+    """Check the meta (``UsageError`` once closed), replicate it, return it as stored."""
+
+
 class Subscription:
     """A local subscriber; ``await sub.close()`` unsubscribes it everywhere."""
 
     def __init__(self, dispatcher: Dispatcher, sub_id: int, name: str, meta: dict[str, Any],
-                 handler: Handler, concurrency: int,
-                 unsubscribe: Callable[[Subscription], None]) -> None:
+                 handler: Handler, concurrency: int, owner: Owner) -> None:
         self.sub_id = sub_id
         self.name = name
         self.meta = meta
         self.handler = handler
         self.is_async = _is_async_callable(handler)
         self._dispatcher = dispatcher
-        self._unsubscribe = unsubscribe
+        self._owner = owner
         self._queue: collections.deque[Message] = collections.deque()
         self._queue_size = dispatcher.limits.handler_queue_size
         self._awaiting = 0
@@ -75,7 +83,7 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        self._unsubscribe(self)
+        self._owner.unsubscribe(self)
         if self._holding:
             self._holding = False
             self._dispatcher.hold(self, False)
@@ -89,6 +97,13 @@ class Subscription:
             msg = self._queue.popleft()
             if msg._replier is not None:  # a waiting requester learns at once, not at timeout
                 reply_now(msg, NodeClosed("the subscriber closed"), error=True)
+
+    async def update_meta(self, meta: dict[str, Any]) -> None:
+        """Replace this subscriber's meta, checked as at ``subscribe``: every node's table
+        (``lookup``, ``subscribers``) shows the new one and reports ``SubscriberUpdated``,
+        this node's at once. The same meta again changes nothing. Raises ``UsageError`` once
+        closed (``NodeClosed`` once the node is)."""
+        self.meta = self._owner.update_meta(self, meta)
 
     def _offer(self, msg: Message, remote: bool = False) -> bool:
         queue = self._queue
@@ -227,9 +242,8 @@ class Dispatcher:
     # --- subscriptions, streams, waiters --------------------------------------------------------
 
     def subscription(self, sub_id: int, name: str, meta: dict[str, Any], handler: Handler,
-                     concurrency: int,
-                     unsubscribe: Callable[[Subscription], None]) -> Subscription:
-        sub = Subscription(self, sub_id, name, meta, handler, concurrency, unsubscribe)
+                     concurrency: int, owner: Owner) -> Subscription:
+        sub = Subscription(self, sub_id, name, meta, handler, concurrency, owner)
         self.subs[sub_id] = sub
         return sub
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .config import DRAIN_POLL_S, ROOM_POLL_S, Limits, Timings
 from .discovery import Discovery, LocalNode, make_discovery
 from .discovery.dns import advertise_from_environment
-from .dispatch import Dispatcher, EventStream, Handler, Subscription
+from .dispatch import Dispatcher, EventStream, Handler, Owner, Subscription
 from .endpoints import announced_hosts, check_advertise, node_endpoints, parse_endpoint
 from .errors import LinkFull, NodeClosed, NoSubscriber, RequestTimeout, UsageError
 from .events import PeerInfo, Subscriber
@@ -94,8 +94,9 @@ class Node:
         """Microseconds since the epoch at construction: grows across restarts."""
         self.endpoint = ""
         """The ``tcp://ip:port`` peers dial; set by ``start``."""
-        self._protocol: Protocol | None = None
-        """The mesh's every decision (None until ``start``)."""
+        self.protocol: Protocol | None = None
+        """The sans-I/O protocol this node drives: the mesh's every decision (None until
+        ``start``). For looking inside; calling its inputs yourself bypasses the node."""
         self._stats: collections.Counter[str] = collections.Counter()
         """Counters of the node's own rooms (the protocol and the transport keep theirs)."""
         self._driver = Driver(self.limits, self.timings, self._curve, self._stats,
@@ -109,6 +110,8 @@ class Node:
         """Subscriptions and their handlers, event streams and waiters."""
         self._driver.hand_to(Hands(dispatcher.dispatch, lambda: bool(dispatcher.backlog),
                                    lambda: dispatcher.holds_inbox, dispatcher.release_stuck))
+        self._owner = Owner(self._unsubscribe, self._update_meta)
+        """What our subscriptions ask of us."""
         self._seq = itertools.count(1)
         """Sequence numbers of our messages (``Message.id``)."""
         self._batch_full = False
@@ -132,7 +135,7 @@ class Node:
 
     async def start(self) -> None:
         """Bind the inbox, start timers and discovery; returns when the node is reachable."""
-        if self._protocol is not None or self._loop is not None:
+        if self.protocol is not None or self._loop is not None:
             raise UsageError("this node was already started; make a new Node to restart")
         self._loop = asyncio.get_running_loop()
         try:
@@ -145,7 +148,7 @@ class Node:
         bound_host, bound_port = parse_endpoint(self._driver.open(self.host, self.port))
         self.port = bound_port
         advertised, self.endpoint = node_endpoints(self.advertise, bound_host, bound_port)
-        self._protocol = protocol = Protocol(
+        self.protocol = protocol = Protocol(
             cluster=self.cluster, node_id=self._node_id, incarnation=self.incarnation,
             endpoint=advertised, name=self.name, timings=self.timings, limits=self.limits,
         )
@@ -170,7 +173,7 @@ class Node:
         then it says BYE. Messages still reach its subscribers meanwhile. Idempotent."""
         if not isinstance(timeout, int | float) or timeout < 0:
             raise UsageError("timeout must be a number of seconds >= 0")
-        protocol = self._protocol
+        protocol = self.protocol
         if protocol is None or self._closed:
             return
         protocol.leave(self._now())
@@ -191,7 +194,7 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        protocol = self._protocol
+        protocol = self.protocol
         if protocol is None:
             return
         await self._discovery.close()
@@ -211,13 +214,13 @@ class Node:
     @property
     def running(self) -> bool:
         """True between ``start`` and ``close``."""
-        return self._protocol is not None and not self._closed
+        return self.protocol is not None and not self._closed
 
     def _running(self) -> Protocol:
         """The protocol of a running node; ``NodeClosed`` otherwise."""
-        if self._protocol is None or self._closed:
+        if self.protocol is None or self._closed:
             raise NodeClosed("the node is not running (start it, or make a new one)")
-        return self._protocol
+        return self.protocol
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -241,15 +244,24 @@ class Node:
             raise UsageError("concurrency must be a positive integer")
         sub_id = protocol.subscribe(name, meta, self._now())
         sub = self._dispatcher.subscription(sub_id, name, meta, handler, concurrency,
-                                            self._unsubscribe)
+                                            self._owner)
         self._driver.pump()
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         self._dispatcher.subs.pop(sub.sub_id, None)
-        if self._protocol is not None and not self._closed:
-            self._protocol.unsubscribe(sub.sub_id, self._now())
+        if self.protocol is not None and not self._closed:
+            self.protocol.unsubscribe(sub.sub_id, self._now())
             self._driver.pump()
+
+    def _update_meta(self, sub: Subscription, meta: object) -> dict[str, Any]:
+        protocol = self._running()
+        if sub.closed:
+            raise UsageError(f"subscription {sub.name!r} is closed")
+        checked = check_meta(meta, self.limits.max_meta_bytes)
+        protocol.update_meta(sub.sub_id, checked, self._now())
+        self._driver.pump()
+        return checked
 
     async def send_to(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
                       target: Target = None, *, sender: str | None = None) -> int:
@@ -263,7 +275,7 @@ class Node:
         that never awaits anything else, it gives the event loop a turn whenever a batch is
         full, so heartbeats, acknowledgements and the inbox keep running.
         """
-        protocol = self._protocol
+        protocol = self.protocol
         if protocol is None or self._closed:
             protocol = self._running()  # raises
         if not (type(target) is str and mode is _EQ
@@ -357,7 +369,7 @@ class Node:
     @property
     def peers(self) -> list[PeerInfo]:
         """Peers we have a HELLO from and have not declared dead."""
-        return self._protocol.peer_infos() if self._protocol is not None else []
+        return self.protocol.peer_infos() if self.protocol is not None else []
 
     def events(self) -> EventStream:
         """An async iterator of ``PeerUp``, ``PeerDown``, ``SubscriberUp``, ``SubscriberDown``
@@ -368,7 +380,7 @@ class Node:
     def losses(self) -> dict[str, int]:
         """Messages (and replies) lost per peer node id (hex): sent, never acknowledged, and
         the peer gone for good; their sum is ``stats()["lost_messages"]``."""
-        return dict(self._protocol.losses) if self._protocol is not None else {}
+        return dict(self.protocol.losses) if self.protocol is not None else {}
 
     def stats(self) -> dict[str, int]:
         """Counters since start (messages sent, received, delivered, dropped, malformed...)."""
@@ -376,8 +388,8 @@ class Node:
             ("sent", "sent_remote_frames", "received", "delivered", "dropped",
              "handler_errors", "queue_full", "link_full", "events_dropped"), 0)
         parts: list[dict[str, int]] = [dict(self._stats), self._driver.stats()]
-        if self._protocol is not None:
-            parts.append(self._protocol.stats())
+        if self.protocol is not None:
+            parts.append(self.protocol.stats())
         for part in parts:  # a name two rooms count (malformed_frames...) is their sum
             for name, value in part.items():
                 stats[name] = stats.get(name, 0) + value
@@ -459,15 +471,15 @@ class Node:
 
     def _send_reply(self, origin: str, request_id: int, status: ReplyStatus, type_name: str,
                     body: bytes) -> bool:
-        protocol = self._protocol
+        protocol = self.protocol
         if protocol is None or self._closed:
             return False
         return protocol.reply(origin, request_id, status, type_name, body, self._now())
 
     def _count(self, name: str) -> int:
-        return self._protocol.count(name) if self._protocol is not None else 0
+        return self.protocol.count(name) if self.protocol is not None else 0
 
     def _hint(self, endpoint: str) -> None:
-        if self._protocol is not None and not self._closed:
-            self._protocol.hint(endpoint, self._now())
+        if self.protocol is not None and not self._closed:
+            self.protocol.hint(endpoint, self._now())
             self._driver.pump()

@@ -142,7 +142,7 @@ class Redial:
 
 @dataclasses.dataclass(slots=True)
 class Counters:
-    """What the core counted; ``Node.stats()`` reports these."""
+    """What the protocol counted; ``Node.stats()`` reports these."""
 
     frames_received: int = 0
     records_received: int = 0
@@ -924,7 +924,7 @@ class Protocol:
         return [peer.info() for peer in self.membership.peers.values()]
 
     def stats(self) -> dict[str, int]:
-        """The core's counters, its peers and subscribers, and the longest stall of the loop
+        """The protocol's counters, its peers and subscribers, and the longest stall of the loop
         that drives it (``loop_stall_max_ms``)."""
         counters = self.counters
         stats = {name: getattr(counters, name) for name in counters.__slots__}
@@ -941,6 +941,15 @@ class Protocol:
         self._events.append(event)
         self._broadcast(wire.encode_delta(delta), now)
         return sub_id
+
+    def update_meta(self, sub_id: int, meta: Meta, now: float) -> None:
+        """Replace a local subscriber's meta; every peer learns it through a delta (no-op if
+        it is gone or already has that meta)."""
+        updated = self.table.update_local(sub_id, meta)
+        if updated is not None:
+            delta, event = updated
+            self._events.append(event)
+            self._broadcast(wire.encode_delta(delta), now)
 
     def unsubscribe(self, sub_id: int, now: float) -> None:
         """Remove a local subscriber (no-op if gone)."""

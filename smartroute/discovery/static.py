@@ -16,7 +16,7 @@ _log = logging.getLogger("smartroute.discovery")
 
 
 class StaticDiscovery:
-    """Hints each seed at start and every ``retry_s`` after (the core ignores known ones)."""
+    """Hints each seed at start and every ``retry_s`` after (the protocol ignores known ones)."""
 
     def __init__(self, seeds: list[str], *, retry_s: float) -> None:
         for seed in seeds:

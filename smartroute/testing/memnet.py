@@ -35,7 +35,7 @@ class Host:
     """One protocol on the network, with every event it reported."""
 
     name: str
-    proto: Protocol
+    protocol: Protocol
     events: list[ProtocolEvent] = dataclasses.field(default_factory=list)
     up: bool = True
     stalled: bool = False
@@ -45,19 +45,19 @@ class Host:
 
     @property
     def endpoint(self) -> str:
-        return self.proto.endpoint
+        return self.protocol.endpoint
 
     @property
     def node_id(self) -> bytes:
-        return self.proto.node_id
+        return self.protocol.node_id
 
     @property
     def hex(self) -> str:
-        return self.proto.hex
+        return self.protocol.hex
 
     def peers(self) -> set[bytes]:
         """Node ids of the peers this host knows."""
-        return set(self.proto.membership.peers)
+        return set(self.protocol.membership.peers)
 
     def of(self, kind: type[_E]) -> list[_E]:
         """The events of one kind, in order."""
@@ -75,7 +75,7 @@ class Host:
 
     def names_seen(self, name: str) -> list[str]:
         """Hex node ids of the subscribers of ``name`` in this host's table."""
-        return sorted(s.node_id for s in self.proto.table.lookup(name))
+        return sorted(s.node_id for s in self.protocol.table.lookup(name))
 
 
 class Traffic(NamedTuple):
@@ -118,21 +118,21 @@ class MemNet:
         """A new host listening at ``endpoint`` (default ``tcp://<name>:7000``)."""
         assert name not in self.hosts
         n = next(self._ids)
-        proto = Protocol(
+        protocol = Protocol(
             cluster=cluster, node_id=node_id or bytes([n]) * 16,
             incarnation=incarnation if incarnation is not None else n,
             endpoint=endpoint or f"tcp://{name}:7000", name=name, timings=self.timings,
             limits=self.limits)
-        host = Host(name, proto)
+        host = Host(name, protocol)
         self.hosts[name] = host
-        self.by_endpoint[proto.endpoint] = host
+        self.by_endpoint[protocol.endpoint] = host
         return host
 
     def mesh(self, *names: str) -> list[Host]:
         """Hosts that all know each other (each hinted with the first only)."""
         hosts = [self.add(name) for name in names]
         for host in hosts[1:]:
-            host.proto.hint(hosts[0].endpoint, self.now)
+            host.protocol.hint(hosts[0].endpoint, self.now)
             self.flush()
         ids = {h.node_id for h in hosts}
         for host in hosts:
@@ -148,7 +148,7 @@ class MemNet:
         host.stalled = False
         held, host.held = host.held, []
         for routing_id, batch in held:
-            host.proto.receive(routing_id, batch, self.now)
+            host.protocol.receive(routing_id, batch, self.now)
         self.flush()
 
     def crash(self, host: Host) -> None:
@@ -180,11 +180,11 @@ class MemNet:
             listening = dst is not None and dst.up
             if listening and key not in self.connected:
                 self.connected.add(key)
-                host.proto.link_changed(key[1], "up", self.now)
+                host.protocol.link_changed(key[1], "up", self.now)
             elif not listening and key in self.connected:
                 self.connected.discard(key)
-                host.proto.link_changed(key[1], "down", self.now)
-                host.proto.link_changed(key[1], "refused", self.now)
+                host.protocol.link_changed(key[1], "down", self.now)
+                host.protocol.link_changed(key[1], "refused", self.now)
 
     def flush(self) -> None:
         """Carry out every host's output until the network is quiet."""
@@ -194,7 +194,7 @@ class MemNet:
             for host in list(self.hosts.values()):
                 if not host.up or host.stalled:
                     continue
-                out = host.proto.data_to_send()
+                out = host.protocol.data_to_send()
                 for dial in out.dials:
                     self.links[host.name, dial.link] = dial
                 for link, framed in out.sends.items():
@@ -204,7 +204,7 @@ class MemNet:
                 for link in out.hangups:
                     del self.links[host.name, link]
                     self.connected.discard((host.name, link))
-                host.events.extend(host.proto.events_received())
+                host.events.extend(host.protocol.events_received())
             if not batches:
                 return
             for src, dial, batch in batches:
@@ -223,7 +223,7 @@ class MemNet:
                     if dst.stalled:
                         dst.held.append((dial.routing_id, batch))
                     else:
-                        dst.proto.receive(dial.routing_id, batch, self.now)
+                        dst.protocol.receive(dial.routing_id, batch, self.now)
         raise AssertionError(f"the network did not settle in {MAX_ROUNDS} rounds")
 
     def run(self, seconds: float) -> None:
@@ -234,7 +234,7 @@ class MemNet:
             self.now = start + k * step
             for host in list(self.hosts.values()):
                 if host.up and not host.stalled:
-                    host.proto.tick(self.now)
+                    host.protocol.tick(self.now)
             self.flush()
 
     def records(self, kind: type[_E], src: Host | None = None,
@@ -252,11 +252,11 @@ def msg(target: str | list[str] | None, body: Any = "hi", *, mode: ReceiveMode =
                     request_id)
 
 
-def send(proto: Protocol, mode: ReceiveMode, target: str | list[str] | None, body: Any = "hi",
+def send(protocol: Protocol, mode: ReceiveMode, target: str | list[str] | None, body: Any = "hi",
          *, seq: int = 1, request_id: int | None = None) -> Plan:
     """Plan and send one message to the peers it reaches (local subscribers get nothing: a
     ``Node`` hands those their messages itself)."""
-    plan = proto.plan(mode, target)
-    proto.send_to(plan, seq, None, mode, target, type_name_of(body), encode_body(body),
+    plan = protocol.plan(mode, target)
+    protocol.send_to(plan, seq, None, mode, target, type_name_of(body), encode_body(body),
                   request_id)
     return plan

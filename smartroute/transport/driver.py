@@ -54,7 +54,8 @@ class Driver:
         self._authenticator: Authenticator | None = None
         self.inbox: Inbox | None = None
         self.links: Links | None = None
-        self._protocol: Protocol | None = None
+        self.protocol: Protocol | None = None
+        """What it drives (set by ``start``)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         """The inbox reader and the timers."""
@@ -95,7 +96,7 @@ class Driver:
     def start(self, protocol: Protocol) -> None:
         """Run ``protocol`` on the sockets: read the inbox, run the timers."""
         assert self.inbox is not None
-        self._protocol = protocol
+        self.protocol = protocol
         self._loop = loop = asyncio.get_running_loop()
         # The first tick: from now on a blocked loop is measured, even before the timer ran.
         protocol.tick(loop.time())
@@ -107,14 +108,14 @@ class Driver:
             task.add_done_callback(_task_ended)
 
     def _received(self, routing_id: bytes, frame: zmq.Frame) -> None:
-        protocol = self._protocol
+        protocol = self.protocol
         assert protocol is not None and self._loop is not None
         protocol.receive(routing_id, frame.buffer, self._loop.time(),
                          lambda: _peer_address(frame))
         self.pump()
 
     async def _run_timers(self) -> None:
-        protocol, loop = self._protocol, self._loop
+        protocol, loop = self.protocol, self._loop
         assert protocol is not None and loop is not None
         interval = self._timings.tick_interval_s
         while True:
@@ -145,7 +146,7 @@ class Driver:
         its events to user code; what user code sent meanwhile (replies first of all) leaves
         in the same turn."""
         self.pump_scheduled = False
-        protocol = self._protocol
+        protocol = self.protocol
         if protocol is None or self.links is None:
             return
         self._carry_out(protocol)
