@@ -339,7 +339,9 @@ def machine(info: dict[str, Any]) -> list[str]:
              "hiredis": "hiredis", "eclipse-zenoh": "eclipse-zenoh",
              "zeromq-pyre": "zeromq-pyre", "google-re2": "google-re2",
              "load_average_at_start": "load average (1 min) at start",
-             "load_average_at_end": "load average (1 min) at end"}
+             "load_average_at_end": "load average (1 min) at end",
+             "load_averages_at_start": "load averages (1 / 5 / 15 min) at start",
+             "load_averages_at_end": "load averages (1 / 5 / 15 min) at end"}
     lines = ["| | |", "|---|---|"]
     lines += [f"| {label} | {info[key]} |" for key, label in names.items() if key in info]
     return lines
@@ -366,7 +368,8 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     load = info.get("load_average_at_start", 0)
     if load > LOADED_MACHINE * cores:
         warnings.append(f"the machine was shared with other work (load average {load} at "
-                        f"the start, on {cores} cores)")
+                        f"the start, on {cores} cores: throughputs are lower and latencies "
+                        "more spread than on an idle machine)")
     if warnings:
         lines += [f"**Provisional figures:** {'; '.join(warnings)}.", ""]
     lines += ["## Goals", "", *goals(rows), "",

@@ -151,6 +151,7 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(), "libzmq": zmq.zmq_version(),
         "load_average_at_start": round(os.getloadavg()[0], 2),
+        "load_averages_at_start": _load_averages(),
     }
     for package in ("smartroute", "pyzmq", "msgpack", "zeroconf", "redis", "hiredis",
                     "eclipse-zenoh", "zeromq-pyre", "google-re2", "matplotlib"):
@@ -170,6 +171,12 @@ def machine_info() -> dict[str, Any]:
                                         capture_output=True, text=True, timeout=10,
                                         check=False).stdout.strip()
     return info
+
+
+def _load_averages() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` shows them: other work on the
+    machine (the 15-minute one tells of it even at the end of a run)."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _key(one: Row) -> tuple[str, str, str]:
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker logs kept in {kept}", flush=True)
     machine.update(bench.machine)
     machine["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    machine["load_averages_at_end"] = _load_averages()
     current: dict[str, Any] = {
         "mode": mode, "machine": machine, "families": families, "skipped": skipped,
         "rows": bench.rows, "seconds": round(time.monotonic() - suite_started, 1)}
