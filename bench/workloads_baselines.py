@@ -16,16 +16,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import Bench, Worker, free_port, latency_rows, rate, row
+from common import Bench, Worker, WorkerError, free_port, latency_rows, rate, row
 from workloads_mesh import (
     FAN_OUT_NODES,
     HANDLERS,
     MIN_WAIT_S,
     RTT_WARMUP,
     SLOWEST_RATE,
+    flood_rate,
     node_pair,
     round_trips,
     rtt_count,
+    settle,
     throughput,
 )
 
@@ -255,62 +257,90 @@ def zenoh_pair(bench: Bench) -> tuple[Worker, Worker]:
     return a, b
 
 
+ZENOH_THROUGHPUT = "cross-node throughput, next to Zenoh"
+ZENOH_RTT = "request/reply round trip, next to Zenoh"
+"""Workloads of the Zenoh family: smartroute's runs alternate with Zenoh's in them, so the
+ratios of issue 12's goals compare runs made under the same load."""
+
+
 def zenoh(bench: Bench) -> None:
-    """Peer-to-peer put throughput with congestion control BLOCK and DROP (alternating runs on
-    the same two peers: a DROP run that lost messages is counted, never a throughput figure),
-    and the ``querier.get`` round trip against a queryable, default and NONE consolidation
-    alternating. Two fresh processes for each."""
+    """Peer-to-peer put throughput with congestion control BLOCK and DROP, alternating run by
+    run with smartroute's flood (a run that lost messages is counted, never a throughput
+    figure); then the ``querier.get`` round trip to a queryable (default and NONE
+    consolidation) alternating with smartroute's ``request``. Fresh processes for each."""
     reason = zenoh_unavailable()
     if reason is not None:
         bench.skip("Zenoh baselines", reason)
         return
-    workload = "cross-node throughput"
     count = bench.scale.count(200_000, 40_000)
     timeout = max(MIN_WAIT_S, count / SLOWEST_RATE)
-    a, b = zenoh_pair(bench)
-    with a, b:
-        b.call("subscribe", key="bench/sink")
-        a.call("wait_subscriber", key="bench/sink")
+    za, zb = zenoh_pair(bench)
+    sa, sb = node_pair(bench)
+    with za, zb, sa, sb:
+        zb.call("subscribe", key="bench/sink")
+        za.call("wait_subscriber", key="bench/sink")
+        sb.call("subscribe", name="sink", handler="count")
+        sa.call("wait_for", name="sink")
+        ours: list[float] = []
         rates: dict[str, list[float]] = {cc: [] for _, cc in ZENOH_CONGESTION}
         delivered: dict[str, list[int]] = {cc: [] for _, cc in ZENOH_CONGESTION}
         for run in range(bench.scale.runs + 1):  # the first is the warm-up
+            n = count // 10 if run == 0 else count
+            try:
+                value = flood_rate(sa, [sb], n, "sink")
+                if run:
+                    ours.append(value)
+            except WorkerError as exc:
+                bench.skip(f"{ZENOH_THROUGHPUT}, smartroute: run discarded",
+                           str(exc).splitlines()[0])
+                settle([sb])
             for system, congestion in ZENOH_CONGESTION:
-                n = count // 10 if run == 0 else count
-                b.call("arm", count=n)
-                sent = a.call("flood", key="bench/sink", count=n, congestion=congestion,
-                              answer_within_s=timeout)
-                got = b.call("collect", timeout=timeout, answer_within_s=timeout + MIN_WAIT_S)
+                zb.call("arm", count=n)
+                sent = za.call("flood", key="bench/sink", count=n, congestion=congestion,
+                               answer_within_s=timeout)
+                got = zb.call("collect", timeout=timeout,
+                              answer_within_s=timeout + MIN_WAIT_S)
                 if run == 0:
                     continue
                 delivered[congestion].append(got["received"])
                 if got["complete"]:
                     rates[congestion].append(rate(n, sent["t_start"], got["t_last"]))
                 else:
-                    bench.skip(f"{workload}, {system}: run lost messages",
+                    bench.skip(f"{ZENOH_THROUGHPUT}, {system}: run lost messages",
                                f"{got['received']:,} of {n:,} delivered")
+        if ours:
+            bench.add(row(ZENOH_THROUGHPUT, "smartroute", "throughput", ours, "msg/s"))
         for system, congestion in ZENOH_CONGESTION:
             lossy = bench.scale.runs - len(rates[congestion])
             if lossy:
-                bench.skip(f"{workload}, {system}: throughput",
+                bench.skip(f"{ZENOH_THROUGHPUT}, {system}: throughput",
                            f"not a result: {lossy} of {bench.scale.runs} runs lost messages "
                            f"(fewest delivered: {min(delivered[congestion]):,} of {count:,})")
             else:
-                bench.add(row(workload, system, "throughput", rates[congestion], "msg/s"))
-            bench.add(row(workload, system, f"delivered of {count:,}",
+                bench.add(row(ZENOH_THROUGHPUT, system, "throughput", rates[congestion],
+                              "msg/s"))
+            bench.add(row(ZENOH_THROUGHPUT, system, f"delivered of {count:,}",
                           delivered[congestion], "messages"))
-    a, b = zenoh_pair(bench)
-    with a, b:
-        b.call("queryable", key="bench/echo")
+    za, zb = zenoh_pair(bench)
+    sa, sb = node_pair(bench)
+    with za, zb, sa, sb:
+        zb.call("queryable", key="bench/echo")
         for _, consolidation in ZENOH_QUERIERS:
-            a.call("wait_queryable", key="bench/echo", consolidation=consolidation)
-        runs: dict[str, list[list[float]]] = {c: [] for _, c in ZENOH_QUERIERS}
+            za.call("wait_queryable", key="bench/echo", consolidation=consolidation)
+        sb.call("subscribe", name="svc:echo", handler="echo")
+        sa.call("wait_for", name="svc:echo")
+        runs: dict[str, list[list[float]]] = {c: [] for c in ("smartroute", *dict(
+            ZENOH_QUERIERS).values())}
         for _ in range(bench.scale.runs):
+            runs["smartroute"].append(sa.call("rtt", target="svc:echo", count=rtt_count(bench),
+                                              warmup=RTT_WARMUP))
             for _, consolidation in ZENOH_QUERIERS:
-                runs[consolidation].append(a.call(
+                runs[consolidation].append(za.call(
                     "rtt", key="bench/echo", consolidation=consolidation,
                     count=rtt_count(bench), warmup=RTT_WARMUP))
+        bench.add(*latency_rows(ZENOH_RTT, "smartroute", runs["smartroute"]))
         for system, consolidation in ZENOH_QUERIERS:
-            bench.add(*latency_rows("request/reply round trip", system, runs[consolidation]))
+            bench.add(*latency_rows(ZENOH_RTT, system, runs[consolidation]))
 
 
 # --- pyre, and smartroute next to it, on the LAN harness ----------------------------------------
