@@ -411,7 +411,9 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     if skipped:
         lines += ["## Not measured, and runs discarded", "",
                   "A flood run that loses messages is not a result: it is discarded and run "
-                  "again (at most twice), and listed here.", "", "| what | why |", "|---|---|"]
+                  "again (at most twice), and listed here. A Zenoh DROP run that loses "
+                  "messages is not run again: losing them is what DROP does, so it is listed "
+                  "here and counted in its delivered row.", "", "| what | why |", "|---|---|"]
         lines += [f"| {skip['what']} | {skip['reason']} |" for skip in skipped]
         lines.append("")
     lines += ["## The machine", "", *machine(info), ""]
