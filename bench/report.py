@@ -136,12 +136,16 @@ SECTIONS = (
             "peer's table of 100,000 names (`user:alice123`, `room:42`, `svc:echo-3`), cold (a "
             "new Router, the pattern compiled on the way) and warm (cached), with smartroute's "
             "`patterns.py` and with RE2 (google-re2) put in its place, alternating run by run; "
-            "the plans must be equal. RE2 uses its fastest public call per name, an `re2.Set` "
+            "the plans must be equal; everyday targets, then adversarial ones, then the "
+            "slowest pattern for smartroute's DFA over 100 random a/b names of 256 characters "
+            "(a peer choosing both names and pattern). RE2 uses its fastest public call per "
+            "name, an `re2.Set` "
             "of the one pattern (no match object built). Pathological: the classic "
             "catastrophic patterns, compiled afresh and searched once (`re` takes longer than "
             "0.2 s on the shortest name shown). Worst cases: smartroute's DFA cache never "
             "hitting, the worst pattern its `re` fast path accepts, compiling the largest "
-            "pattern (RE2 refuses counted repeats over 1000)."),
+            "pattern (RE2 refuses counted repeats over 1000). Why patterns.py stays: "
+            "[PROFILE.md](PROFILE.md)."),
     Section("Memory", ("memory, 100,000 subscribers",),
             "Node A subscribes 100,000 names (sync handlers); node B only observes. B's RSS "
             "after its table holds them all, minus before; B's and A's RSS; replication time "
