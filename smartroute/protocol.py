@@ -187,6 +187,10 @@ class Protocol:
         self.table = Table(node_id, incarnation)
         self.router = Router(self.table, regex_cache_size=limits.regex_cache_size,
                              max_pattern_length=limits.max_pattern_length)
+        self.plan: Callable[[ReceiveMode, Target], Plan] = self.router.plan
+        """``plan(mode, target)``: who a send reaches, in our view of the table (each call moves
+        ``ANY``'s round robin on: send the plan you got). The router's own method: a send
+        plans once, and a wrapper would cost a call each time."""
         self.membership = Membership(suspect_after_s=timings.suspect_after_s,
                                      dead_after_s=timings.dead_after_s,
                                      unreachable_after_s=timings.unreachable_after_s,
@@ -958,11 +962,6 @@ class Protocol:
             delta, event = removed
             self._events.append(event)
             self._broadcast(wire.encode_delta(delta), now)
-
-    def plan(self, mode: ReceiveMode, target: Target) -> Plan:
-        """Who a send to ``mode`` and ``target`` reaches, in our view of the table (each call
-        moves ``ANY``'s round robin on: send the plan you got)."""
-        return self.router.plan(mode, target)
 
     def check_pattern(self, pattern: str) -> None:
         """``UsageError`` unless ``pattern`` is a REGEX target we can run (length, syntax)."""
