@@ -137,6 +137,8 @@ class Counters:
     gap_batches: int = 0
     """Batches that came after a gap (lost with a broken connection): dropped, asked again."""
     resend_requests: int = 0
+    loop_stall_max_ms: int = 0
+    """The longest this node's timers ran late (its event loop blocked), in milliseconds."""
 
 
 def _queue(queues: dict[int, list[bytes]], link_id: int, record: bytes) -> None:
@@ -382,6 +384,9 @@ class Protocol:
         timings = self.timings
         stall = now - self._last_tick - timings.tick_interval_s
         self._last_tick = now
+        if stall > 0:
+            self.counters.loop_stall_max_ms = max(self.counters.loop_stall_max_ms,
+                                                  int(stall * 1000))
         if stall > timings.heartbeat_interval_s:
             # Our loop was blocked (a handler, a GC pause, a starved CPU): peers' frames are
             # still waiting in our inbox, so their silence is ours. Declaring them dead now
