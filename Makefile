@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test,dev,metrics]'
+	$(BIN)/pip install --quiet -e '.[test,dev,metrics,chat]'
 	touch $(STAMP)
 
 ## demo: three chat gateways on loopback (mDNS on 127.0.0.1) and users chatting across them
@@ -55,7 +55,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not processes"
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,dev,metrics,bench]'
+	$(BIN)/pip install --quiet -e '.[test,dev,metrics,chat,bench]'
 	touch $(BENCH_STAMP)
 
 # The Redis baseline needs redis-server: installed from the distribution when we are root;

@@ -1,0 +1,149 @@
+"""The chat over smartroute, the part to copy (README.md walks through it). No broker, no
+database: ``user:`` and ``room:`` subscribers, three sends, and the replicated table."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
+
+from smartroute import (
+    Message,
+    Node,
+    ReceiveMode,
+    Subscriber,
+    SubscriberDown,
+    SubscriberUp,
+    Subscription,
+    message,
+)
+
+
+@message("chat.Speak")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Speak:
+    user: str
+    text: str
+
+
+@message("chat.Whisper")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Whisper:
+    user: str
+    to: str
+    text: str
+
+
+@message("chat.Say")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Say:
+    room: str
+    user: str
+    text: str
+
+
+Deliver = Callable[[Speak | Whisper | Say], None]
+
+
+class Presence(NamedTuple):
+    """``user`` came online (``online``) or went offline; with a ``room``: joined or left it."""
+    user: str
+    online: bool
+    room: str | None = None
+
+
+EVERYONE = ""  # the "room" of every user: subscriber in Chat.members (no room is named "")
+
+
+class Chat:
+    """The chat on one gateway's node: subscribe, send, ``who``, and presence."""
+
+    def __init__(self, node: Node, gateway: str) -> None:
+        self.node, self.gateway = node, gateway
+        self.members: dict[str, collections.Counter[str]] = {}
+        """Per room, subscribers per user, cluster-wide; ``members[EVERYONE]``: the users
+        online, counted in connections."""
+
+    async def register(self, user: str, deliver: Deliver) -> Subscription:
+        """This connection gets the speaks of others, and whispers to ``user``."""
+        return await self.node.subscribe(f"user:{user}", lambda msg: _take(msg, deliver, False),
+                                         meta={"gateway": self.gateway})
+
+    async def join(self, room: str, user: str, deliver: Deliver) -> Subscription:
+        """This connection gets what is said in ``room`` (and every speak: dropped here)."""
+        return await self.node.subscribe(f"room:{room}", lambda msg: _take(msg, deliver, True),
+                                         meta={"user": user, "gateway": self.gateway})
+
+    async def speak(self, user: str, text: str) -> None:
+        await self.node.send_to(Speak(user, text), ReceiveMode.NOT_EQ, f"user:{user}")
+
+    async def whisper(self, user: str, to: str, text: str) -> int:
+        return await self.node.send_to(Whisper(user, to, text), ReceiveMode.EQ, f"user:{to}")
+
+    async def say(self, room: str, user: str, text: str) -> int:
+        return await self.node.send_to(Say(room, user, text), ReceiveMode.EQ, f"room:{room}")
+
+    def who(self) -> dict[str, Any]:
+        """Users (connections, gateways) and rooms (members), read from the table's meta."""
+        users: dict[str, list[str]] = {}
+        for sub in self.node.subscribers():
+            if sub.name.startswith("user:"):
+                users.setdefault(sub.name[5:], []).append(str(sub.meta.get("gateway")))
+        return {"users": {user: {"connections": len(gws), "gateways": sorted(set(gws))}
+                          for user, gws in sorted(users.items())},
+                "rooms": {room: sorted(counts) for room, counts in sorted(self.members.items())
+                          if room != EVERYONE}}
+
+    async def presence(self) -> AsyncIterator[Presence]:
+        """Who comes online or goes offline, joins or leaves a room, on any gateway: in
+        ``members``, a user's first subscriber is "in", its last one gone "out"."""
+        while True:
+            stream = self.node.events()
+            for change in self._recount():  # the table as the stream starts: nothing missed
+                yield change
+            async for event in stream:
+                if stream.dropped:  # we fell behind (a huge snapshot): count the table again
+                    await stream.aclose()
+                    break
+                if isinstance(event, SubscriberUp | SubscriberDown):
+                    up, where = isinstance(event, SubscriberUp), _where(event.subscriber)
+                    if where is not None and _bump(self.members, *where, up):
+                        yield Presence(where[1], up, where[0] or None)
+            else:
+                return  # the node closed
+
+    def _recount(self) -> list[Presence]:
+        """Count the table anew; what changed since the last counts."""
+        members: dict[str, collections.Counter[str]] = {}
+        for room, user in filter(None, map(_where, self.node.subscribers())):
+            members.setdefault(room, collections.Counter())[user] += 1
+        old, self.members = self.members, members
+        return [Presence(user, user in members.get(room, ()), room or None)
+                for room in members.keys() | old.keys()
+                for user in members.get(room, {}).keys() ^ old.get(room, {}).keys()]
+
+
+def _take(msg: Message, deliver: Deliver, room: bool) -> None:  # sync: runs as msg arrives
+    if isinstance(msg.body, Speak | Whisper | Say) and isinstance(msg.body, Say) == room:
+        deliver(msg.body)
+
+
+def _where(sub: Subscriber) -> tuple[str, str] | None:
+    """The room and user a subscriber counts for in ``Chat.members``."""
+    kind, _, key = sub.name.partition(":")
+    if kind == "user":
+        return EVERYONE, key
+    return (key, str(sub.meta.get("user"))) if kind == "room" else None
+
+
+def _bump(members: dict[str, collections.Counter[str]], room: str, user: str, up: bool) -> bool:
+    """One subscriber of ``user`` in ``room`` more or less; True if the user came or went."""
+    counts = members.setdefault(room, collections.Counter())
+    counts[user] += 1 if up else -1
+    if counts[user] > 0:
+        return up and counts[user] == 1
+    went = counts.pop(user) == 0
+    if not counts:
+        del members[room]
+    return went
