@@ -404,3 +404,13 @@ def test_a_gateway_serves_its_mesh_metrics(tmp_path: Path) -> None:
         assert gateway.process.returncode == 0
     finally:
         gateway.kill()
+
+
+def test_the_readme_shows_mesh_py_as_it_is() -> None:
+    """The README walks through mesh.py by quoting it: every quote must still be there."""
+    example = ROOT / "examples" / "chat_gateway"
+    readme, mesh = (example / "README.md").read_text(), (example / "mesh.py").read_text()
+    quotes = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(quotes) >= 3
+    for quote in quotes:
+        assert quote in mesh, quote

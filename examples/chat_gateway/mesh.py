@@ -53,7 +53,7 @@ class Presence(NamedTuple):
     room: str | None = None
 
 
-EVERYONE = ""  # the "room" of every user: subscriber in Chat.members (no room is named "")
+EVERYONE = ""  # where Chat.members counts the user: subscribers (no room is named "")
 
 
 class Chat:
@@ -85,7 +85,7 @@ class Chat:
         return await self.node.send_to(Say(room, user, text), ReceiveMode.EQ, f"room:{room}")
 
     def who(self) -> dict[str, Any]:
-        """Users (connections, gateways) and rooms (members), read from the table's meta."""
+        """Users (connections, gateways: the table's meta) and rooms (members), cluster-wide."""
         users: dict[str, list[str]] = {}
         for sub in self.node.subscribers():
             if sub.name.startswith("user:"):
