@@ -20,7 +20,15 @@ from .errors import (
     UsageError,
     WaitTimeout,
 )
-from .events import PeerDown, PeerInfo, PeerUp, Subscriber, SubscriberDown, SubscriberUp
+from .events import (
+    PeerDown,
+    PeerInfo,
+    PeerUp,
+    Subscriber,
+    SubscriberDown,
+    SubscriberUp,
+    SubscriberUpdated,
+)
 from .messages import Message, message
 from .modes import ReceiveMode
 from .node import EventStream, Node, Subscription
@@ -51,6 +59,7 @@ __all__ = [
     "Subscriber",
     "SubscriberDown",
     "SubscriberUp",
+    "SubscriberUpdated",
     "Subscription",
     "Timings",
     "UsageError",

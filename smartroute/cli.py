@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .errors import LinkFull, NoSubscriber, RequestError, RequestTimeout, UsageError
-from .events import Event, PeerDown, PeerUp, SubscriberDown, SubscriberUp
+from .events import Event, PeerDown, PeerUp, SubscriberDown, SubscriberUp, SubscriberUpdated
 from .messages import Message
 from .modes import ReceiveMode
 from .node import Node
@@ -45,6 +45,8 @@ def describe(event: Event) -> str:
     where = "here" if event.subscriber.local else event.subscriber.node_id[:12]
     if isinstance(event, SubscriberUp):
         return f"subscribe    {event.subscriber.name}  on {where}  {event.subscriber.meta or ''}"
+    if isinstance(event, SubscriberUpdated):
+        return f"update       {event.subscriber.name}  on {where}  {event.subscriber.meta or ''}"
     assert isinstance(event, SubscriberDown)
     return f"unsubscribe  {event.subscriber.name}  on {where}"
 
@@ -324,7 +326,7 @@ async def run_subscribers(args: argparse.Namespace) -> int:
 
         async def print_changes() -> None:
             async for event in events:
-                if isinstance(event, SubscriberUp | SubscriberDown):
+                if isinstance(event, SubscriberUp | SubscriberUpdated | SubscriberDown):
                     print(describe(event), flush=True)
 
         if args.watch:

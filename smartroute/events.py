@@ -63,4 +63,13 @@ class SubscriberDown:
     subscriber: Subscriber
 
 
-Event = PeerUp | PeerDown | SubscriberUp | SubscriberDown
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriberUpdated:
+    """A subscriber's meta was replaced (``Subscription.update_meta``), local or remote: the
+    same subscriber (name, node) with its new meta; ``old_meta`` is the one it replaced."""
+
+    subscriber: Subscriber
+    old_meta: dict[str, Any]
+
+
+Event = PeerUp | PeerDown | SubscriberUp | SubscriberDown | SubscriberUpdated

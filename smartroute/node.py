@@ -158,6 +158,20 @@ class Subscription:
             if msg._replier is not None:  # a waiting requester learns at once, not at timeout
                 self.node._reply_now(msg, NodeClosed("the subscriber closed"), error=True)
 
+    async def update_meta(self, meta: dict[str, Any]) -> None:
+        """Replace this subscriber's meta, checked as at ``subscribe``: every node's table
+        (``lookup``, ``subscribers``) shows the new one and reports ``SubscriberUpdated``,
+        this node's at once. The same meta again changes nothing. Raises ``UsageError`` once
+        closed (``NodeClosed`` once the node is)."""
+        node = self.node
+        core = node._core()
+        if self.closed:
+            raise UsageError(f"subscription {self.name!r} is closed")
+        meta = node._check_meta(meta)
+        core.update_meta(self.sub_id, meta, node._now())
+        self.meta = meta
+        node._pump()
+
     def _offer(self, msg: Message, remote: bool = False) -> bool:
         queue = self._queue
         # While this queue holds the inbox, what the node had already read from peers (one

@@ -904,6 +904,15 @@ class Protocol:
         self._broadcast(wire.encode_delta(delta), now)
         return sub_id
 
+    def update_meta(self, sub_id: int, meta: Meta, now: float) -> None:
+        """Replace a local subscriber's meta; every peer learns it through a delta (no-op if
+        it is gone or already has that meta)."""
+        updated = self.table.update_local(sub_id, meta)
+        if updated is not None:
+            delta, event = updated
+            self._events.append(event)
+            self._broadcast(wire.encode_delta(delta), now)
+
     def unsubscribe(self, sub_id: int, now: float) -> None:
         """Remove a local subscriber (no-op if gone)."""
         removed = self.table.remove_local(sub_id)

@@ -1,10 +1,11 @@
 """The subscription table: our own subscribers with a version, and every peer's replica.
 
-Our table changes only through ``add_local``/``remove_local``; each change bumps ``version``
-and yields one DELTA record for every peer. A peer's replica changes only through its HELLO,
-SNAPSHOT and DELTA records: a delta that is not exactly the next version is a gap (ask for a
-snapshot) or a duplicate (ignore). ``purge`` forgets a dead or replaced node. Every change is
-reported as ``SubscriberUp``/``SubscriberDown`` events.
+Our table changes only through ``add_local``/``update_local``/``remove_local``; each change
+bumps ``version`` and yields one DELTA record for every peer (an update is an addition of a
+sub id the peer holds, with the same name and the new meta). A peer's replica changes only
+through its HELLO, SNAPSHOT and DELTA records: a delta that is not exactly the next version is
+a gap (ask for a snapshot) or a duplicate (ignore). ``purge`` forgets a dead or replaced node.
+Every change is reported as ``SubscriberUp``/``SubscriberUpdated``/``SubscriberDown`` events.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import dataclasses
 import enum
 from collections.abc import Iterable, Iterator
 
-from .events import Subscriber, SubscriberDown, SubscriberUp
+from .events import Subscriber, SubscriberDown, SubscriberUp, SubscriberUpdated
 from .wire import Delta, Entry, Meta
 
-TableEvent = SubscriberUp | SubscriberDown
+TableEvent = SubscriberUp | SubscriberDown | SubscriberUpdated
 
 
 class DeltaOutcome(enum.Enum):
@@ -57,7 +58,8 @@ class Table:
         """name -> node -> sub_id -> meta, for every remote subscriber."""
         self.changes = 0
         """Grows at every subscriber added or removed, ours or a peer's: what was computed
-        from the table at one value still holds while it is unchanged."""
+        from the table at one value still holds while it is unchanged (a meta update does
+        not count: plans do not depend on meta)."""
 
     # --- our own table ----------------------------------------------------------------------
 
@@ -87,6 +89,18 @@ class Table:
         delta = Delta(self.incarnation, self.version, sub_id, None, None)
         return delta, SubscriberDown(Subscriber(name, self.hex, meta, local=True))
 
+    def update_local(self, sub_id: int, meta: Meta) -> tuple[Delta, TableEvent] | None:
+        """Replace the meta of one of our subscribers; None (no change, no delta) if it is
+        gone or already has that meta."""
+        entry = self.local.get(sub_id)
+        if entry is None or entry[1] == meta:
+            return None
+        name, old = entry
+        self.local[sub_id] = (name, meta)
+        self.version += 1
+        delta = Delta(self.incarnation, self.version, sub_id, name, meta)
+        return delta, SubscriberUpdated(Subscriber(name, self.hex, meta, local=True), old)
+
     def snapshot(self) -> list[Entry]:
         """Our whole table, for a HELLO or SNAPSHOT record."""
         return [(sub_id, name, meta) for sub_id, (name, meta) in self.local.items()]
@@ -107,9 +121,15 @@ class Table:
             return purged + self.replace(node_id, incarnation, version, entries)
         new = {sub_id: (name, meta) for sub_id, name, meta in entries}
         events: list[TableEvent] = []
+        updates: list[tuple[int, Meta]] = []
         for sub_id, (name, meta) in list(replica.entries.items()):
-            if new.get(sub_id) != (name, meta):
+            now = new.get(sub_id)
+            if now is None or now[0] != name:
                 events.append(self._remove_remote(replica, sub_id))
+            elif now[1] != meta:
+                updates.append((sub_id, now[1]))
+        for sub_id, meta in updates:
+            events.append(self._update_remote(replica, sub_id, meta))
         for sub_id, (name, meta) in new.items():
             if sub_id not in replica.entries:
                 events.append(self._add_remote(replica, sub_id, name, meta))
@@ -131,10 +151,16 @@ class Table:
             if delta.sub_id not in replica.entries:
                 return DeltaOutcome.APPLIED, []
             return DeltaOutcome.APPLIED, [self._remove_remote(replica, delta.sub_id)]
+        meta = delta.meta or {}
+        held = replica.entries.get(delta.sub_id)
+        if held is not None and held[0] == delta.name:  # an update of its meta
+            if held[1] == meta:
+                return DeltaOutcome.APPLIED, []
+            return DeltaOutcome.APPLIED, [self._update_remote(replica, delta.sub_id, meta)]
         events: list[TableEvent] = []
-        if delta.sub_id in replica.entries:
+        if held is not None:  # the same sub id under another name: not ours to send, but valid
             events.append(self._remove_remote(replica, delta.sub_id))
-        events.append(self._add_remote(replica, delta.sub_id, delta.name, delta.meta or {}))
+        events.append(self._add_remote(replica, delta.sub_id, delta.name, meta))
         return DeltaOutcome.APPLIED, events
 
     def purge(self, node_id: bytes) -> list[TableEvent]:
@@ -151,6 +177,14 @@ class Table:
         self.changes += 1
         self.remote_by_name.setdefault(name, {}).setdefault(replica.node_id, {})[sub_id] = meta
         return SubscriberUp(Subscriber(name, replica.hex, meta))
+
+    def _update_remote(self, replica: Replica, sub_id: int, meta: Meta) -> TableEvent:
+        """Replace the meta of a held subscriber, in place (its place in ``lookup`` stays);
+        ``changes`` does not grow: plans do not depend on meta."""
+        name, old = replica.entries[sub_id]
+        replica.entries[sub_id] = (name, meta)
+        self.remote_by_name[name][replica.node_id][sub_id] = meta
+        return SubscriberUpdated(Subscriber(name, replica.hex, meta), old)
 
     def _remove_remote(self, replica: Replica, sub_id: int) -> TableEvent:
         name, meta = replica.entries.pop(sub_id)

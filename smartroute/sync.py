@@ -8,9 +8,9 @@ the same node:
 
 - these work, at once: ``send_to`` (it does not wait for room: a link that is full right now
   raises ``LinkFull`` at once, having sent nothing, as ``send_nowait`` does), ``send_nowait``,
-  ``subscribe``, ``Subscription.close`` of a plain (not async) handler, ``lookup``,
-  ``subscribers``, ``peers``, ``stats``, ``events()`` (to hand to another thread) and every
-  property;
+  ``subscribe``, ``Subscription.update_meta``, ``Subscription.close`` of a plain (not async)
+  handler, ``lookup``, ``subscribers``, ``peers``, ``stats``, ``events()`` (to hand to another
+  thread) and every property;
 - these raise ``UsageError``, because each would wait on the thread that must do the work:
   ``request`` (return a value from the handler instead), ``wait_for`` (use ``lookup``),
   ``start``, ``close``, ``Subscription.close`` of an async handler (its tasks run on that
@@ -58,8 +58,12 @@ class Subscription:
         self.node = node
         self._sub = sub
         self.name = sub.name
-        self.meta = sub.meta
         self.handler = sub.handler
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Its meta, as last set by ``subscribe`` or ``update_meta``."""
+        return self._sub.meta
 
     @property
     def closed(self) -> bool:
@@ -70,6 +74,12 @@ class Subscription:
     def queued(self) -> int:
         """Messages waiting for the async handler."""
         return self._sub.queued
+
+    def update_meta(self, meta: dict[str, Any]) -> None:
+        """Replace its meta on every node (``SubscriberUpdated``); works in a handler too."""
+        coro = self._sub.update_meta(meta)
+        # update_meta() awaits nothing: from a handler it runs to its end right here.
+        self.node._inline(coro) if self.node._on_loop() else self.node._run(coro)
 
     def close(self) -> None:
         """Unsubscribe everywhere; from a handler of the same node only for a plain handler."""
@@ -384,7 +394,7 @@ class Node:
 
     def events(self) -> EventStream:
         """A blocking iterator of ``PeerUp``, ``PeerDown``, ``SubscriberUp``,
-        ``SubscriberDown`` from now on; it ends when the node closes."""
+        ``SubscriberUpdated``, ``SubscriberDown`` from now on; it ends when the node closes."""
         try:
             stream = self._call(self._node.events)
         except NodeClosed:

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+from smartroute.cli import describe
+from smartroute.events import Subscriber, SubscriberUpdated
 from smartroute.testing import reap, wait_until
 
 from .conftest import Spawn
@@ -274,3 +276,9 @@ def test_stats_watch_prints_what_changes_and_stops_after_for(spawn: Spawn) -> No
         assert cli.wait(15) == 0  # --for 4 ended it
     finally:
         reap(cli)
+
+
+def test_describe_prints_a_meta_update() -> None:
+    event = SubscriberUpdated(Subscriber("user:bob", "ab" * 16, {"status": "away"}),
+                              {"status": "online"})
+    assert describe(event) == f"update       user:bob  on {'ab' * 6}  {{'status': 'away'}}"

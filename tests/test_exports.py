@@ -11,7 +11,8 @@ DOCUMENTED = {
     "NodeClosed",
     "PeerDown", "PeerInfo", "PeerLost", "PeerUp", "ReceiveMode", "RemoteError", "RequestError",
     "RequestTimeout", "SmartRouteError", "StaticDiscovery", "Subscriber", "SubscriberDown",
-    "SubscriberUp", "Subscription", "Timings", "UsageError", "WaitTimeout", "__version__",
+    "SubscriberUp", "SubscriberUpdated", "Subscription", "Timings", "UsageError", "WaitTimeout",
+    "__version__",
     "message",
 }
 

@@ -23,7 +23,9 @@ from smartroute import (
     RemoteError,
     RequestTimeout,
     SmartRouteError,
+    Subscriber,
     SubscriberUp,
+    SubscriberUpdated,
     UsageError,
     WaitTimeout,
     message,
@@ -284,6 +286,69 @@ async def test_events_report_peers_and_subscribers_and_end_on_close() -> None:
     # Then bob's subscriber is purged, and the stream ends because the node closed.
     assert [(type(e).__name__, e.subscriber.name) async for e in events] == [  # type: ignore[union-attr]
         ("SubscriberDown", "user:bob")]
+
+
+async def next_of(events: Any, kind: type, timeout: float = 5.0) -> Any:
+    """The next event of ``kind`` on ``events`` (others skipped), within ``timeout``."""
+    async def find() -> Any:
+        async for event in events:
+            if type(event) is kind:
+                return event
+        raise AssertionError(f"the stream ended before a {kind.__name__}")
+    return await asyncio.wait_for(find(), timeout)
+
+
+async def test_a_meta_update_shows_on_every_node_with_an_update_event(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a_events, b_events = a.events(), b.events()
+    sub = await b.subscribe("user:bob", print, meta={"status": "online"})
+    await a.wait_for("user:bob")
+    await sub.update_meta({"status": "away", "room": "7"})
+
+    assert sub.meta == {"status": "away", "room": "7"}
+    local = await next_of(b_events, SubscriberUpdated)
+    assert local == SubscriberUpdated(Subscriber("user:bob", b.node_id, {
+        "status": "away", "room": "7"}, local=True), {"status": "online"})
+    remote = await next_of(a_events, SubscriberUpdated)
+    assert remote == SubscriberUpdated(Subscriber("user:bob", b.node_id, {
+        "status": "away", "room": "7"}), {"status": "online"})
+    assert a.lookup("user:bob") == [Subscriber("user:bob", b.node_id, {
+        "status": "away", "room": "7"})]
+    assert [s.meta for s in a.subscribers()] == [{"status": "away", "room": "7"}]
+    assert b.lookup("user:bob")[0].meta == {"status": "away", "room": "7"}
+    # Still the same subscriber: it was never down, and messages reach it.
+    assert a.stats()["subscribers"] == 1
+    assert await a.send_to("hi", ReceiveMode.EQ, "user:bob") == 1
+
+    # Bad meta is refused as at subscribe, and changes nothing anywhere.
+    with pytest.raises(TypeError, match="meta"):
+        await sub.update_meta(["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str keys"):
+        await sub.update_meta({1: "x"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="plain msgpack"):
+        await sub.update_meta({"x": object()})
+    with pytest.raises(UsageError, match="meta encodes"):
+        await sub.update_meta({"blob": "x" * 5000})
+    await sub.update_meta({"status": "back"})  # a last good one, to know the bad ones never left
+    assert (await next_of(a_events, SubscriberUpdated)).old_meta == {
+        "status": "away", "room": "7"}
+    assert a.lookup("user:bob")[0].meta == {"status": "back"}
+
+    await sub.close()
+    with pytest.raises(UsageError, match="closed"):
+        await sub.update_meta({"status": "gone"})
+    await a_events.aclose()
+    await b_events.aclose()
+
+
+async def test_update_meta_on_a_closed_node_raises_node_closed() -> None:
+    a = make_node()
+    await a.start()
+    sub = await a.subscribe("x", print, meta={"k": 1})
+    await a.close()
+    with pytest.raises(NodeClosed):
+        await sub.update_meta({"k": 2})
 
 
 async def test_nodes_of_other_clusters_refuse_each_other_with_a_log_line(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from smartroute import wire
 from smartroute.config import Limits, Timings
-from smartroute.events import PeerUp, Subscriber, SubscriberDown, SubscriberUp
+from smartroute.events import PeerUp, Subscriber, SubscriberDown, SubscriberUp, SubscriberUpdated
 from smartroute.membership import PeerState
 from smartroute.messages import decode_body, encode_body
 from smartroute.modes import ReceiveMode
@@ -108,6 +108,47 @@ def test_a_subscription_is_replicated_to_every_peer(net: MemNet) -> None:
     for host in (a, b, c):
         assert host.proto.table.lookup("user:alice") == []
     assert SubscriberDown(Subscriber("user:alice", a.hex, {"nick": "Alice"})) in b.events
+
+
+def test_a_meta_update_reaches_every_peer_as_one_delta_and_an_update_event(net: MemNet) -> None:
+    a, b, c = net.mesh("a", "b", "c")
+    sub = a.proto.subscribe("user:alice", {"status": "online"}, net.now)
+    net.flush()
+    sent = len(net.records(wire.Delta, src=a))
+    a.proto.update_meta(sub, {"status": "away"}, net.now)
+    net.flush()
+    assert net.records(wire.Delta, src=a)[sent:] == [
+        wire.Delta(a.proto.incarnation, 2, sub, "user:alice", {"status": "away"})] * 2
+    for host in (b, c):
+        assert host.proto.table.lookup("user:alice") == [
+            Subscriber("user:alice", a.hex, {"status": "away"})]
+        assert host.of(SubscriberUpdated) == [SubscriberUpdated(
+            Subscriber("user:alice", a.hex, {"status": "away"}), {"status": "online"})]
+        assert host.of(SubscriberDown) == []
+    assert a.of(SubscriberUpdated) == [SubscriberUpdated(
+        Subscriber("user:alice", a.hex, {"status": "away"}, local=True), {"status": "online"})]
+    a.proto.update_meta(sub, {"status": "away"}, net.now)  # the same meta: nothing to say
+    net.flush()
+    assert len(net.records(wire.Delta, src=a)) == sent + 2
+    d = net.add("d")
+    d.proto.hint(a.endpoint, net.now)
+    net.flush()
+    assert d.proto.table.lookup("user:alice") == [
+        Subscriber("user:alice", a.hex, {"status": "away"})]
+
+
+def test_a_meta_update_whose_delta_never_left_is_repaired_by_the_digest(net: MemNet) -> None:
+    a, b = net.mesh("a", "b")
+    sub = a.proto.subscribe("user:alice", {"status": "online"}, net.now)
+    net.flush()
+    a.proto.table.update_local(sub, {"status": "away"})  # no delta sent: only the digest tells
+    net.run(TIMINGS.digest_interval_s + TIMINGS.heartbeat_interval_s)
+    assert len(net.records(wire.Snapshot, src=a)) == 1
+    assert b.proto.table.lookup("user:alice") == [
+        Subscriber("user:alice", a.hex, {"status": "away"})]
+    assert b.of(SubscriberUpdated) == [SubscriberUpdated(
+        Subscriber("user:alice", a.hex, {"status": "away"}), {"status": "online"})]
+    assert b.of(SubscriberDown) == []
 
 
 def test_subscriptions_made_before_and_during_the_handshake_arrive(net: MemNet) -> None:

@@ -19,6 +19,7 @@ from smartroute.config import RESEND_INTERVAL_S, Limits, Timings
 from smartroute.messages import decode_body, encode_body, message
 from smartroute.modes import ReceiveMode
 from smartroute.protocol import Deliver, Protocol
+from smartroute.registry import DeltaOutcome, Table
 from smartroute.streams import Outbox
 from smartroute.transport import curve
 
@@ -308,6 +309,26 @@ def test_a_handshake_sends_exactly_the_hello_vectors() -> None:
     a.receive(dial_back.routing_id, back.sends[dial_back.link][0], NOW)
     assert a.membership.peers[b.node_id].link == dial.link
     assert a.data_to_send().sends == {}
+
+
+def test_the_delta_vectors_after_the_hello_add_remove_and_update_subscribers() -> None:
+    hello = build("HELLO", RECORDS[0]["fields"])
+    assert type(hello) is wire.Hello
+    table = Table(b"\x01" * 16, 1)
+    table.replace(hello.node_id, hello.incarnation, hello.version, hello.entries)
+    events = []
+    for name in ("delta-add", "delta-remove", "delta-update"):
+        (delta,) = decode_batch(bytes.fromhex("91" + record_hex(name)))
+        assert type(delta) is wire.Delta
+        outcome, applied = table.apply_delta(hello.node_id, delta)
+        assert outcome is DeltaOutcome.APPLIED
+        events.extend((type(e).__name__, e.subscriber.name, e.subscriber.meta) for e in applied)
+    assert events == [("SubscriberUp", "user:bob", {"nick": "Bob", "devices": 2}),
+                      ("SubscriberDown", "user:alice", {"nick": "Alice"}),
+                      ("SubscriberUpdated", "user:bob", {"nick": "Bob", "devices": 3})]
+    assert table.snapshot() == []  # ours: the replica is the peer's
+    assert table.replicas[hello.node_id].entries == {
+        2: ("room:7", {}), 3: ("user:bob", {"nick": "Bob", "devices": 3})}
 
 
 def test_a_sequenced_batch_is_taken_acknowledged_and_a_gap_asked_again() -> None:

@@ -19,8 +19,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from smartroute.events import Subscriber, SubscriberDown, SubscriberUp
-from smartroute.registry import DeltaOutcome, Table, TableEvent
+from smartroute.events import Subscriber, SubscriberDown, SubscriberUp, SubscriberUpdated
+from smartroute.registry import DeltaOutcome, Replica, Table, TableEvent
 from smartroute.wire import Delta, Snapshot
 
 ME = b"\x01" * 16
@@ -36,6 +36,11 @@ def up(name: str, node: bytes, meta: dict[str, Any] | None = None,
 def down(name: str, node: bytes, meta: dict[str, Any] | None = None,
          local: bool = False) -> SubscriberDown:
     return SubscriberDown(Subscriber(name, node.hex(), meta or {}, local))
+
+
+def updated(name: str, node: bytes, meta: dict[str, Any], old: dict[str, Any],
+            local: bool = False) -> SubscriberUpdated:
+    return SubscriberUpdated(Subscriber(name, node.hex(), meta, local), old)
 
 
 @pytest.fixture
@@ -69,6 +74,32 @@ def test_removing_a_gone_subscriber_changes_nothing(table: Table) -> None:
     assert list(table.names()) == []
 
 
+def test_a_meta_update_bumps_the_version_and_yields_an_addition_of_the_same_sub_id(
+        table: Table) -> None:
+    sub, _, _ = table.add_local("user:alice", {"status": "online"})
+    other, _, _ = table.add_local("room:1", {})
+    changes = table.changes
+    assert table.update_local(sub, {"status": "away"}) == (
+        Delta(5, 3, sub, "user:alice", {"status": "away"}),
+        updated("user:alice", ME, {"status": "away"}, {"status": "online"}, local=True))
+    assert table.version == 3
+    assert table.snapshot() == [(sub, "user:alice", {"status": "away"}), (other, "room:1", {})]
+    assert table.lookup("user:alice") == [
+        Subscriber("user:alice", ME.hex(), {"status": "away"}, local=True)]
+    assert table.changes == changes  # nothing planned depends on meta
+
+
+def test_an_update_to_the_same_meta_or_of_a_gone_subscriber_changes_nothing(
+        table: Table) -> None:
+    sub, _, _ = table.add_local("x", {"k": 1})
+    assert table.update_local(sub, {"k": 1}) is None
+    table.remove_local(sub)
+    assert table.update_local(sub, {"k": 2}) is None
+    assert table.update_local(99, {"k": 2}) is None
+    assert table.version == 2
+    assert table.lookup("x") == []
+
+
 def test_sub_ids_are_never_reused(table: Table) -> None:
     first, _, _ = table.add_local("x", {})
     table.remove_local(first)
@@ -92,12 +123,14 @@ def test_replace_creates_a_replica_and_reports_its_subscribers(table: Table) -> 
 
 
 def test_replace_reports_only_the_differences(table: Table) -> None:
-    table.replace(PEER, 9, 4, [(1, "a", {}), (2, "b", {}), (3, "c", {"v": 1})])
-    events = table.replace(PEER, 9, 7, [(1, "a", {}), (3, "c", {"v": 2}), (4, "d", {})])
-    assert sorted(events, key=repr) == sorted(
-        [down("b", PEER), down("c", PEER, {"v": 1}), up("c", PEER, {"v": 2}), up("d", PEER)],
-        key=repr)
-    assert sorted(s.name for s in table.all()) == ["a", "c", "d"]
+    table.replace(PEER, 9, 4, [(1, "a", {}), (2, "b", {}), (3, "c", {"v": 1}), (5, "e", {})])
+    events = table.replace(PEER, 9, 7, [(1, "a", {}), (3, "c", {"v": 2}), (4, "d", {}),
+                                        (5, "e2", {})])
+    # A changed meta is an update; a sub id under another name left and came back.
+    assert events == [down("b", PEER), down("e", PEER), updated("c", PEER, {"v": 2}, {"v": 1}),
+                      up("d", PEER), up("e2", PEER)]
+    assert sorted(s.name for s in table.all()) == ["a", "c", "d", "e2"]
+    assert table.lookup("c") == [Subscriber("c", PEER.hex(), {"v": 2})]
     assert table.replicas[PEER].version == 7
 
 
@@ -159,12 +192,37 @@ def test_a_delta_of_an_unknown_node_or_incarnation_is_a_gap(table: Table) -> Non
     assert table.count("a") == 0
 
 
-def test_a_delta_for_a_known_sub_id_replaces_it(table: Table) -> None:
+def test_a_delta_for_a_known_sub_id_and_name_updates_its_meta_in_place(table: Table) -> None:
+    table.replace(PEER, 9, 2, [(1, "a", {"v": 1}), (2, "a", {"v": 9})])
+    changes = table.changes
+    outcome, events = table.apply_delta(PEER, Delta(9, 3, 1, "a", {"v": 2}))
+    assert (outcome, events) == (DeltaOutcome.APPLIED, [updated("a", PEER, {"v": 2}, {"v": 1})])
+    # In place: it keeps its place among the subscribers of the name.
+    assert table.lookup("a") == [Subscriber("a", PEER.hex(), {"v": 2}),
+                                 Subscriber("a", PEER.hex(), {"v": 9})]
+    assert table.changes == changes
+    assert table.apply_delta(PEER, Delta(9, 4, 1, "a", {"v": 2})) == (DeltaOutcome.APPLIED, [])
+    assert table.replicas[PEER].version == 4
+
+
+def test_an_update_loses_to_a_later_removal_and_an_older_one_is_a_duplicate(
+        table: Table) -> None:
     table.replace(PEER, 9, 1, [(1, "a", {"v": 1})])
-    outcome, events = table.apply_delta(PEER, Delta(9, 2, 1, "a", {"v": 2}))
+    assert table.apply_delta(PEER, Delta(9, 2, 1, "a", {"v": 2}))[0] is DeltaOutcome.APPLIED
+    assert table.apply_delta(PEER, Delta(9, 3, 1, None, None)) == (
+        DeltaOutcome.APPLIED, [down("a", PEER, {"v": 2})])
+    assert table.apply_delta(PEER, Delta(9, 2, 1, "a", {"v": 2})) == (
+        DeltaOutcome.DUPLICATE, [])
+    assert table.lookup("a") == []
+
+
+def test_a_delta_for_a_known_sub_id_under_another_name_replaces_it(table: Table) -> None:
+    table.replace(PEER, 9, 1, [(1, "a", {"v": 1})])
+    outcome, events = table.apply_delta(PEER, Delta(9, 2, 1, "b", {"v": 2}))
     assert (outcome, events) == (DeltaOutcome.APPLIED, [down("a", PEER, {"v": 1}),
-                                                        up("a", PEER, {"v": 2})])
-    assert table.lookup("a") == [Subscriber("a", PEER.hex(), {"v": 2})]
+                                                        up("b", PEER, {"v": 2})])
+    assert table.lookup("a") == []
+    assert table.lookup("b") == [Subscriber("b", PEER.hex(), {"v": 2})]
 
 
 def test_removing_an_unknown_sub_id_still_advances_the_version(table: Table) -> None:
@@ -257,6 +315,16 @@ class Replication(RuleBasedStateMachine):
         assert removed is not None
         self._sent(i, removed[0])
 
+    @rule(i=st.integers(0, ORIGINS - 1), data=st.data())
+    def update_meta(self, i: int, data: st.DataObject) -> None:
+        origin = self.origins[i]
+        if not origin.local:
+            return
+        changed = origin.update_local(data.draw(st.sampled_from(sorted(origin.local))),
+                                      {"m": next(self.metas)})
+        assert changed is not None
+        self._sent(i, changed[0])
+
     @rule(i=st.integers(0, ORIGINS - 1))
     def digest(self, i: int) -> None:
         self.channel.append((i, Digest(self.origins[i].version)))
@@ -312,7 +380,7 @@ class Replication(RuleBasedStateMachine):
         looked_up = collections.Counter(
             (s.node_id, s.name, s.meta["m"]) for name in NAMES for s in self.replica.lookup(name))
         assert looked_up == expected
-        assert self.mirror == expected, "SubscriberUp/Down events disagree with the table"
+        assert self.mirror == expected, "SubscriberUp/Updated/Down events disagree with the table"
         assert self.replica.size() == sum(expected.values())
         for name in NAMES:
             assert self.replica.count(name) == len(self.replica.lookup(name))
@@ -357,10 +425,17 @@ class Replication(RuleBasedStateMachine):
                 self.wants_snapshot[i] = True
         for event in events:
             key = (event.subscriber.node_id, event.subscriber.name, event.subscriber.meta["m"])
-            self.mirror[key] += 1 if isinstance(event, SubscriberUp) else -1
-            assert self.mirror[key] >= 0, f"SubscriberDown without a SubscriberUp: {key}"
-            if self.mirror[key] == 0:
-                del self.mirror[key]
+            if isinstance(event, SubscriberUpdated):
+                self._mirror((key[0], key[1], event.old_meta["m"]), -1)
+                self._mirror(key, +1)
+            else:
+                self._mirror(key, 1 if isinstance(event, SubscriberUp) else -1)
+
+    def _mirror(self, key: tuple[str, str, int], change: int) -> None:
+        self.mirror[key] += change
+        assert self.mirror[key] >= 0, f"a subscriber gone (or updated) before it came: {key}"
+        if self.mirror[key] == 0:
+            del self.mirror[key]
 
 
 REPLICATION_SETTINGS = settings(max_examples=150, stateful_step_count=40, deadline=None,
@@ -389,7 +464,24 @@ class DuplicateAsApplied(Table):
         return super().apply_delta(node_id, delta)
 
 
-@pytest.mark.parametrize("broken", [GapAsApplied, DuplicateAsApplied])
+class UpdateAsAddition(Table):
+    """A broken table that takes an update for a new subscriber (the old meta stays too)."""
+
+    def _update_remote(self, replica: Replica, sub_id: int, meta: dict[str, Any]) -> TableEvent:
+        name, _ = replica.entries[sub_id]
+        return self._add_remote(replica, sub_id + 1_000_000, name, meta)
+
+
+class UpdateWithoutEvent(Table):
+    """A broken table that updates its meta but reports nothing."""
+
+    def _update_remote(self, replica: Replica, sub_id: int, meta: dict[str, Any]) -> TableEvent:
+        event = super()._update_remote(replica, sub_id, meta)
+        return SubscriberUpdated(event.subscriber, event.subscriber.meta)
+
+
+@pytest.mark.parametrize("broken", [GapAsApplied, DuplicateAsApplied, UpdateAsAddition,
+                                    UpdateWithoutEvent])
 def test_the_replication_machine_catches_a_broken_table(broken: type[Table]) -> None:
     machine = type(f"Broken{broken.__name__}", (Replication,), {"table_class": broken})
     with pytest.raises(AssertionError):

@@ -147,6 +147,8 @@ def test_every_public_name_of_async_subscriptions_and_streams_has_its_twin() -> 
         sub = a.subscribe("x", print, meta={"k": 1})
         assert (sub.node, sub.name, sub.meta, sub.handler, sub.closed, sub.queued) == (
             a, "x", {"k": 1}, print, False, 0)
+        sub.update_meta({"k": 2})
+        assert sub.meta == {"k": 2} and [s.meta for s in a.lookup("x")] == [{"k": 2}]
         sub.close()
         assert sub.closed
 
@@ -232,6 +234,8 @@ def test_calls_that_need_no_waiting_work_in_a_handler(pair: tuple[Node, Node]) -
 
     def handler(msg: Message) -> None:
         sub = a.subscribe("made:in-handler", lambda m: got.append(m.body))
+        sub.update_meta({"made": "here"})
+        seen["update_meta"] = [s.meta for s in a.lookup("made:in-handler")]
         seen["send_nowait"] = a.send_nowait("hi", ReceiveMode.EQ, "made:in-handler")
         sub.close()
         seen["after close"] = a.send_to("lost", ReceiveMode.EQ, "made:in-handler")
@@ -246,10 +250,11 @@ def test_calls_that_need_no_waiting_work_in_a_handler(pair: tuple[Node, Node]) -
     a.subscribe("relay", handler)
     b.wait_for("relay")
     b.send_to(None, ReceiveMode.EQ, "relay")
-    wait_until(lambda: len(seen) == 7, timeout=DEADLINE_S, what="the handler's calls")
+    wait_until(lambda: len(seen) == 8, timeout=DEADLINE_S, what="the handler's calls")
     assert got == ["hi"]
     assert seen == {
-        "send_nowait": 1, "after close": 0, "lookup": ["relay"], "subscribers": ["relay"],
+        "update_meta": [{"made": "here"}], "send_nowait": 1, "after close": 0,
+        "lookup": ["relay"], "subscribers": ["relay"],
         "peers": [b.node_id], "stats": 1,
         "props": (a.node_id, a.incarnation, a.endpoint, True, "sync"),
     }

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import LinkFull, Message, Node, ReceiveMode, Subscription
-from ..events import PeerDown, PeerUp, SubscriberDown, SubscriberUp
+from ..events import PeerDown, PeerUp, SubscriberDown, SubscriberUp, SubscriberUpdated
 
 
 class Agent:
@@ -48,7 +48,7 @@ class Agent:
                 if isinstance(event, PeerDown):
                     record["reason"] = event.reason
             else:
-                assert isinstance(event, SubscriberUp | SubscriberDown)
+                assert isinstance(event, SubscriberUp | SubscriberUpdated | SubscriberDown)
                 record = {"event": type(event).__name__, "name": event.subscriber.name,
                           "node_id": event.subscriber.node_id}
             self.events.append(record)
