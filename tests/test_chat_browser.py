@@ -36,6 +36,7 @@ from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 DEADLINE_S = 10.0
@@ -117,7 +118,7 @@ def open_page(driver: Any, gateway: GatewayProcess, name: str) -> None:
           == f"you are {name} on gateway {gateway.name}")
 
 
-def test_two_pages_on_two_gateways_chat_and_see_a_killed_gateways_user_go(
+def test_two_pages_on_two_gateways_chat_set_a_status_and_see_a_killed_gateways_user_go(
         browser: Callable[[], Any], gateways: list[GatewayProcess]) -> None:
     g1, g2 = gateways
     wait_for_mesh_sync(gateways)
@@ -146,6 +147,17 @@ def test_two_pages_on_two_gateways_chat_and_see_a_killed_gateways_user_go(
         until(driver, "ben's say in #ops",
               lambda d=driver: log_lines(d, "say") == ["#opsbendeploy at 5?"])
     assert log_lines(ann, "speak") == ["benhi ann, from gateway 2"]  # nothing twice
+
+    # Status (Subscription.update_meta, told as SubscriberUpdated on every gateway).
+    Select(ben.find_element(By.ID, "mystatus")).select_by_value("away")
+    until(ann, "ben away on ann's page", lambda: listed(ann, "users")["ben"].endswith(" away"))
+    ann.find_element(By.ID, "text").send_keys("typing a reply")  # no Enter yet
+    until(ben, "ann typing on ben's page",
+          lambda: listed(ben, "users")["ann"].endswith(" typing..."))
+    ann.find_element(By.ID, "text").send_keys(Keys.ENTER)
+    until(ben, "ann's reply", lambda: log_lines(ben, "speak")[-1:] == ["anntyping a reply"])
+    until(ben, "ann no longer typing", lambda: listed(ben, "users")["ann"] == "ann br-1")
+    assert listed(ann, "users")["ben"] == "ben br-2 away"  # still away
     assert log_lines(ann, "error") == log_lines(ben, "error") == []
     if shot := os.environ.get("CHAT_SCREENSHOT"):
         ann.save_screenshot(shot)

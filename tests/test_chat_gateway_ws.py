@@ -103,6 +103,35 @@ async def test_a_websocket_user_and_a_tcp_user_on_two_gateways_chat(
     await arrives(web, type="presence", user="wt-tcp", status="offline")
 
 
+async def test_a_status_set_on_one_gateway_is_told_and_listed_on_the_other(
+        gateways: list[GatewayProcess], open_client: Open) -> None:
+    g1, g2 = gateways
+    web = await open_client(g1, "st-web", ws=True)
+    tcp = await open_client(g2, "st-tcp")
+    await wait_for_mesh(gateways, has_users({"st-web": 1, "st-tcp": 1}))
+
+    answer = await tcp.request("status", status="away")
+    assert (answer["type"], answer["for"]) == ("ok", "status")
+    await arrives(web, type="status", user="st-tcp", status="away")
+    await wait_for_mesh(gateways, lambda who: who["users"]["st-tcp"] == {
+        "connections": 1, "gateways": [g2.name], "status": "away"})
+    await web.request("status", status="typing")
+    await arrives(tcp, type="status", user="st-web", status="typing")
+    await tcp.request("status", status="available")
+    await arrives(web, type="status", user="st-tcp", status="available")
+    await wait_for_mesh(gateways, lambda who: "status" not in who["users"]["st-tcp"])
+    await asyncio.sleep(OBSERVE_S)  # nothing else happens: no echo, no repeat
+    assert [m["status"] for m in messages(web, type="status")] == ["away", "available"]
+    assert [m["status"] for m in messages(tcp, type="status")] == ["typing"]
+
+    for fields, code in (({}, "missing_field"), ({"status": "asleep"}, "bad_field"),
+                         ({"status": ["away"]}, "bad_field")):
+        answer = await tcp.request("status", **fields)
+        assert (answer["type"], answer["code"]) == ("error", code)
+    stranger = await open_client(g1)
+    assert (await stranger.request("status", status="away"))["code"] == "not_registered"
+
+
 async def test_bad_websocket_messages_get_an_error_and_the_connection_survives(
         gateways: list[GatewayProcess], open_client: Open) -> None:
     client = await open_client(gateways[0], ws=True)

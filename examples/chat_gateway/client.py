@@ -34,6 +34,7 @@ HELP = """commands:
   /join ROOM            /leave ROOM
   /say ROOM TEXT        speak in a room you joined
   /who                  who is online, and the rooms
+  /status away          or available: shown to everyone
   /ping                 /quit"""
 
 
@@ -212,7 +213,7 @@ def describe(msg: dict[str, Any]) -> str:
         return f"{msg['from']} whispers: {msg['text']}"
     if kind == "say":
         return f"#{msg['room']} {msg['from']}: {msg['text']}"
-    if kind == "presence":
+    if kind in ("presence", "status"):
         return f"* {msg['user']} is {msg['status']}"
     if kind == "room":
         return f"* #{msg['room']}: {msg['user']} {msg['event']}"
@@ -253,6 +254,8 @@ def command_of(line: str) -> dict[str, Any] | None:
         return {"type": word, "room": arg}
     if word == "say" and arg and text:
         return {"type": "say", "room": arg, "text": text}
+    if word == "status" and arg:
+        return {"type": "status", "status": arg}
     if word in ("who", "ping", "stats"):
         return {"type": word}
     raise ValueError(HELP)

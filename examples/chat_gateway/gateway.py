@@ -22,12 +22,15 @@ from .limits import (
     Hub,
     encode_line,
 )
-from .mesh import EVERYONE, Chat, Say, Speak, Whisper
+from .mesh import Chat, Say, Speak, Whisper
 
 Command = Callable[[Client, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 OPEN_COMMANDS = frozenset({"register", "who", "ping", "pong", "stats"})
 """What a client may send before ``register``."""
+
+STATUSES = frozenset({"available", "away", "typing"})
+"""What a ``status`` request may set (a new connection is "available")."""
 
 
 def push_of(body: Speak | Whisper | Say) -> dict[str, Any]:
@@ -56,7 +59,7 @@ class Gateway(Hub):
         self.commands: dict[str, Command] = {
             "register": self.register, "speak": self.speak, "whisper": self.whisper,
             "join": self.join, "leave": self.leave, "say": self.say, "who": self.who,
-            "ping": self.ping, "pong": self.pong, "stats": self.report,
+            "status": self.status, "ping": self.ping, "pong": self.pong, "stats": self.report,
         }
         self.spawn(self.tell_presence())
 
@@ -116,7 +119,7 @@ class Gateway(Hub):
     async def speak(self, conn: Client, request: dict[str, Any]) -> dict[str, Any]:
         assert conn.user is not None
         await self.chat.speak(conn.user, _text(request))
-        online = self.chat.members.get(EVERYONE) or collections.Counter[str]()
+        online = self.chat.members.get(Chat.EVERYONE) or collections.Counter[str]()
         return {"type": "ok", "for": "speak",
                 "connections": sum(online.values()) - online[conn.user]}
 
@@ -163,6 +166,16 @@ class Gateway(Hub):
         count = await self.chat.say(room, conn.user, _text(request))
         return {"type": "ok", "for": "say", "connections": count}
 
+    async def status(self, conn: Client, request: dict[str, Any]) -> dict[str, Any]:
+        status = request.get("status")
+        if status is None:
+            raise ChatError("missing_field", "status is required")
+        if not isinstance(status, str) or status not in STATUSES:
+            raise ChatError("bad_field", f"status is one of {', '.join(sorted(STATUSES))}")
+        assert conn.user_sub is not None
+        await self.chat.set_status(conn.user_sub, status)
+        return {"type": "ok", "for": "status"}
+
     async def who(self, conn: Client, request: dict[str, Any]) -> dict[str, Any]:
         return {"type": "who", **self.chat.who()}
 
@@ -201,7 +214,11 @@ class Gateway(Hub):
         """Tell this gateway's clients who came and went, on any gateway."""
         slice_end = self.now() + SLICE_S
         async for change in self.chat.presence():
-            if change.room is None:
+            if change.status is not None:
+                line = encode_line({"type": "status", "user": change.user,
+                                    "status": change.status})
+                _tell(self.listeners, change.user, line)
+            elif change.room is None:
                 self.stats["presence_events"] += 1
                 line = encode_line({"type": "presence", "user": change.user,
                                     "status": "online" if change.online else "offline"})

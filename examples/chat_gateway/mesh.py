@@ -1,5 +1,4 @@
-"""The chat over smartroute, the part to copy (README.md walks through it). No broker, no
-database: ``user:`` and ``room:`` subscribers, three sends, and the replicated table."""
+"""The chat over smartroute: the part to copy (README.md walks through it)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,8 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
-from smartroute import (
-    Message,
-    Node,
-    ReceiveMode,
-    Subscriber,
-    SubscriberDown,
-    SubscriberUp,
-    Subscription,
-    message,
-)
+from smartroute import Message, Node, ReceiveMode, Subscription, message
+from smartroute.events import Subscriber, SubscriberDown, SubscriberUp, SubscriberUpdated
 
 
 @message("chat.Speak")
@@ -47,23 +38,22 @@ Deliver = Callable[[Speak | Whisper | Say], None]
 
 
 class Presence(NamedTuple):
-    """``user`` came online (``online``) or went offline; with a ``room``: joined or left it."""
+    """``user`` came online (``online``) or went offline; with a ``room``: joined or left it;
+    with a ``status``: a connection of ``user`` set it ("away", "typing", "available")."""
     user: str
     online: bool
     room: str | None = None
-
-
-EVERYONE = ""  # where Chat.members counts the user: subscribers (no room is named "")
+    status: str | None = None
 
 
 class Chat:
     """The chat on one gateway's node: subscribe, send, ``who``, and presence."""
 
+    EVERYONE = ""  # where members counts the user: subscribers (no room is named "")
+
     def __init__(self, node: Node, gateway: str) -> None:
         self.node, self.gateway = node, gateway
-        self.members: dict[str, collections.Counter[str]] = {}
-        """Per room, subscribers per user, cluster-wide; ``members[EVERYONE]``: the users
-        online, counted in connections."""
+        self.members: dict[str, collections.Counter[str]] = {}  # room -> user -> subscribers
 
     async def register(self, user: str, deliver: Deliver) -> Subscription:
         """This connection gets the speaks of others, and whispers to ``user``."""
@@ -74,6 +64,10 @@ class Chat:
         """This connection gets what is said in ``room`` (and every speak: dropped here)."""
         return await self.node.subscribe(f"room:{room}", lambda msg: _take(msg, deliver, True),
                                          meta={"user": user, "gateway": self.gateway})
+
+    async def set_status(self, sub: Subscription, status: str) -> None:
+        """Every gateway's table shows it, and tells it as ``SubscriberUpdated``."""
+        await sub.update_meta({"gateway": self.gateway, "status": status})
 
     async def speak(self, user: str, text: str) -> None:
         await self.node.send_to(Speak(user, text), ReceiveMode.NOT_EQ, f"user:{user}")
@@ -86,18 +80,20 @@ class Chat:
 
     def who(self) -> dict[str, Any]:
         """Users (connections, gateways: the table's meta) and rooms (members), cluster-wide."""
-        users: dict[str, list[str]] = {}
+        users: dict[str, dict[str, Any]] = {}
         for sub in self.node.subscribers():
             if sub.name.startswith("user:"):
-                users.setdefault(sub.name[5:], []).append(str(sub.meta.get("gateway")))
-        return {"users": {user: {"connections": len(gws), "gateways": sorted(set(gws))}
-                          for user, gws in sorted(users.items())},
+                user = users.setdefault(sub.name[5:], {"connections": 0, "gateways": []})
+                user["connections"] += 1
+                user["gateways"] = sorted({*user["gateways"], str(sub.meta.get("gateway"))})
+                if sub.meta.get("status", "available") != "available":
+                    user["status"] = sub.meta["status"]  # one of its connections' status
+        return {"users": dict(sorted(users.items())),
                 "rooms": {room: sorted(counts) for room, counts in sorted(self.members.items())
-                          if room != EVERYONE}}
+                          if room != self.EVERYONE}}
 
     async def presence(self) -> AsyncIterator[Presence]:
-        """Who comes online or goes offline, joins or leaves a room, on any gateway: in
-        ``members``, a user's first subscriber is "in", its last one gone "out"."""
+        """Who comes and goes, in the chat or a room, on any gateway, and their status."""
         while True:
             stream = self.node.events()
             for change in self._recount():  # the table as the stream starts: nothing missed
@@ -106,7 +102,11 @@ class Chat:
                 if stream.dropped:  # we fell behind (a huge snapshot): count the table again
                     await stream.aclose()
                     break
-                if isinstance(event, SubscriberUp | SubscriberDown):
+                if isinstance(event, SubscriberUpdated):
+                    if (sub := event.subscriber).name.startswith("user:"):
+                        status = str(sub.meta.get("status", "available"))
+                        yield Presence(sub.name[5:], True, status=status)
+                elif isinstance(event, SubscriberUp | SubscriberDown):
                     up, where = isinstance(event, SubscriberUp), _where(event.subscriber)
                     if where is not None and _bump(self.members, *where, up):
                         yield Presence(where[1], up, where[0] or None)
@@ -129,11 +129,10 @@ def _take(msg: Message, deliver: Deliver, room: bool) -> None:  # sync: runs as 
         deliver(msg.body)
 
 
-def _where(sub: Subscriber) -> tuple[str, str] | None:
-    """The room and user a subscriber counts for in ``Chat.members``."""
+def _where(sub: Subscriber) -> tuple[str, str] | None:  # its room and user in Chat.members
     kind, _, key = sub.name.partition(":")
     if kind == "user":
-        return EVERYONE, key
+        return Chat.EVERYONE, key
     return (key, str(sub.meta.get("user"))) if kind == "room" else None
 
 
