@@ -23,7 +23,15 @@ from examples.chat_gateway.client import ChatClient, WebSocketChatClient
 from examples.chat_gateway.demo import wait_for_mesh
 from examples.chat_gateway.processes import GatewayProcess, start_gateways
 from examples.chat_gateway.server import MAX_LINE_BYTES
-from tests.test_chat_gateway import DELIVERY_TIMEOUT_S, OBSERVE_S, arrives, has_users, messages
+from tests.test_chat_gateway import (
+    DELIVERY_TIMEOUT_S,
+    OBSERVE_S,
+    arrives,
+    flood_past,
+    has_users,
+    idle_one_dropped,
+    messages,
+)
 
 websockets = pytest.importorskip("websockets", reason="needs smartroute[chat] (websockets)")
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
@@ -189,19 +197,7 @@ async def test_a_websocket_client_that_stops_reading_does_not_delay_the_others(
         await slow.send({"type": "register", "name": "ws-slow"})
         await wait_for_mesh(gateways, has_users({"ws-flood": 1, "ws-fast": 1, "ws-slow": 1}))
 
-        # As over TCP: 9.6 MB to each receiver, more than the kernel and the gateway's 1 MiB
-        # per-connection limit hold; at most WINDOW messages ahead of the fast client.
-        count, window, text = 800, 8, "z" * 12_000
-        for i in range(count + window):
-            if i >= window:
-                await fast.wait_for(lambda m, n=i - window: m.get("type") == "speak"
-                                    and m["text"].startswith(f"{n} "), DELIVERY_TIMEOUT_S,
-                                    what=f"speak {i - window} at the fast client",
-                                    start=max(0, len(fast.received) - 2 * window))
-            if i < count:
-                await flood.send({"type": "speak", "text": f"{i} {text}"})
-        assert [int(m["text"].split()[0]) for m in messages(fast, type="speak")] == \
-            list(range(count))
+        await flood_past(flood, fast)  # as over TCP
         await arrives(fast, type="presence", user="ws-slow", status="offline")
         assert (await fast.request("stats"))["counters"]["slow_disconnects"] == 1
     finally:
@@ -214,16 +210,7 @@ async def test_an_idle_websocket_client_is_pinged_then_dropped(tmp_path: Path,
                              log_path=tmp_path / "idle.log",
                              options=["--no-mdns", "--idle-timeout", "1.0", "--ws-port", "0"])
     try:
-        mute = await open_client(gateway, "wi-mute", ws=True, answer_pings=False)
-        chatty = await open_client(gateway, "wi-chatty", ws=True)  # answers pings
-        await arrives(mute, type="ping")
-        await arrives(mute, type="bye", reason="idle")
-        await mute.closed()
-        await asyncio.sleep(1.5)  # observation window: chatty would be dropped within it
-        assert not chatty.closed_by_gateway
-        assert chatty.of_type("ping")  # it was pinged, and its pongs kept it
-        counters = (await chatty.request("stats"))["counters"]
-        assert (counters["idle_disconnects"], counters["connections"]) == (1, 1)
+        await idle_one_dropped(gateway, open_client, ws=True)  # as over TCP
     finally:
         gateway.kill()
 

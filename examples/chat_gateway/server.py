@@ -146,6 +146,12 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ws_port is not None:
+        try:
+            import websockets  # noqa: F401, PLC0415 (only checked: ws.py imports it)
+        except ImportError:
+            print("--ws-port needs websockets: pip install 'smartroute[chat]'", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     raise_open_files_limit()
