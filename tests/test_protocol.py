@@ -519,8 +519,12 @@ def test_a_stall_of_our_own_loop_is_not_held_against_peers(net: MemNet) -> None:
     are waiting there, so their silence is ours and nobody is declared dead."""
     a, b = net.mesh("a", "b")
     net.run(1.0)
+    assert a.protocol.stats()["loop_stall_max_ms"] <= 1  # ticks on time (float rounding aside)
     net.now += 5 * DEAD_AFTER_S  # a's loop was blocked: nothing ran, nothing was read
     a.protocol.tick(net.now)  # the timer first, before the waiting heartbeats are handled
+    # Measured: the ticks' lateness, the longest so far (stats()["loop_stall_max_ms"]).
+    stall_ms = (5 * DEAD_AFTER_S - TICK_S) * 1000
+    assert stall_ms - 1 <= a.protocol.stats()["loop_stall_max_ms"] <= stall_ms
     net.flush()
     assert a.downs() == [] and a.peers() == {b.node_id}
     net.run(1.0)
