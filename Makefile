@@ -7,11 +7,11 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server \
-	dnsmasq
+	dnsmasq chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test,dev,metrics]'
+	$(BIN)/pip install --quiet -e '.[test,dev,metrics,chat]'
 	touch $(STAMP)
 
 ## demo: three chat gateways on loopback (mDNS on 127.0.0.1) and users chatting across them
@@ -22,14 +22,16 @@ demo: $(STAMP)
 demo-nodes: $(STAMP)
 	$(BIN)/python examples/three_nodes.py
 
-## chat: one chat gateway on 127.0.0.1:7070 (mDNS on loopback); connect with the client or nc
+## chat: one chat gateway on 127.0.0.1:7070 (mDNS on loopback): the client or nc there, a browser
+## at http://127.0.0.1:8070/
 CHAT_PORT ?= 7070
+CHAT_WS_PORT ?= 8070
 chat: $(STAMP)
 	$(BIN)/python examples/chat_gateway/server.py --host 127.0.0.1 --port $(CHAT_PORT) \
-		--interface 127.0.0.1 --log-level INFO
+		--ws-port $(CHAT_WS_PORT) --interface 127.0.0.1 --log-level INFO
 
 ## test: the whole suite: lint, types, unit tests and the multi-process tests
-test: lint typecheck $(STAMP) dnsmasq
+test: lint typecheck $(STAMP) dnsmasq chromium
 	$(BIN)/python -m pytest
 
 # The DNS discovery tests (tests/test_lan_dns.py) run a real DNS server: dnsmasq, installed
@@ -44,6 +46,17 @@ dnsmasq:
 		|| echo "could not install dnsmasq-base: the DNS discovery tests will be skipped"; \
 	else echo "dnsmasq missing and not root: the DNS discovery tests will be skipped"; fi
 
+# The chat page's browser test (tests/test_chat_browser.py) drives headless Chromium through
+# chromedriver, both from the distribution (~12 s here, lists already fetched; ~100 MB):
+# installed when we are root, otherwise that test is skipped and says why.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver) \
+		|| echo "could not install chromium: the browser test will be skipped"; \
+	else echo "chromium or chromedriver missing and not root: the browser test will be skipped"; fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check smartroute tests examples bench
 
@@ -55,7 +68,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not processes"
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,dev,metrics,bench]'
+	$(BIN)/pip install --quiet -e '.[test,dev,metrics,chat,bench]'
 	touch $(BENCH_STAMP)
 
 # The Redis baseline needs redis-server: installed from the distribution when we are root;

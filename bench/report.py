@@ -61,7 +61,7 @@ SECTIONS = (
             " (what smartroute's inbox does); the PUSH awaits only when ZeroMQ's pipe is full. "
             "Redis: publisher -> redis-server -> subscriber, three processes, redis-py with "
             "hiredis, PUBLISH pipelined 500 per round trip (the same batch as smartroute's turn),"
-            " the subscriber reading with `listen()`."),
+            " the subscriber reading with `listen()`. Zenoh: in its own section below."),
     Section("3. Fan-out", ("fan-out to 4 nodes",),
             "ALL from one sender to one subscriber on each of 4 other nodes (five processes); "
             "throughput counts each message once, deliveries four times, until the slowest "
@@ -71,7 +71,24 @@ SECTIONS = (
             "each run (after 100 unmeasured). smartroute: `node.request` to a sync handler on "
             "the other node that returns the body. pyzmq: asyncio DEALER `send`/`recv` to an "
             "asyncio ROUTER that echoes. Redis: PUBLISH on a request channel, an echo process "
-            "publishes it back on a reply channel the client is subscribed to."),
+            "publishes it back on a reply channel the client is subscribed to. Zenoh: in its "
+            "own section below."),
+    Section("Next to Eclipse Zenoh (issue 12)",
+            ("cross-node throughput, next to Zenoh", "request/reply round trip, next to Zenoh"),
+            "Two Zenoh peers (eclipse-zenoh), one process each, peer mode: one listens on "
+            "tcp/127.0.0.1, the other connects to it, multicast scouting and gossip off, so "
+            "nothing reaches the machine's interfaces (what each process bound is checked with "
+            "`ss`: loopback only, or the family fails). Bodies are msgpack, as smartroute's: "
+            "a plain loop of `publisher.put` of the packed 100-byte body; the subscriber's "
+            "callback unpacks and counts. BLOCK waits when Zenoh's queue is full; DROP (Zenoh's "
+            "default) drops instead, so each run's delivered count is shown, and a figure with a"
+            " run that lost messages is listed below, never given as a throughput. Round trip: "
+            "`querier.get` with a packed body to a queryable on the other peer that unpacks it "
+            "and replies with it packed, timed until the reply is unpacked (the query's end is "
+            "then awaited, untimed); default consolidation (a reply is held until the query "
+            "ends) and NONE. smartroute's runs (the sync counting handler, yielding every 500; "
+            "`node.request` to an echo handler) alternate with Zenoh's, run by run, on two "
+            "nodes started with the Zenoh peers, so both face the same load."),
     Section("Next to pyre, on the LAN harness",
             ("cross-node throughput, LAN harness", "request/reply round trip, LAN harness"),
             "pyre finds peers with UDP broadcast beacons, so it runs only on the LAN harness: "
@@ -110,6 +127,25 @@ SECTIONS = (
             "[DISCOVERY.md](DISCOVERY.md)). Cold: N nodes started at once, seconds from the "
             "last one up until every node routes to every other. Warm: one node joins N-1, "
             "seconds from its `start()` returning. `from_*spawn_s` includes starting Python."),
+    Section("REGEX targets: smartroute's engine and RE2 (issue 12)",
+            ("Router.plan(REGEX)*", "pathological *", "DFA without cache hits*",
+             "fast path worst*", "compile and first search*"),
+            "From `bench/regex_safety.py` (one process; every row, the scans of 100,000 names "
+            "included, in `results/regex.json`; where the engines' answers differ in "
+            "`results/regex_semantics.json`). Hot path: `Router.plan(REGEX, target)` over a "
+            "peer's table of 100,000 names (`user:alice123`, `room:42`, `svc:echo-3`), cold (a "
+            "new Router, the pattern compiled on the way) and warm (cached), with smartroute's "
+            "`patterns.py` and with RE2 (google-re2) put in its place, alternating run by run; "
+            "the plans must be equal; everyday targets, then adversarial ones, then the "
+            "slowest pattern for smartroute's DFA over 100 random a/b names of 256 characters "
+            "(a peer choosing both names and pattern). RE2 uses its fastest public call per "
+            "name, an `re2.Set` "
+            "of the one pattern (no match object built). Pathological: the classic "
+            "catastrophic patterns, compiled afresh and searched once (`re` takes longer than "
+            "0.2 s on the shortest name shown). Worst cases: smartroute's DFA cache never "
+            "hitting, the worst pattern its `re` fast path accepts, compiling the largest "
+            "pattern (RE2 refuses counted repeats over 1000). Why patterns.py stays: "
+            "[PROFILE.md](PROFILE.md)."),
     Section("Memory", ("memory, 100,000 subscribers*",),
             "Node A subscribes 100,000 names `user:<n>` (sync handlers), without meta or each "
             "with the chat gateway's `{\"gateway\": <name>}`; node B only observes "
@@ -201,6 +237,12 @@ GOALS = (
     Goal("Request/reply p99 vs raw asyncio DEALER/ROUTER", "<= 2x",
          _ratio("request/reply round trip", "p99", "pyzmq DEALER/ROUTER, asyncio"),
          lambda x: x <= 2, "x"),
+    Goal("Cross-node throughput vs Zenoh put, congestion BLOCK (issue 12)", ">= 1.0x",
+         _ratio("cross-node throughput, next to Zenoh", "throughput",
+                "Zenoh put, congestion BLOCK"), lambda x: x >= 1.0, "x"),
+    Goal("Request/reply p50 vs Zenoh querier.get (issue 12)", "<= 1.0x",
+         _ratio("request/reply round trip, next to Zenoh", "p50", "Zenoh querier.get"),
+         lambda x: x <= 1.0, "x"),
     Goal("Local dispatch", ">= 1,000,000 msg/s",
          _value("local dispatch", REFERENCE, "throughput"), lambda x: x >= 1e6, "msg/s"),
     Goal("SIGKILL detection (default timings)", "< 1.5 s",
@@ -245,17 +287,24 @@ def number(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value:.3f} s"
     if unit == "ms":
-        return f"{value:.0f} ms"
+        return f"{value:.0f} ms" if value >= 10 else f"{value:.3g} ms"
     if unit == "MB":
         return f"{value:.1f} MB"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "messages" and value >= 1000:
+        return f"{value:,.0f} messages"
     return f"{value:.4g} {unit}"
 
 
 def _bare(value: float, unit: str) -> str:
     return number(value, unit).rsplit(" ", 1)[0] if unit in ("msg/s", "us", "s", "MB") else (
         number(value, unit))
+
+
+def _cell(text: str) -> str:
+    """``text`` safe in a markdown table cell (a REGEX pattern may hold ``|``)."""
+    return text.replace("|", "\\|")
 
 
 def table(rows: Sequence[Row]) -> list[str]:
@@ -273,8 +322,8 @@ def table(rows: Sequence[Row]) -> list[str]:
         else:
             value = ratio(rows, one["workload"], one["metric"], one["system"])
             shown = "" if value is None else number(value, "x")
-        cells = [one["workload"]] if several else []
-        cells += [one["system"], one["metric"], number(one["value"], one["unit"]),
+        cells = [_cell(one["workload"])] if several else []
+        cells += [_cell(one["system"]), one["metric"], number(one["value"], one["unit"]),
                   f"{_bare(one['min'], one['unit'])} - {_bare(one['max'], one['unit'])}",
                   str(one["runs"]), shown]
         lines.append("| " + " | ".join(cells) + " |")
@@ -301,9 +350,12 @@ def machine(info: dict[str, Any]) -> list[str]:
              "python": "Python", "smartroute": "smartroute", "commit": "commit",
              "pyzmq": "pyzmq", "libzmq": "libzmq", "msgpack": "msgpack",
              "zeroconf": "zeroconf", "redis_server": "redis-server", "redis": "redis-py",
-             "hiredis": "hiredis", "zeromq-pyre": "zeromq-pyre",
+             "hiredis": "hiredis", "eclipse-zenoh": "eclipse-zenoh",
+             "zeromq-pyre": "zeromq-pyre", "google-re2": "google-re2",
              "load_average_at_start": "load average (1 min) at start",
-             "load_average_at_end": "load average (1 min) at end"}
+             "load_average_at_end": "load average (1 min) at end",
+             "load_averages_at_start": "load averages (1 / 5 / 15 min) at start",
+             "load_averages_at_end": "load averages (1 / 5 / 15 min) at end"}
     lines = ["| | |", "|---|---|"]
     lines += [f"| {label} | {info[key]} |" for key, label in names.items() if key in info]
     return lines
@@ -314,7 +366,8 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     rows: list[Row] = data.get("rows", [])
     info: dict[str, Any] = data.get("machine", {})
     lines = ["# smartroute benchmarks", "",
-             "smartroute side by side with raw pyzmq, Redis pub/sub and pyre, measured in one "
+             "smartroute side by side with raw pyzmq, Redis pub/sub, Eclipse Zenoh and pyre, "
+             "measured in one "
              "run on one machine. Written by `bench/run.py` (`make bench`, or `make "
              "bench-quick`) from `bench/results/latest.json`: do not edit by hand. "
              "Medians of the runs, min - max across runs; 100-byte bodies everywhere. The "
@@ -329,7 +382,8 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     load = info.get("load_average_at_start", 0)
     if load > LOADED_MACHINE * cores:
         warnings.append(f"the machine was shared with other work (load average {load} at "
-                        f"the start, on {cores} cores)")
+                        f"the start, on {cores} cores: throughputs are lower and latencies "
+                        "more spread than on an idle machine)")
     if warnings:
         lines += [f"**Provisional figures:** {'; '.join(warnings)}.", ""]
     lines += ["## Goals", "", *goals(rows), "",
@@ -353,7 +407,7 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
                   "Rows from other scripts (the chat gateway's come from "
                   "`bench/chat_gateway.py`).", ""]
         for workload, picked in others.items():
-            lines += [f"### {workload}", "", *table(picked), ""]
+            lines += [f"### {_cell(workload)}", "", *table(picked), ""]
     lines += ["## Profile and fixes", "",
               "Where the cross-node path spends its time and what was done about it, with "
               "figures before and after: [PROFILE.md](PROFILE.md) (probe: "
@@ -365,7 +419,9 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     if skipped:
         lines += ["## Not measured, and runs discarded", "",
                   "A flood run that loses messages is not a result: it is discarded and run "
-                  "again (at most twice), and listed here.", "", "| what | why |", "|---|---|"]
+                  "again (at most twice), and listed here. A Zenoh DROP run that loses "
+                  "messages is not run again: losing them is what DROP does, so it is listed "
+                  "here and counted in its delivered row.", "", "| what | why |", "|---|---|"]
         lines += [f"| {skip['what']} | {skip['reason']} |" for skip in skipped]
         lines.append("")
     lines += ["## The machine", "", *machine(info), ""]
@@ -381,7 +437,8 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
     lines += ["## Reproduce", "",
               "`make bench` (about 10 minutes) or `make bench-quick` (about 2) from a fresh "
               "checkout: they create the virtualenv, install the `bench` extra (redis-py, "
-              "hiredis, zeromq-pyre, matplotlib) and, as root, redis-server from the "
+              "hiredis, eclipse-zenoh, zeromq-pyre, google-re2, matplotlib) and, as root, "
+              "redis-server from the "
               "distribution. One family: `.venv/bin/python bench/run.py --only redis`. The "
               "LAN harness (pyre, discovery) needs root; without it those rows are skipped "
               "with the reason above. Redis runs on 127.0.0.1 on a free port, without "
@@ -392,7 +449,9 @@ def render(data: dict[str, Any], *, chart: bool = True) -> str:
 
 SHORT = {"local dispatch": "local", "cross-node throughput": "cross-node",
          "cross-node throughput, LAN harness": "LAN", "fan-out to 4 nodes": "fan-out x4",
-         "request/reply round trip": "loopback", "request/reply round trip, LAN harness": "LAN"}
+         "request/reply round trip": "loopback", "request/reply round trip, LAN harness": "LAN",
+         "cross-node throughput, next to Zenoh": "vs Zenoh",
+         "request/reply round trip, next to Zenoh": "vs Zenoh"}
 """Workload names as the chart's labels say them."""
 
 

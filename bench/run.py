@@ -1,4 +1,4 @@
-"""The benchmark suite: smartroute side by side with raw pyzmq, Redis pub/sub and pyre.
+"""The benchmark suite: smartroute side by side with raw pyzmq, Redis pub/sub, Zenoh and pyre.
 
     python bench/run.py [--quick] [--only NAME ...]
 
@@ -46,19 +46,41 @@ GATEWAY_RESULTS = RESULTS / "chat_gateway.json"
 GATEWAY_TIMEOUT_S = {True: 60.0, False: 180.0}
 """Longest bench/chat_gateway.py may run, quick and full: its share of the suite's budget."""
 
+REGEX_SCRIPT = Path(__file__).resolve().parent / "regex_safety.py"
+REGEX_RESULTS = RESULTS / "regex.json"
+
+REGEX_TIMEOUT_S = 120.0
+"""Longest bench/regex_safety.py may run (~25 s alone here)."""
+
 ROW_KEYS = ("workload", "system", "metric", "value", "unit", "runs", "min", "max")
 
 
 def chat_gateway(bench: Bench) -> None:
     """The chat gateway's rows, from bench/chat_gateway.py (another part of issue 5's work)
     when it exists: run with --quick in quick mode, rows read from chat_gateway.json."""
-    if not GATEWAY_SCRIPT.exists():
-        bench.skip("chat gateway", "bench/chat_gateway.py is not on this branch yet")
+    script_rows(bench, "chat gateway", GATEWAY_SCRIPT, GATEWAY_RESULTS,
+                ["--quick"] if bench.scale.quick else [], GATEWAY_TIMEOUT_S[bench.scale.quick])
+
+
+def regex_engines(bench: Bench) -> None:
+    """REGEX targets on smartroute's engine and on RE2 (issue 12), from bench/regex_safety.py:
+    the hot path (``Router.plan``), the pathological patterns and the worst cases go in the
+    report; every row, the scans included, stays in regex.json."""
+    script_rows(bench, "REGEX engines", REGEX_SCRIPT, REGEX_RESULTS,
+                ["--runs", str(bench.scale.runs)], REGEX_TIMEOUT_S,
+                keep=lambda one: not one["workload"].startswith("scan "))
+
+
+def script_rows(bench: Bench, what: str, script: Path, results: Path, args: list[str],
+                timeout: float, keep: Callable[[Row], bool] = lambda one: True) -> None:
+    """Run ``script`` (a benchmark of its own) with ``args`` and add the rows it wrote to
+    ``results`` that ``keep`` picks; a script missing, failing or too slow is a skip."""
+    if not script.exists():
+        bench.skip(what, f"bench/{script.name} is not on this branch yet")
         return
-    argv = [sys.executable, str(GATEWAY_SCRIPT), *(["--quick"] if bench.scale.quick else [])]
+    argv = [sys.executable, str(script), *args]
     started = time.time()
-    timeout = GATEWAY_TIMEOUT_S[bench.scale.quick]
-    log_path = bench.log_dir / "chat_gateway.log"
+    log_path = bench.log_dir / f"{script.stem}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -66,26 +88,24 @@ def chat_gateway(bench: Bench) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
-            bench.skip("chat gateway", f"bench/chat_gateway.py ran longer than {timeout:.0f} s "
+            bench.skip(what, f"bench/{script.name} ran longer than {timeout:.0f} s "
                        f"and was stopped (log {log_path})")
             return
     if code != 0:
-        bench.skip("chat gateway", f"bench/chat_gateway.py exited with code {code}: "
-                   f"{_tail(log_path)}")
+        bench.skip(what, f"bench/{script.name} exited with code {code}: {_tail(log_path)}")
         return
-    if not GATEWAY_RESULTS.exists() or GATEWAY_RESULTS.stat().st_mtime < started:
-        bench.skip("chat gateway", "bench/chat_gateway.py did not write "
-                   "bench/results/chat_gateway.json")
+    if not results.exists() or results.stat().st_mtime < started:
+        bench.skip(what, f"bench/{script.name} did not write bench/results/{results.name}")
         return
-    rows = json.loads(GATEWAY_RESULTS.read_text())
+    rows = json.loads(results.read_text())
     if not isinstance(rows, list):
-        bench.skip("chat gateway", "chat_gateway.json is not a list of rows")
+        bench.skip(what, f"{results.name} is not a list of rows")
         return
     bad = [one for one in rows if not isinstance(one, dict) or set(ROW_KEYS) - set(one)]
     if bad:
-        bench.skip("chat gateway", f"chat_gateway.json has rows without {ROW_KEYS}: {bad[:1]}")
+        bench.skip(what, f"{results.name} has rows without {ROW_KEYS}: {bad[:1]}")
         return
-    bench.add(*({key: one[key] for key in ROW_KEYS} for one in rows))
+    bench.add(*({key: one[key] for key in ROW_KEYS} for one in rows if keep(one)))
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -104,9 +124,11 @@ FAMILIES: dict[str, Callable[[Bench], None]] = {
     "memory": table_memory.memory,
     "pyzmq": workloads_baselines.pyzmq,
     "redis": workloads_baselines.redis_baselines,
+    "zenoh": workloads_baselines.zenoh,
     "lan": workloads_baselines.lan_baselines,
     "discovery": workloads_discovery.discovery,
     "gateway": chat_gateway,
+    "regex": regex_engines,
 }
 """Every family of figures, in the order they run (``--only`` takes these names)."""
 
@@ -130,9 +152,10 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(), "libzmq": zmq.zmq_version(),
         "load_average_at_start": round(os.getloadavg()[0], 2),
+        "load_averages_at_start": _load_averages(),
     }
     for package in ("smartroute", "pyzmq", "msgpack", "zeroconf", "redis", "hiredis",
-                    "zeromq-pyre", "matplotlib"):
+                    "eclipse-zenoh", "zeromq-pyre", "google-re2", "matplotlib"):
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -149,6 +172,12 @@ def machine_info() -> dict[str, Any]:
                                         capture_output=True, text=True, timeout=10,
                                         check=False).stdout.strip()
     return info
+
+
+def _load_averages() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` shows them: other work on the
+    machine (the 15-minute one tells of it even at the end of a run)."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _key(one: Row) -> tuple[str, str, str]:
@@ -226,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker logs kept in {kept}", flush=True)
     machine.update(bench.machine)
     machine["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    machine["load_averages_at_end"] = _load_averages()
     current: dict[str, Any] = {
         "mode": mode, "machine": machine, "families": families, "skipped": skipped,
         "rows": bench.rows, "seconds": round(time.monotonic() - suite_started, 1)}

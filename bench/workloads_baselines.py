@@ -1,6 +1,6 @@
 """The baselines, measured in the same run with the same 100-byte bodies and the same process
-layout (one process per end): raw pyzmq, Redis pub/sub, and pyre next to smartroute on the
-LAN harness.
+layout (one process per end): raw pyzmq, Redis pub/sub, Eclipse Zenoh, and pyre next to
+smartroute on the LAN harness.
 """
 
 from __future__ import annotations
@@ -16,14 +16,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import Bench, Worker, free_port, latency_rows, rate, row
+from common import Bench, Worker, WorkerError, free_port, latency_rows, rate, row
 from workloads_mesh import (
     FAN_OUT_NODES,
     HANDLERS,
+    MIN_WAIT_S,
     RTT_WARMUP,
+    SLOWEST_RATE,
+    flood_rate,
     node_pair,
     round_trips,
     rtt_count,
+    settle,
     throughput,
 )
 
@@ -200,6 +204,143 @@ def redis_baselines(bench: Bench) -> None:
             runs = [client.call("rtt", request="req", reply="rep", count=rtt_count(bench),
                                 warmup=RTT_WARMUP) for _ in range(bench.scale.runs)]
         bench.add(*latency_rows("request/reply round trip", "Redis pub/sub", runs))
+
+
+# --- Eclipse Zenoh -----------------------------------------------------------------------------
+
+ZENOH_CONGESTION = (("Zenoh put, congestion BLOCK", "BLOCK"),
+                    ("Zenoh put, congestion DROP (default)", "DROP"))
+"""System name and congestion control of each Zenoh throughput figure."""
+
+ZENOH_QUERIERS = (("Zenoh querier.get", "default"),
+                  ("Zenoh querier.get, consolidation NONE", "NONE"))
+"""System name and consolidation of each Zenoh round-trip figure (the default consolidation
+holds a reply back until the query's end; NONE hands it over as it comes)."""
+
+LOOPBACK_HOSTS = ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]")
+
+
+def zenoh_unavailable() -> str | None:
+    """Why the Zenoh baselines cannot run here, or None."""
+    if importlib.util.find_spec("zenoh") is None:
+        return "eclipse-zenoh is missing (pip install -e '.[bench]')"
+    if shutil.which("ss") is None:
+        return "ss (iproute2) is missing: what Zenoh binds cannot be checked against loopback"
+    return None
+
+
+def sockets_off_loopback(pid: int) -> list[str]:
+    """The TCP and UDP sockets of process ``pid`` whose local address is not loopback, as
+    ``ss`` shows them (the network rule: a baseline binds nothing on the interfaces)."""
+    shown = subprocess.run(["ss", "-Htunap"], capture_output=True, text=True, timeout=10,
+                           check=True).stdout
+    off = []
+    for line in shown.splitlines():
+        if f"pid={pid}," not in line:
+            continue
+        local = line.split()[4]
+        if local.rsplit(":", 1)[0] not in LOOPBACK_HOSTS:
+            off.append(line)
+    return off
+
+
+def zenoh_pair(bench: Bench) -> tuple[Worker, Worker]:
+    """Two Zenoh peers in two processes, A connected to B, both checked to have bound
+    nothing but loopback."""
+    b = bench.worker("worker_zenoh.py", "--port", str(free_port()))
+    a = bench.worker("worker_zenoh.py", "--port", str(free_port()), "--connect",
+                     b.ready["endpoint"])
+    for peer in (a, b):
+        off = sockets_off_loopback(peer.pid)
+        if off:
+            raise RuntimeError(f"a Zenoh peer bound off loopback: {off}")
+    return a, b
+
+
+ZENOH_THROUGHPUT = "cross-node throughput, next to Zenoh"
+ZENOH_RTT = "request/reply round trip, next to Zenoh"
+"""Workloads of the Zenoh family: smartroute's runs alternate with Zenoh's in them, so the
+ratios of issue 12's goals compare runs made under the same load."""
+
+
+def zenoh(bench: Bench) -> None:
+    """Peer-to-peer put throughput with congestion control BLOCK and DROP, alternating run by
+    run with smartroute's flood (a run that lost messages is counted, never a throughput
+    figure); then the ``querier.get`` round trip to a queryable (default and NONE
+    consolidation) alternating with smartroute's ``request``. Fresh processes for each."""
+    reason = zenoh_unavailable()
+    if reason is not None:
+        bench.skip("Zenoh baselines", reason)
+        return
+    count = bench.scale.count(200_000, 40_000)
+    timeout = max(MIN_WAIT_S, count / SLOWEST_RATE)
+    za, zb = zenoh_pair(bench)
+    sa, sb = node_pair(bench)
+    with za, zb, sa, sb:
+        zb.call("subscribe", key="bench/sink")
+        za.call("wait_subscriber", key="bench/sink")
+        sb.call("subscribe", name="sink", handler="count")
+        sa.call("wait_for", name="sink")
+        ours: list[float] = []
+        rates: dict[str, list[float]] = {cc: [] for _, cc in ZENOH_CONGESTION}
+        delivered: dict[str, list[int]] = {cc: [] for _, cc in ZENOH_CONGESTION}
+        for run in range(bench.scale.runs + 1):  # the first is the warm-up
+            n = count // 10 if run == 0 else count
+            try:
+                value = flood_rate(sa, [sb], n, "sink")
+                if run:
+                    ours.append(value)
+            except WorkerError as exc:
+                bench.skip(f"{ZENOH_THROUGHPUT}, smartroute: run discarded",
+                           str(exc).splitlines()[0])
+                settle([sb])
+            for system, congestion in ZENOH_CONGESTION:
+                zb.call("arm", count=n)
+                sent = za.call("flood", key="bench/sink", count=n, congestion=congestion,
+                               answer_within_s=timeout)
+                got = zb.call("collect", timeout=timeout,
+                              answer_within_s=timeout + MIN_WAIT_S)
+                if run == 0:
+                    continue
+                delivered[congestion].append(got["received"])
+                if got["complete"]:
+                    rates[congestion].append(rate(n, sent["t_start"], got["t_last"]))
+                else:
+                    bench.skip(f"{ZENOH_THROUGHPUT}, {system}: run lost messages",
+                               f"{got['received']:,} of {n:,} delivered")
+        if ours:
+            bench.add(row(ZENOH_THROUGHPUT, "smartroute", "throughput", ours, "msg/s"))
+        for system, congestion in ZENOH_CONGESTION:
+            lossy = bench.scale.runs - len(rates[congestion])
+            if lossy:
+                bench.skip(f"{ZENOH_THROUGHPUT}, {system}: throughput",
+                           f"not a result: {lossy} of {bench.scale.runs} runs lost messages "
+                           f"(fewest delivered: {min(delivered[congestion]):,} of {count:,})")
+            else:
+                bench.add(row(ZENOH_THROUGHPUT, system, "throughput", rates[congestion],
+                              "msg/s"))
+            bench.add(row(ZENOH_THROUGHPUT, system, f"delivered of {count:,}",
+                          delivered[congestion], "messages"))
+    za, zb = zenoh_pair(bench)
+    sa, sb = node_pair(bench)
+    with za, zb, sa, sb:
+        zb.call("queryable", key="bench/echo")
+        for _, consolidation in ZENOH_QUERIERS:
+            za.call("wait_queryable", key="bench/echo", consolidation=consolidation)
+        sb.call("subscribe", name="svc:echo", handler="echo")
+        sa.call("wait_for", name="svc:echo")
+        runs: dict[str, list[list[float]]] = {c: [] for c in ("smartroute", *dict(
+            ZENOH_QUERIERS).values())}
+        for _ in range(bench.scale.runs):
+            runs["smartroute"].append(sa.call("rtt", target="svc:echo", count=rtt_count(bench),
+                                              warmup=RTT_WARMUP))
+            for _, consolidation in ZENOH_QUERIERS:
+                runs[consolidation].append(za.call(
+                    "rtt", key="bench/echo", consolidation=consolidation,
+                    count=rtt_count(bench), warmup=RTT_WARMUP))
+        bench.add(*latency_rows(ZENOH_RTT, "smartroute", runs["smartroute"]))
+        for system, consolidation in ZENOH_QUERIERS:
+            bench.add(*latency_rows(ZENOH_RTT, system, runs[consolidation]))
 
 
 # --- pyre, and smartroute next to it, on the LAN harness ----------------------------------------

@@ -80,7 +80,7 @@ cached answer; each round costs one query per name (and one per host of an SRV a
 """
 
 TICK_INTERVAL_S = 0.05
-"""Resolution of every timer above: the node wakes the core this often."""
+"""Resolution of every timer above: the node wakes the protocol this often."""
 
 CLOSE_LINGER_S = 0.5
 """On close, unsent records (BYE among them) get this long to leave the socket."""
@@ -95,6 +95,26 @@ frozen peer) waits this long for room, then raises ``LinkFull`` and sends nothin
 RESEND_INTERVAL_S = 0.1
 """A receiver that sees a gap in a stream asks for the batches again at most this often (the
 copies already on their way would otherwise each ask once more)."""
+
+REFUSALS_PER_S = 10
+"""Most REFUSE records a node sends per second (each needs a short-lived link of its own, and a
+stranger can claim any number of endpoints)."""
+
+ROOM_POLL_S = 0.002
+"""While ``send_to`` waits for room on a full link, it looks again this often."""
+
+DRAIN_POLL_S = 0.01
+"""While ``drain`` waits for answers and acknowledgements, it looks again this often."""
+
+DISPATCH_BUDGET_S = 0.005
+"""Longest the node hands received messages to sync handlers (and an async handler's worker
+runs without a pause) before it lets the loop run the rest: timers, the inbox and sends must
+not wait behind one frame of 2,000 messages to a 1 ms handler (2 s)."""
+
+RECEIVE_BUDGET_S = 0.005
+"""Longest the inbox handles messages before it lets other tasks run: the timers that send our
+heartbeats must not wait behind a flood, or busy nodes get declared dead (measured: one
+2048-batch burst of 500-message batches held the loop for ~8 s)."""
 
 
 # --- limits -------------------------------------------------------------------------------------

@@ -15,8 +15,18 @@ Every transition of a peer happens here, in this one table (the h11 ``_state.py`
     loop silent >= suspect_after_s     ALIVE           SUSPECT         -
     redial refused after a loss        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
     down >= unreachable_after_s        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
+    never connected >= connect_timeout_s ALIVE/SUSPECT (removed)       PeerDown "timeout"
     loop silent >= dead_after_s        ALIVE/SUSPECT   (removed)       PeerDown "timeout"
+    our dial of it failed (no socket)  ALIVE/SUSPECT   (removed)       PeerDown "timeout"
     BYE                                ALIVE/SUSPECT   (removed)       PeerDown "bye"
+    REFUSE (other cluster, version)    ALIVE/SUSPECT   (removed)       PeerDown "refused"
+    our own loop stalled (``forgive``) ALIVE/SUSPECT   unchanged       - (the stall's time
+                                                                       does not count)
+
+The rows of a failed dial, a REFUSE, a BYE and our own stall are decided by the protocol
+(``Protocol.dial_failed``, ``_on_refuse``, ``_on_record``, ``tick``), every other row by a method
+of ``Membership``. A peer removed as "timeout" is
+dialled again (``Protocol._redial_dead``): if it answers it comes back through the first row.
 
 Two kinds of evidence, on purpose. The *connection* (our link's ZeroMQ connection, kept up by
 libzmq's ZMTP pings, which its I/O thread answers whatever Python is doing) says whether the

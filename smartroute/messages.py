@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -60,6 +60,22 @@ def message(name: str) -> Callable[[type[_T]], type[_T]]:
 
 def _path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_meta(meta: object, max_bytes: int) -> dict[str, Any]:
+    """A subscriber's meta: None (empty) or a dict with str keys of plain msgpack values that
+    encodes to at most ``max_bytes``; returns a copy."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+        raise TypeError("meta must be a dict with str keys")
+    try:
+        size = len(msgpack.packb(meta))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"meta must hold plain msgpack values: {exc}") from exc
+    if size > max_bytes:
+        raise UsageError(f"meta encodes to {size} bytes, over {max_bytes}")
+    return dict(meta)
 
 
 def type_name_of(body: object) -> str:

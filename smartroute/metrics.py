@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without the
 
 PREFIX = "smartroute_"
 
-GAUGES = frozenset({"peers", "subscribers"})
+GAUGES = frozenset({"peers", "subscribers", "loop_stall_max_ms"})
 """``stats()`` entries that are levels, not counts since start."""
 
 HELP = {
@@ -46,6 +46,7 @@ HELP = {
     "impostor_frames": "frames whose routing id named another node than its key's",
     "peers": "live peers (alive or suspect)",
     "subscribers": "subscribers in the replicated table, local and remote",
+    "loop_stall_max_ms": "the longest the node's timers ran late (its event loop blocked), in ms",
 }
 """Help lines of the best-known entries; the others say which ``stats()`` key they are."""
 

@@ -18,22 +18,36 @@ import dataclasses
 import functools
 import itertools
 import logging
+import os
 import random
 import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
 from . import wire
-from .config import MAX_BATCH_BYTES, Limits, Timings
+from .config import MAX_BATCH_BYTES, REFUSALS_PER_S, Limits, Timings
+from .endpoints import resolve_endpoint
 from .errors import RemoteProtocolError, UsageError
-from .events import Event, PeerDown, PeerUp
+from .events import Event, PeerDown, PeerInfo, PeerUp, Subscriber
 from .logs import QuietLog
 from .membership import HelloVerdict, Membership, Peer
-from .modes import ReceiveMode
+from .modes import ReceiveMode, Target
 from .registry import DeltaOutcome, Table, TableEvent
 from .routing import Plan, Router
 from .streams import Inflow, Outbox, Verdict
-from .wire import Meta
+from .wire import Meta, ReplyStatus
+
+__all__ = [
+    "Deliver",
+    "Dial",
+    "Output",
+    "Plan",
+    "Protocol",
+    "ProtocolEvent",
+    "ReplyArrived",
+    "ReplyStatus",
+    "new_node_id",
+]
 
 _log = logging.getLogger("smartroute.protocol")
 
@@ -41,13 +55,22 @@ _LINK_NUMBER = struct.Struct(">I")
 _MODES = tuple(ReceiveMode)
 """Modes by wire value."""
 _SEQ = int(wire.Kind.SEQ)
-WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 
 RTT_SMOOTHING = 0.2
 """Weight of a new round-trip sample in a peer's smoothed ``rtt_s`` (about the last five)."""
 
-REFUSALS_PER_S = 10
-"""Most REFUSE records sent per second (each needs a short-lived link of its own)."""
+ENVELOPE_BYTES = 64 * 1024
+"""Room a body leaves in a frame for its envelope (target, sender, type); a bigger envelope (a
+huge target list) is still caught when the batch is sent."""
+
+
+def new_node_id() -> bytes:
+    """A random node id (when no CURVE key decides it)."""
+    # ZeroMQ reserves routing ids that start with a zero byte.
+    while True:
+        node_id = os.urandom(wire.NODE_ID_BYTES)
+        if node_id[0]:
+            return node_id
 
 
 class Dial(NamedTuple):
@@ -86,7 +109,7 @@ class ReplyArrived(NamedTuple):
     reply: wire.Reply
 
 
-CoreEvent = Event | Deliver | ReplyArrived
+ProtocolEvent = Event | Deliver | ReplyArrived
 AddressGetter = Callable[[], str | None]
 
 
@@ -119,7 +142,7 @@ class Redial:
 
 @dataclasses.dataclass(slots=True)
 class Counters:
-    """What the core counted; ``Node.stats()`` reports these."""
+    """What the protocol counted; ``Node.stats()`` reports these."""
 
     frames_received: int = 0
     records_received: int = 0
@@ -148,18 +171,6 @@ def _queue(queues: dict[int, list[bytes]], link_id: int, record: bytes) -> None:
         queue.append(record)
 
 
-def resolve_endpoint(endpoint: str, peer_address: str | None) -> str:
-    """Replace a wildcard host (``tcp://*:7001``) by the address the peer was seen from."""
-    if peer_address is None or not endpoint.startswith("tcp://"):
-        return endpoint
-    host, _, port = endpoint[len("tcp://"):].rpartition(":")
-    if host not in WILDCARD_HOSTS:
-        return endpoint
-    if ":" in peer_address:
-        peer_address = f"[{peer_address}]"
-    return f"tcp://{peer_address}:{port}"
-
-
 class Protocol:
     """One node's side of the mesh protocol, without I/O."""
 
@@ -176,6 +187,10 @@ class Protocol:
         self.table = Table(node_id, incarnation)
         self.router = Router(self.table, regex_cache_size=limits.regex_cache_size,
                              max_pattern_length=limits.max_pattern_length)
+        self.plan: Callable[[ReceiveMode, Target], Plan] = self.router.plan
+        """``plan(mode, target)``: who a send reaches, in our view of the table (each call moves
+        ``ANY``'s round robin on: send the plan you got). The router's own method: a send
+        plans once, and a wrapper would cost a call each time."""
         self.membership = Membership(suspect_after_s=timings.suspect_after_s,
                                      dead_after_s=timings.dead_after_s,
                                      unreachable_after_s=timings.unreachable_after_s,
@@ -220,11 +235,13 @@ class Protocol:
         """Peers whose window is spent: ``send_to`` waits for them (an attribute, not a
         method: ``send_to`` tests it for every message)."""
         self._ack_every = max(1, limits.send_window_batches // 4)
-        self._events: list[CoreEvent] = []
+        self._events: list[ProtocolEvent] = []
         self._quiet = QuietLog(_log)
         self._last_exchange = 0.0
         self._last_tick = float("inf")
         """When ``tick`` last ran (none yet: no stall can be measured)."""
+        self._stall_max_s = 0.0
+        """The longest the driving loop went without a tick beyond its interval."""
         self._closed = False
 
     # --- outputs --------------------------------------------------------------------------------
@@ -314,14 +331,16 @@ class Protocol:
         self._quiet.warning(f"lost:{key}", "%s: %d message(s) to %s were never acknowledged: "
                             "counted lost (the peer is gone)", self.hex[:8], lost, key[:8])
 
-    def full_peer(self, plan: Plan) -> Peer | None:
-        """A peer ``plan`` reaches whose window is spent (``send_to`` must wait), if any."""
+    def blocked_by(self, plan: Plan) -> PeerInfo | None:
+        """A peer ``plan`` reaches whose window is spent (the send must wait), if any."""
         if not self.full_peers:
             return None
         peers = self.membership.peers
         for node in plan.remote:
             if node in self.full_peers:
-                return peers.get(node)
+                peer = peers.get(node)
+                if peer is not None:
+                    return peer.info()
         return None
 
     def _queue_acks(self, *, force: bool) -> None:
@@ -340,7 +359,7 @@ class Protocol:
             self._ack_due.clear()
         self._ack_now.clear()
 
-    def events_received(self) -> list[CoreEvent]:
+    def events_received(self) -> list[ProtocolEvent]:
         """Drain the events accumulated since the last call."""
         events, self._events = self._events, []
         return events
@@ -382,6 +401,7 @@ class Protocol:
         timings = self.timings
         stall = now - self._last_tick - timings.tick_interval_s
         self._last_tick = now
+        self._stall_max_s = max(self._stall_max_s, stall)
         if stall > timings.heartbeat_interval_s:
             # Our loop was blocked (a handler, a GC pause, a starved CPU): peers' frames are
             # still waiting in our inbox, so their silence is ours. Declaring them dead now
@@ -887,8 +907,35 @@ class Protocol:
             return
         self.counters.undeliverable_messages += 1
         if msg.request_id is not None:
-            reply = wire.Reply(msg.request_id, wire.ReplyStatus.NO_SUBSCRIBER, "", b"")
-            self._send_reliable(peer, wire.encode_reply(reply), now)
+            self._answer(peer, msg.request_id, ReplyStatus.NO_SUBSCRIBER, "", b"", now)
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> list[Subscriber]:
+        """Every known subscriber of ``name``, ours and remote."""
+        return self.table.lookup(name)
+
+    def count(self, name: str) -> int:
+        """How many subscribers of ``name`` are known."""
+        return self.table.count(name)
+
+    def subscribers(self) -> list[Subscriber]:
+        """Every known subscriber."""
+        return self.table.all()
+
+    def peer_infos(self) -> list[PeerInfo]:
+        """The peers we have a HELLO from and have not declared dead."""
+        return [peer.info() for peer in self.membership.peers.values()]
+
+    def stats(self) -> dict[str, int]:
+        """The protocol's counters, its peers and subscribers, and the longest stall of the loop
+        that drives it (``loop_stall_max_ms``)."""
+        counters = self.counters
+        stats = {name: getattr(counters, name) for name in counters.__slots__}
+        stats["peers"] = len(self.membership.peers)
+        stats["subscribers"] = self.table.size()
+        stats["loop_stall_max_ms"] = int(self._stall_max_s * 1000)
+        return stats
 
     # --- inputs: the API ------------------------------------------------------------------------
 
@@ -916,13 +963,24 @@ class Protocol:
             self._events.append(event)
             self._broadcast(wire.encode_delta(delta), now)
 
-    def send(self, plan: Plan, msg: wire.Msg) -> bool:
-        """Queue the record of a ``send_to`` planned by ``router.plan`` once to each remote
-        node it reaches; True when a link now holds a whole batch (the caller should let it
-        leave, and give the loop a turn, before queueing more).
+    def check_pattern(self, pattern: str) -> None:
+        """``UsageError`` unless ``pattern`` is a REGEX target we can run (length, syntax)."""
+        self.router.pattern(pattern)
+
+    def send_to(self, plan: Plan, seq: int, sender: str | None, mode: ReceiveMode,
+                target: Target, type_name: str, body: bytes, request_id: int | None) -> bool:
+        """Queue one MSG record for every remote node ``plan`` reaches (each fans out to its
+        own subscribers); True when a link now holds a whole batch (the caller should let it
+        leave, and give the loop a turn, before queueing more). ``UsageError`` (nothing
+        queued) for a body no frame can carry.
 
         A message does not postpone the link's next heartbeat: that would cost a clock read
         per message to save four small records a second."""
+        if len(body) > self.limits.max_frame_bytes - ENVELOPE_BYTES:
+            raise UsageError(f"a body of {len(body)} bytes cannot reach a peer: frames are at "
+                             f"most Limits.max_frame_bytes = {self.limits.max_frame_bytes} "
+                             f"bytes with the envelope")
+        msg = wire.new_msg((seq, sender, mode, target, type_name, body, None, request_id))
         peers = self.membership.peers
         sends = self._sends
         record = None
@@ -946,13 +1004,19 @@ class Protocol:
                     full = True
         return full
 
-    def reply(self, origin: str, reply: wire.Reply, now: float) -> bool:
-        """Send a reply to the node a request came from; False if it is gone."""
+    def reply(self, origin: str, request_id: int, status: ReplyStatus, type_name: str,
+              body: bytes, now: float) -> bool:
+        """Answer request ``request_id`` of node ``origin`` (hex); False if it is gone."""
         peer = self.membership.peers.get(bytes.fromhex(origin))
         if peer is None:
             return False
-        self._send_reliable(peer, wire.encode_reply(reply), now)
+        self._answer(peer, request_id, status, type_name, body, now)
         return True
+
+    def _answer(self, peer: Peer, request_id: int, status: ReplyStatus, type_name: str,
+                body: bytes, now: float) -> None:
+        self._send_reliable(peer, wire.encode_reply(
+            wire.Reply(request_id, status, type_name, body)), now)
 
     def leave(self, now: float) -> None:
         """Start draining: every peer hears LEAVING (and stops choosing our subscribers for

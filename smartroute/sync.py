@@ -34,17 +34,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .config import Limits, Timings
 from .errors import NodeClosed, UsageError
 from .events import Event, PeerInfo, Subscriber
-from .modes import ReceiveMode
+from .modes import ReceiveMode, Target
 from .node import EventStream as AsyncEventStream
 from .node import Handler
 from .node import Node as AsyncNode
 from .node import Subscription as AsyncSubscription
-from .routing import Target
 
 if TYPE_CHECKING:  # the metrics extra is optional: only its types are named here
     from prometheus_client.registry import CollectorRegistry
 
     from .metrics import NodeCollector
+    from .protocol import Protocol
 
 _T = TypeVar("_T")
 
@@ -343,6 +343,12 @@ class Node:
     def limits(self) -> Limits:
         """The node's limits."""
         return self._node.limits
+
+    @property
+    def protocol(self) -> Protocol | None:
+        """The sans-I/O protocol the node drives, for looking inside; it lives on the node's
+        thread: read it from a handler, not from another thread."""
+        return self._node.protocol
 
     @property
     def peers(self) -> list[PeerInfo]:

@@ -3,7 +3,7 @@
 One ZeroMQ message is one *batch*: a msgpack array of records, each record an array whose first
 item is its kind. Records are encoded once (a ``send_to`` to five nodes encodes its record once)
 and joined into a batch per link per event-loop turn. Decoding checks every field, so the rest of
-the core trusts what it gets; anything else raises ``RemoteProtocolError``.
+the protocol trusts what it gets; anything else raises ``RemoteProtocolError``.
 """
 
 from __future__ import annotations

@@ -124,3 +124,36 @@ def test_merge_replaces_only_the_families_that_ran(monkeypatch: pytest.MonkeyPat
     assert merged["skipped"] == [{"family": "lan", "what": "y", "reason": "kept"}]
     assert set(merged["families"]) == {"redis", "local"}
     assert merged["mode"] == "mixed"
+
+
+def test_zenoh_goals_use_the_runs_made_side_by_side_and_a_lossy_figure_is_not_one() -> None:
+    zenoh = "cross-node throughput, next to Zenoh"
+    rtt = "request/reply round trip, next to Zenoh"
+    rows = [*ROWS,
+            row(zenoh, "smartroute", "throughput", 300_000, "msg/s"),
+            row(zenoh, "Zenoh put, congestion BLOCK", "throughput", 600_000, "msg/s"),
+            row(zenoh, "Zenoh put, congestion DROP (default)", "delivered of 200,000", 155_839,
+                "messages"),
+            row(rtt, "smartroute", "p50", 200, "us"),
+            row(rtt, "Zenoh querier.get", "p50", 250, "us")]
+    markdown = report.render({**DATA, "rows": rows}, chart=False)
+    # The side-by-side smartroute row (300k), not section 2's (330k): 300k / 600k.
+    assert table_line(markdown, "vs Zenoh put, congestion BLOCK", ">= 1.0x").endswith(
+        "| 0.50x | **not met** |")
+    assert table_line(markdown, "p50 vs Zenoh querier.get", "<= 1.0x").endswith(
+        "| 0.80x | met |")
+    line = table_line(markdown, "Zenoh put, congestion DROP (default)", "delivered")
+    assert "| 155,839 messages |" in line
+    assert line.endswith("|  |")  # a count, not a figure smartroute is divided by
+    assert "## Next to Eclipse Zenoh (issue 12)" in markdown
+
+
+def test_a_pattern_with_a_bar_does_not_break_its_table_row() -> None:
+    rows = [row(f"pathological (a|a)*b on {n} chars", system, "search_ms", value, "ms")
+            for n in (21, 256)
+            for system, value in (("smartroute", 0.024), ("RE2 (google-re2)", 0.0015))]
+    markdown = report.render({**DATA, "rows": rows}, chart=False)
+    line = table_line(markdown, "RE2 (google-re2)", "256 chars")
+    assert line.startswith("| pathological (a\\|a)*b on 256 chars | RE2 (google-re2) |")
+    assert line.count(" | ") == 6  # seven cells, none split by the pattern's bar
+    assert "| 0.0015 ms |" in line and line.endswith("| 16.00x |")

@@ -94,6 +94,38 @@ def messages(client: ChatClient, **fields: Any) -> list[dict[str, Any]]:
     return [m for m in client.received if all(m.get(k) == v for k, v in fields.items())]
 
 
+async def flood_past(flood: ChatClient, fast: ChatClient) -> None:
+    """``flood`` speaks 9.6 MB to each receiver: more than the kernel buffers (tcp_wmem max
+    4 MiB) plus the gateway's 1 MiB per-connection limit. At most WINDOW messages are ahead of
+    ``fast``, so it is never the one that falls 1 MiB behind: it gets them all, in order."""
+    count, window, text = 800, 8, "z" * 12_000
+    for i in range(count + window):
+        if i >= window:
+            await fast.wait_for(lambda m, n=i - window: m.get("type") == "speak"
+                                and m["text"].startswith(f"{n} "), DELIVERY_TIMEOUT_S,
+                                what=f"speak {i - window} at the fast client",
+                                start=max(0, len(fast.received) - 2 * window))
+        if i < count:
+            await flood.send({"type": "speak", "text": f"{i} {text}"})
+    assert [int(m["text"].split()[0]) for m in messages(fast, type="speak")] == \
+        list(range(count))
+
+
+async def idle_one_dropped(gateway: GatewayProcess, connect: Connect, **options: Any) -> None:
+    """On a gateway with a 1 s idle timeout: a client that never answers pings is pinged,
+    then dropped; one that answers stays (``options``: for ``connect``, e.g. the transport)."""
+    mute = await connect(gateway, "idle-mute", answer_pings=False, **options)
+    chatty = await connect(gateway, "idle-chatty", **options)  # answers pings
+    await arrives(mute, type="ping")
+    await arrives(mute, type="bye", reason="idle")
+    await mute.closed()
+    await asyncio.sleep(1.5)  # observation window: chatty would be dropped within it
+    assert not chatty.closed_by_gateway
+    assert chatty.of_type("ping")  # it was pinged, and its pongs kept it
+    counters = (await chatty.request("stats"))["counters"]
+    assert (counters["idle_disconnects"], counters["connections"]) == (1, 1)
+
+
 async def test_the_demo_start_forms_a_full_mesh_over_loopback_mdns(mesh: Mesh,
                                                                    connect: Connect) -> None:
     await wait_for_mesh(mesh.gateways)
@@ -292,20 +324,7 @@ async def test_a_client_that_stops_reading_does_not_delay_the_others(
         await wait_for_mesh(mesh.gateways,
                             has_users({"sl-flood": 1, "sl-fast": 1, "sl-slow": 1}))
 
-        # 9.6 MB to each receiver: more than the kernel buffers (tcp_wmem max 4 MiB) plus
-        # the gateway's 1 MiB per-connection limit. At most WINDOW messages are ahead of the
-        # fast client, so it is never the one that falls 1 MiB behind.
-        count, window, text = 800, 8, "z" * 12_000
-        for i in range(count + window):
-            if i >= window:
-                await fast.wait_for(lambda m, n=i - window: m.get("type") == "speak"
-                                    and m["text"].startswith(f"{n} "), DELIVERY_TIMEOUT_S,
-                                    what=f"speak {i - window} at the fast client",
-                                    start=max(0, len(fast.received) - 2 * window))
-            if i < count:
-                await flood.send({"type": "speak", "text": f"{i} {text}"})
-        assert [int(m["text"].split()[0]) for m in messages(fast, type="speak")] == \
-            list(range(count))
+        await flood_past(flood, fast)
         await arrives(fast, type="presence", user="sl-slow", status="offline")
         counters = (await fast.request("stats"))["counters"]
         assert counters["slow_disconnects"] == 1
@@ -318,16 +337,7 @@ async def test_an_idle_client_is_pinged_then_dropped(tmp_path: Path, connect: Co
                              log_path=tmp_path / "idle.log",
                              options=["--no-mdns", "--idle-timeout", "1.0"])
     try:
-        mute = await connect(gateway, "idle-mute", answer_pings=False)
-        chatty = await connect(gateway, "idle-chatty")  # answers pings
-        await arrives(mute, type="ping")
-        await arrives(mute, type="bye", reason="idle")
-        await mute.closed()
-        await asyncio.sleep(1.5)  # observation window: chatty would be dropped within it
-        assert not chatty.closed_by_gateway
-        assert chatty.of_type("ping")  # it was pinged, and its pongs kept it
-        counters = (await chatty.request("stats"))["counters"]
-        assert (counters["idle_disconnects"], counters["connections"]) == (1, 1)
+        await idle_one_dropped(gateway, connect)
     finally:
         gateway.kill()
 
@@ -404,3 +414,13 @@ def test_a_gateway_serves_its_mesh_metrics(tmp_path: Path) -> None:
         assert gateway.process.returncode == 0
     finally:
         gateway.kill()
+
+
+def test_the_readme_shows_mesh_py_as_it_is() -> None:
+    """The README walks through mesh.py by quoting it: every quote must still be there."""
+    example = ROOT / "examples" / "chat_gateway"
+    readme, mesh = (example / "README.md").read_text(), (example / "mesh.py").read_text()
+    quotes = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(quotes) >= 3
+    for quote in quotes:
+        assert quote in mesh, quote

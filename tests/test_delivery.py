@@ -345,7 +345,7 @@ async def test_abandoned_events_iterators_are_released() -> None:
     from a second node): afterwards the node holds no stream, and a burst of 10,050 events
     drops none (``events_dropped`` stays 0).
 
-    Before issue 10: every abandoned iterator stays in ``node._streams`` (1,000) and keeps
+    Before issue 10: every abandoned iterator stays in the node's streams (1,000) and keeps
     queueing events; the burst overflows each of them (measured: 1,000 streams held,
     events_dropped 1,050,000)."""
     watcher = Node(CLUSTER, discovery=[], host="127.0.0.1")
@@ -355,7 +355,7 @@ async def test_abandoned_events_iterators_are_released() -> None:
     try:
         await async_wait_until(lambda: len(watcher.peers) == 1 and len(publisher.peers) == 1,
                                timeout=10, what="the two nodes meet")
-        live = len(watcher._streams)
+        live = len(watcher._dispatcher.streams)
 
         async def first_subscriber_up(name: str) -> str:
             async for event in watcher.events():
@@ -377,11 +377,11 @@ async def test_abandoned_events_iterators_are_released() -> None:
 
         def released() -> bool:
             gc.collect()  # an abandoned async generator is closed by a task the loop runs
-            return len(watcher._streams) == live
+            return len(watcher._dispatcher.streams) == live
 
         with contextlib.suppress(TimeoutError):
             await async_wait_until(released, timeout=5, what="abandoned streams released")
-        held = len(watcher._streams)
+        held = len(watcher._dispatcher.streams)
         await asyncio.gather(*(publisher.subscribe(f"burst:{i}", ignore)
                                for i in range(EVENT_BURST)))
         await async_wait_until(lambda: len(watcher.lookup("burst:0")) == 1 and

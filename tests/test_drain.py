@@ -14,8 +14,8 @@ import pytest
 from smartroute import Node, ReceiveMode, UsageError
 from smartroute.testing import wait_until
 from smartroute.testing.cluster import AgentProcess
+from smartroute.testing.memnet import MemNet, send
 from tests.conftest import Spawn
-from tests.memnet import MemNet, msg, send_to
 
 CLUSTER = "drain"
 SERVICE = "svc:work"
@@ -33,20 +33,20 @@ def net() -> MemNet:
 def test_peers_stop_choosing_a_leaving_node_for_any_and_it_settles(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
     for host in (b, c):
-        host.proto.subscribe(SERVICE, {}, net.now)
+        host.protocol.subscribe(SERVICE, {}, net.now)
     net.flush()
-    c.proto.leave(net.now)
-    assert not c.proto.settled()  # LEAVING is on its way, unacknowledged
+    c.protocol.leave(net.now)
+    assert not c.protocol.settled()  # LEAVING is on its way, unacknowledged
     net.flush()
     net.run(2 * net.timings.tick_interval_s)  # the ACKs of LEAVING come back
-    assert c.proto.settled()
-    chosen = {next(iter(send_to(a.proto, ReceiveMode.ANY, SERVICE, msg(SERVICE, i)).remote))
+    assert c.protocol.settled()
+    chosen = {next(iter(send(a.protocol, ReceiveMode.ANY, SERVICE, i).remote))
               for i in range(10)}
     assert chosen == {b.node_id}
     # Only the leaving node has one: it is still chosen (it still handles what reaches it).
-    b.proto.unsubscribe(b.proto.table.local_by_name[SERVICE][0], net.now)
+    b.protocol.unsubscribe(b.protocol.table.local_by_name[SERVICE][0], net.now)
     net.flush()
-    assert send_to(a.proto, ReceiveMode.ANY, SERVICE, msg(SERVICE, 0)).remote.keys() == {c.node_id}
+    assert send(a.protocol, ReceiveMode.ANY, SERVICE, 0).remote.keys() == {c.node_id}
 
 
 def start(spawn: Spawn, seeds: list[str], port: int = 0) -> AgentProcess:

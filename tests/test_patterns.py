@@ -19,7 +19,7 @@ from smartroute.patterns import (
 )
 from smartroute.protocol import Deliver
 from smartroute.testing import FAST_TIMINGS, async_wait_until
-from tests.memnet import MemNet, msg
+from smartroute.testing.memnet import MemNet, msg
 
 # --- the proof of semantics: differential against re.search ------------------------------------
 
@@ -306,8 +306,8 @@ ADVERSARIAL_NAME = "a" * 255 + "!"
 def test_a_catastrophic_regex_from_a_peer_does_not_hold_up_the_next_message() -> None:
     net = MemNet()
     a, b = net.mesh("a", "b")
-    trap = b.proto.subscribe(ADVERSARIAL_NAME, {}, net.now)
-    user = b.proto.subscribe("user:x", {}, net.now)
+    trap = b.protocol.subscribe(ADVERSARIAL_NAME, {}, net.now)
+    user = b.protocol.subscribe("user:x", {}, net.now)
     net.flush()
     routing_id = a.node_id + b"\x00\x00\x00\x01"
     # What a hostile or careless peer sends: re would backtrack on b's name for ages.
@@ -317,9 +317,9 @@ def test_a_catastrophic_regex_from_a_peer_does_not_hold_up_the_next_message() ->
         wire.encode_msg(msg("user:x", "next", seq=3)),
     ])
     started = time.perf_counter()
-    b.proto.receive(routing_id, batch, net.now)
+    b.protocol.receive(routing_id, batch, net.now)
     assert time.perf_counter() - started < SAFETY_BOUND_S * 4
-    delivered = [(d.msg.seq, d.sub_ids) for d in b.proto.events_received()
+    delivered = [(d.msg.seq, d.sub_ids) for d in b.protocol.events_received()
                  if type(d) is Deliver]
     assert delivered == [(2, [user]), (3, [user])]
     assert trap not in {sub for _, subs in delivered for sub in subs}
@@ -328,17 +328,17 @@ def test_a_catastrophic_regex_from_a_peer_does_not_hold_up_the_next_message() ->
 def test_a_refused_regex_from_a_peer_is_dropped_and_counted() -> None:
     net = MemNet()
     a, b = net.mesh("a", "b")
-    user = b.proto.subscribe("user:x", {}, net.now)
+    user = b.protocol.subscribe("user:x", {}, net.now)
     net.flush()
-    before = b.proto.counters.malformed_records
+    before = b.protocol.counters.malformed_records
     batch = wire.encode_batch([
         wire.encode_msg(msg(r"(user):\1", mode=ReceiveMode.REGEX, seq=1)),
         wire.encode_msg(msg("(?=user)", mode=ReceiveMode.REGEX, seq=2)),
         wire.encode_msg(msg("user:x", "next", seq=3)),
     ])
-    b.proto.receive(a.node_id + b"\x00\x00\x00\x01", batch, net.now)
-    assert b.proto.counters.malformed_records == before + 2
-    assert [(d.msg.seq, d.sub_ids) for d in b.proto.events_received()
+    b.protocol.receive(a.node_id + b"\x00\x00\x00\x01", batch, net.now)
+    assert b.protocol.counters.malformed_records == before + 2
+    assert [(d.msg.seq, d.sub_ids) for d in b.protocol.events_received()
             if type(d) is Deliver] == [(3, [user])]
 
 

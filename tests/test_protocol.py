@@ -16,7 +16,7 @@ from smartroute.membership import PeerState
 from smartroute.messages import decode_body, encode_body
 from smartroute.modes import ReceiveMode
 from smartroute.protocol import REFUSALS_PER_S, Deliver, ReplyArrived, resolve_endpoint
-from tests.memnet import Host, MemNet, msg, send_to
+from smartroute.testing.memnet import Host, MemNet, msg, send
 
 TIMINGS = Timings()
 DEAD_AFTER_S = TIMINGS.dead_after_s
@@ -34,7 +34,7 @@ def net() -> MemNet:
 
 def test_one_hint_is_enough_for_a_handshake(net: MemNet) -> None:
     a, b = net.add("a"), net.add("b")
-    a.proto.hint(b.endpoint, net.now)
+    a.protocol.hint(b.endpoint, net.now)
     net.flush()
     assert a.peers() == {b.node_id}
     assert b.peers() == {a.node_id}
@@ -43,50 +43,50 @@ def test_one_hint_is_enough_for_a_handshake(net: MemNet) -> None:
         b.hex, b.endpoint, "b", "alive")
     assert b.ups() == [a.hex]
     # One link each way, nothing left dangling.
-    assert len(a.proto.links) == len(b.proto.links) == 1
+    assert len(a.protocol.links) == len(b.protocol.links) == 1
     assert len(net.records(wire.Hello)) == 2
 
 
 def test_hints_from_both_sides_at_once_make_one_link_each_way(net: MemNet) -> None:
     a, b = net.add("a"), net.add("b")
-    a.proto.hint(b.endpoint, net.now)
-    b.proto.hint(a.endpoint, net.now)
+    a.protocol.hint(b.endpoint, net.now)
+    b.protocol.hint(a.endpoint, net.now)
     net.flush()
     assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
-    assert len(a.proto.links) == len(b.proto.links) == 1
+    assert len(a.protocol.links) == len(b.protocol.links) == 1
     assert a.ups() == [b.hex] and b.ups() == [a.hex]
 
 
 def test_a_hint_for_a_known_peer_or_ourselves_dials_nothing(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    a.proto.hint(b.endpoint, net.now)
-    a.proto.hint(a.endpoint, net.now)
-    assert a.proto.data_to_send().dials == []
+    a.protocol.hint(b.endpoint, net.now)
+    a.protocol.hint(a.endpoint, net.now)
+    assert a.protocol.data_to_send().dials == []
 
 
 def test_peer_exchange_joins_the_whole_mesh(net: MemNet) -> None:
     a, b, c = net.add("a"), net.add("b"), net.add("c")
-    b.proto.hint(a.endpoint, net.now)
+    b.protocol.hint(a.endpoint, net.now)
     net.flush()
-    c.proto.hint(b.endpoint, net.now)  # c only knows b; b only knew a
+    c.protocol.hint(b.endpoint, net.now)  # c only knows b; b only knew a
     net.flush()
     assert a.peers() == {b.node_id, c.node_id}
     assert b.peers() == {a.node_id, c.node_id}
     assert c.peers() == {a.node_id, b.node_id}
     for host in (a, b, c):
-        assert len(host.proto.links) == 2, f"{host.name} leaks links"
+        assert len(host.protocol.links) == 2, f"{host.name} leaks links"
 
 
 def test_six_nodes_hinted_with_one_seed_at_once_form_a_full_mesh(net: MemNet) -> None:
     seed = net.add("seed")
     others = [net.add(f"n{i}") for i in range(5)]
     for host in others:
-        host.proto.hint(seed.endpoint, net.now)
+        host.protocol.hint(seed.endpoint, net.now)
     net.flush()
     everyone = {h.node_id for h in [seed, *others]}
     for host in [seed, *others]:
         assert host.peers() == everyone - {host.node_id}, host.name
-        assert len(host.proto.links) == 5
+        assert len(host.protocol.links) == 5
         assert len(host.ups()) == 5
 
 
@@ -94,57 +94,57 @@ def test_six_nodes_hinted_with_one_seed_at_once_form_a_full_mesh(net: MemNet) ->
 
 def test_a_subscription_is_replicated_to_every_peer(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
-    sub = a.proto.subscribe("user:alice", {"nick": "Alice"}, net.now)
+    sub = a.protocol.subscribe("user:alice", {"nick": "Alice"}, net.now)
     net.flush()
     for host in (b, c):
-        assert host.proto.table.lookup("user:alice") == [
+        assert host.protocol.table.lookup("user:alice") == [
             Subscriber("user:alice", a.hex, {"nick": "Alice"})]
         assert SubscriberUp(Subscriber("user:alice", a.hex, {"nick": "Alice"})) in host.events
-    assert a.proto.table.lookup("user:alice") == [
+    assert a.protocol.table.lookup("user:alice") == [
         Subscriber("user:alice", a.hex, {"nick": "Alice"}, local=True)]
 
-    a.proto.unsubscribe(sub, net.now)
+    a.protocol.unsubscribe(sub, net.now)
     net.flush()
     for host in (a, b, c):
-        assert host.proto.table.lookup("user:alice") == []
+        assert host.protocol.table.lookup("user:alice") == []
     assert SubscriberDown(Subscriber("user:alice", a.hex, {"nick": "Alice"})) in b.events
 
 
 def test_a_meta_update_reaches_every_peer_as_one_delta_and_an_update_event(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
-    sub = a.proto.subscribe("user:alice", {"status": "online"}, net.now)
+    sub = a.protocol.subscribe("user:alice", {"status": "online"}, net.now)
     net.flush()
     sent = len(net.records(wire.Delta, src=a))
-    a.proto.update_meta(sub, {"status": "away"}, net.now)
+    a.protocol.update_meta(sub, {"status": "away"}, net.now)
     net.flush()
     assert net.records(wire.Delta, src=a)[sent:] == [
-        wire.Delta(a.proto.incarnation, 2, sub, "user:alice", {"status": "away"})] * 2
+        wire.Delta(a.protocol.incarnation, 2, sub, "user:alice", {"status": "away"})] * 2
     for host in (b, c):
-        assert host.proto.table.lookup("user:alice") == [
+        assert host.protocol.table.lookup("user:alice") == [
             Subscriber("user:alice", a.hex, {"status": "away"})]
         assert host.of(SubscriberUpdated) == [SubscriberUpdated(
             Subscriber("user:alice", a.hex, {"status": "away"}), {"status": "online"})]
         assert host.of(SubscriberDown) == []
     assert a.of(SubscriberUpdated) == [SubscriberUpdated(
         Subscriber("user:alice", a.hex, {"status": "away"}, local=True), {"status": "online"})]
-    a.proto.update_meta(sub, {"status": "away"}, net.now)  # the same meta: nothing to say
+    a.protocol.update_meta(sub, {"status": "away"}, net.now)  # the same meta: nothing to say
     net.flush()
     assert len(net.records(wire.Delta, src=a)) == sent + 2
     d = net.add("d")
-    d.proto.hint(a.endpoint, net.now)
+    d.protocol.hint(a.endpoint, net.now)
     net.flush()
-    assert d.proto.table.lookup("user:alice") == [
+    assert d.protocol.table.lookup("user:alice") == [
         Subscriber("user:alice", a.hex, {"status": "away"})]
 
 
 def test_a_meta_update_whose_delta_never_left_is_repaired_by_the_digest(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    sub = a.proto.subscribe("user:alice", {"status": "online"}, net.now)
+    sub = a.protocol.subscribe("user:alice", {"status": "online"}, net.now)
     net.flush()
-    a.proto.table.update_local(sub, {"status": "away"})  # no delta sent: only the digest tells
+    a.protocol.table.update_local(sub, {"status": "away"})  # no delta sent: only the digest tells
     net.run(TIMINGS.digest_interval_s + TIMINGS.heartbeat_interval_s)
     assert len(net.records(wire.Snapshot, src=a)) == 1
-    assert b.proto.table.lookup("user:alice") == [
+    assert b.protocol.table.lookup("user:alice") == [
         Subscriber("user:alice", a.hex, {"status": "away"})]
     assert b.of(SubscriberUpdated) == [SubscriberUpdated(
         Subscriber("user:alice", a.hex, {"status": "away"}), {"status": "online"})]
@@ -153,20 +153,20 @@ def test_a_meta_update_whose_delta_never_left_is_repaired_by_the_digest(net: Mem
 
 def test_subscriptions_made_before_and_during_the_handshake_arrive(net: MemNet) -> None:
     a, b = net.add("a"), net.add("b")
-    a.proto.subscribe("early", {}, net.now)
-    b.proto.subscribe("b-early", {}, net.now)
-    a.proto.hint(b.endpoint, net.now)
-    a.proto.subscribe("during", {}, net.now)  # queued behind the HELLO on the pending dial
+    a.protocol.subscribe("early", {}, net.now)
+    b.protocol.subscribe("b-early", {}, net.now)
+    a.protocol.hint(b.endpoint, net.now)
+    a.protocol.subscribe("during", {}, net.now)  # queued behind the HELLO on the pending dial
     net.flush()
     assert b.names_seen("early") == b.names_seen("during") == [a.hex]
     assert a.names_seen("b-early") == [b.hex]
-    assert b.proto.counters.snapshot_requests == 0
+    assert b.protocol.counters.snapshot_requests == 0
 
 
 def test_a_dropped_delta_is_resent_when_the_heartbeat_shows_the_gap(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
     net.drop_next(a, b, carrying=wire.Delta)
-    a.proto.subscribe("room:7", {}, net.now)
+    a.protocol.subscribe("room:7", {}, net.now)
     net.flush()
     assert [(t.src, t.dst, type(r)) for t in net.log if t.dropped for r in t.records] == [
         ("a", "b", wire.Seq), ("a", "b", wire.Delta)]
@@ -175,21 +175,21 @@ def test_a_dropped_delta_is_resent_when_the_heartbeat_shows_the_gap(net: MemNet)
     net.run(TIMINGS.heartbeat_interval_s + 2 * TICK_S)
     assert b.names_seen("room:7") == [a.hex]
     # The heartbeat said which batch a sent last: b asked for it again, no snapshot needed.
-    assert b.proto.counters.resend_requests == 1
-    assert b.proto.counters.snapshot_requests == c.proto.counters.snapshot_requests == 0
+    assert b.protocol.counters.resend_requests == 1
+    assert b.protocol.counters.snapshot_requests == c.protocol.counters.snapshot_requests == 0
 
 
 def test_a_batch_after_a_lost_one_gets_the_lost_one_resent_at_once(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     net.drop_next(a, b)
-    a.proto.subscribe("x", {}, net.now)
+    a.protocol.subscribe("x", {}, net.now)
     net.flush()
-    a.proto.subscribe("y", {}, net.now)  # batch 2 of a's stream over 0 taken: a gap
+    a.protocol.subscribe("y", {}, net.now)  # batch 2 of a's stream over 0 taken: a gap
     net.flush()
     assert b.names_seen("x") == b.names_seen("y") == [a.hex]
     # The stream repaired it (no snapshot needed): the gap was asked for and resent.
-    assert b.proto.counters.gap_batches == 1 and b.proto.counters.resend_requests == 1
-    assert a.proto.counters.retransmitted_batches >= 1
+    assert b.protocol.counters.gap_batches == 1 and b.protocol.counters.resend_requests == 1
+    assert a.protocol.counters.retransmitted_batches >= 1
     assert net.records(wire.SnapshotRequest, src=b) == []
 
 
@@ -197,7 +197,7 @@ def test_a_lost_snapshot_request_is_asked_again(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     net.drop_next(b, a, carrying=wire.SnapshotRequest)
     # A change whose delta never left (the stream has no gap): only the digest can tell.
-    a.proto.table.add_local("room:7", {})
+    a.protocol.table.add_local("room:7", {})
     net.flush()
     net.run(TIMINGS.digest_interval_s + TIMINGS.snapshot_retry_s + TIMINGS.heartbeat_interval_s)
     assert b.names_seen("room:7") == [a.hex]
@@ -209,13 +209,13 @@ def test_a_lost_snapshot_request_is_asked_again(net: MemNet) -> None:
 
 def test_a_remote_node_gets_one_record_per_send_and_fans_out_locally(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
-    room = [b.proto.subscribe("room:7", {}, net.now) for _ in range(3)]
-    b.proto.subscribe("room:8", {}, net.now)
-    c.proto.subscribe("room:8", {}, net.now)
-    mine = a.proto.subscribe("room:7", {}, net.now)
+    room = [b.protocol.subscribe("room:7", {}, net.now) for _ in range(3)]
+    b.protocol.subscribe("room:8", {}, net.now)
+    c.protocol.subscribe("room:8", {}, net.now)
+    mine = a.protocol.subscribe("room:7", {}, net.now)
     net.flush()
 
-    plan = send_to(a.proto, ReceiveMode.EQ, "room:7", msg("room:7", "hello"))
+    plan = send(a.protocol, ReceiveMode.EQ, "room:7", "hello")
     net.flush()
     assert plan.matches == 4
     assert plan.local == [mine]
@@ -240,10 +240,10 @@ def test_every_mode_reaches_exactly_the_matching_remote_subscribers(
         c_count: int) -> None:
     a, b, c = net.mesh("a", "b", "c")
     for name in ("room:7", "room:7", "room:8"):
-        b.proto.subscribe(name, {}, net.now)
-    c.proto.subscribe("room:8", {}, net.now)
+        b.protocol.subscribe(name, {}, net.now)
+    c.protocol.subscribe("room:8", {}, net.now)
     net.flush()
-    plan = send_to(a.proto, mode, target, msg(target, mode=mode))
+    plan = send(a.protocol, mode, target)
     net.flush()
     assert plan.matches == b_count + c_count
     assert [len(d.sub_ids) for d in b.delivered()] == [b_count]
@@ -253,12 +253,11 @@ def test_every_mode_reaches_exactly_the_matching_remote_subscribers(
 
 def test_any_reaches_one_subscriber_per_send_balanced_over_nodes(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
-    on_b = [b.proto.subscribe("svc:echo", {}, net.now) for _ in range(2)]
-    on_c = c.proto.subscribe("svc:echo", {}, net.now)
+    on_b = [b.protocol.subscribe("svc:echo", {}, net.now) for _ in range(2)]
+    on_c = c.protocol.subscribe("svc:echo", {}, net.now)
     net.flush()
     for seq in range(6):
-        plan = send_to(a.proto, ReceiveMode.ANY, "svc:echo",
-                            msg("svc:echo", mode=ReceiveMode.ANY, seq=seq))
+        plan = send(a.protocol, ReceiveMode.ANY, "svc:echo", seq=seq)
         assert plan.matches == 1
         net.flush()
     got_b = [d.sub_ids for d in b.delivered()]
@@ -269,69 +268,68 @@ def test_any_reaches_one_subscriber_per_send_balanced_over_nodes(net: MemNet) ->
 
 def test_any_falls_back_when_the_chosen_subscriber_left_in_flight(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    first = b.proto.subscribe("svc", {}, net.now)
-    second = b.proto.subscribe("svc", {}, net.now)
+    first = b.protocol.subscribe("svc", {}, net.now)
+    second = b.protocol.subscribe("svc", {}, net.now)
     net.flush()
-    plan = send_to(a.proto, ReceiveMode.ANY, "svc", msg("svc", mode=ReceiveMode.ANY))
+    plan = send(a.protocol, ReceiveMode.ANY, "svc")
     assert plan.remote == {b.node_id: first}
-    b.proto.unsubscribe(first, net.now)  # a has not heard yet
+    b.protocol.unsubscribe(first, net.now)  # a has not heard yet
     net.flush()
     assert [d.sub_ids for d in b.delivered()] == [[second]]
 
 
 def test_a_request_gets_its_reply(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    echo = b.proto.subscribe("svc:echo", {}, net.now)
+    echo = b.protocol.subscribe("svc:echo", {}, net.now)
     net.flush()
-    send_to(a.proto, ReceiveMode.ANY, "svc:echo",
-                 msg("svc:echo", "ping", mode=ReceiveMode.ANY, request_id=41))
+    send(a.protocol, ReceiveMode.ANY, "svc:echo", "ping", request_id=41)
     net.flush()
     [deliver] = b.delivered()
     assert (deliver.sub_ids, deliver.msg.request_id) == ([echo], 41)
     reply = wire.Reply(41, wire.ReplyStatus.OK, "str", encode_body("pong"))
-    assert b.proto.reply(deliver.origin, reply, net.now)
+    assert b.protocol.reply(deliver.origin, *reply, net.now)
     net.flush()
     assert a.of(ReplyArrived) == [ReplyArrived(b.hex, reply)]
 
 
 def test_a_request_nobody_takes_any_more_is_answered_no_subscriber(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    sub = b.proto.subscribe("svc:echo", {}, net.now)
+    sub = b.protocol.subscribe("svc:echo", {}, net.now)
     net.flush()
-    b.proto.unsubscribe(sub, net.now)  # a still believes b has it
-    send_to(a.proto, ReceiveMode.EQ, "svc:echo", msg("svc:echo", request_id=7))
+    b.protocol.unsubscribe(sub, net.now)  # a still believes b has it
+    send(a.protocol, ReceiveMode.EQ, "svc:echo", request_id=7)
     net.flush()
     assert b.delivered() == []
     [arrived] = a.of(ReplyArrived)
     assert (arrived.origin, arrived.reply.request_id, arrived.reply.status) == (
         b.hex, 7, wire.ReplyStatus.NO_SUBSCRIBER)
-    assert b.proto.counters.undeliverable_messages == 1
+    assert b.protocol.counters.undeliverable_messages == 1
 
 
 def test_a_reply_to_a_gone_node_is_reported_undeliverable(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    a.proto.close(net.now)
+    a.protocol.close(net.now)
     net.flush()
-    assert not b.proto.reply(a.hex, wire.Reply(1, wire.ReplyStatus.OK, "str", b"\xa0"), net.now)
+    assert not b.protocol.reply(a.hex, 1, wire.ReplyStatus.OK, "str", b"\xa0", net.now)
 
 
 def test_a_dial_nobody_answers_is_given_up_after_connect_timeout_s(net: MemNet) -> None:
     a = net.add("a")
-    a.proto.hint("tcp://nobody:7000", net.now)
+    a.protocol.hint("tcp://nobody:7000", net.now)
     net.flush()
-    assert len(a.proto.links) == 1
+    assert len(a.protocol.links) == 1
     net.run(TIMINGS.connect_timeout_s - TICK_S)
-    assert len(a.proto.links) == 1
+    assert len(a.protocol.links) == 1
     net.run(2 * TICK_S)
-    assert a.proto.links == {}
-    a.proto.hint("tcp://nobody:7000", net.now)  # a later hint may try again
-    assert len(a.proto.data_to_send().dials) == 1
+    assert a.protocol.links == {}
+    a.protocol.hint("tcp://nobody:7000", net.now)  # a later hint may try again
+    assert len(a.protocol.data_to_send().dials) == 1
 
 
 def test_an_unanswered_hello_is_sent_again_after_hello_retry_s(net: MemNet) -> None:
     a, b = net.add("a"), net.add("b")
     net.drop_next(a, b, carrying=wire.Hello)
-    a.proto.hint(b.endpoint, net.now)
+    a.protocol.hint(b.endpoint, net.now)
     net.run(TIMINGS.hello_retry_s + TICK_S)
     assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
 
@@ -339,12 +337,12 @@ def test_an_unanswered_hello_is_sent_again_after_hello_retry_s(net: MemNet) -> N
 def test_a_node_that_reaches_itself_stops_dialling_that_address(net: MemNet) -> None:
     a = net.add("a")
     net.by_endpoint["tcp://10.0.0.1:7000"] = a  # another address of a's own inbox
-    a.proto.hint("tcp://10.0.0.1:7000", net.now)
+    a.protocol.hint("tcp://10.0.0.1:7000", net.now)
     net.flush()
     assert a.peers() == set()
-    assert a.proto.links == {}
-    a.proto.hint("tcp://10.0.0.1:7000", net.now)
-    assert a.proto.data_to_send().dials == []
+    assert a.protocol.links == {}
+    a.protocol.hint("tcp://10.0.0.1:7000", net.now)
+    assert a.protocol.data_to_send().dials == []
 
 
 @pytest.mark.parametrize(("endpoint", "address", "resolved"), [
@@ -361,52 +359,52 @@ def test_a_wildcard_endpoint_is_resolved_to_the_address_the_peer_was_seen_from(
 
 def test_a_peer_advertising_a_wildcard_is_dialled_back_at_its_address(net: MemNet) -> None:
     a, b = net.add("a", endpoint="tcp://*:7001"), net.add("b")
-    a.proto.hint(b.endpoint, net.now)
-    out = a.proto.data_to_send()
+    a.protocol.hint(b.endpoint, net.now)
+    out = a.protocol.data_to_send()
     [[batch]] = out.sends.values()
-    b.proto.receive(out.dials[0].routing_id, batch, net.now, lambda: "10.0.0.1")
-    assert [p.endpoint for p in b.proto.membership.peers.values()] == ["tcp://10.0.0.1:7001"]
-    assert [d.endpoint for d in b.proto.data_to_send().dials] == ["tcp://10.0.0.1:7001"]
+    b.protocol.receive(out.dials[0].routing_id, batch, net.now, lambda: "10.0.0.1")
+    assert [p.endpoint for p in b.protocol.membership.peers.values()] == ["tcp://10.0.0.1:7001"]
+    assert [d.endpoint for d in b.protocol.data_to_send().dials] == ["tcp://10.0.0.1:7001"]
 
 
 # --- refusing -------------------------------------------------------------------------------------
 
 def test_a_node_of_another_cluster_is_refused(net: MemNet) -> None:
     a, b = net.add("a", cluster="blue"), net.add("b", cluster="green")
-    a.proto.hint(b.endpoint, net.now)
+    a.protocol.hint(b.endpoint, net.now)
     net.flush()
     [refuse] = net.records(wire.Refuse, src=b, dst=a)
     assert "cluster" in refuse.reason and refuse.echo == b.endpoint
     assert a.peers() == b.peers() == set()
-    assert a.proto.links == {} and b.proto.links == {}
-    assert a.proto.counters.refused_peers == b.proto.counters.refused_peers == 1
+    assert a.protocol.links == {} and b.protocol.links == {}
+    assert a.protocol.counters.refused_peers == b.protocol.counters.refused_peers == 1
     assert a.events == b.events == []
     # The refusal is remembered: no dial storm.
-    a.proto.hint(b.endpoint, net.now + 1)
-    assert a.proto.data_to_send().dials == []
+    a.protocol.hint(b.endpoint, net.now + 1)
+    assert a.protocol.data_to_send().dials == []
 
 
 def test_a_node_of_another_protocol_version_is_refused(net: MemNet,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = net.add("a"), net.add("b")
     monkeypatch.setattr(wire, "PROTOCOL_VERSION", wire.PROTOCOL_VERSION + 1)
-    a.proto.hint(b.endpoint, net.now)  # a's HELLO says version 2
+    a.protocol.hint(b.endpoint, net.now)  # a's HELLO says version 2
     monkeypatch.undo()
     net.flush()
     [refuse] = net.records(wire.Refuse, src=b, dst=a)
     assert "protocol version" in refuse.reason
     assert a.peers() == b.peers() == set()
-    assert a.proto.links == {} and b.proto.links == {}
+    assert a.protocol.links == {} and b.protocol.links == {}
 
 
 def test_nodes_of_two_clusters_hinted_at_each_other_settle_without_peers(net: MemNet) -> None:
     a, b = net.add("a", cluster="blue"), net.add("b", cluster="green")
-    a.proto.hint(b.endpoint, net.now)
-    b.proto.hint(a.endpoint, net.now)
+    a.protocol.hint(b.endpoint, net.now)
+    b.protocol.hint(a.endpoint, net.now)
     net.flush()
     net.run(1.0)
     assert a.peers() == b.peers() == set()
-    assert a.proto.links == {} and b.proto.links == {}
+    assert a.protocol.links == {} and b.protocol.links == {}
     assert len(net.log) <= 4
 
 
@@ -414,7 +412,7 @@ def test_nodes_of_two_clusters_hinted_at_each_other_settle_without_peers(net: Me
 
 def test_a_killed_node_is_dead_as_soon_as_its_port_refuses_the_redial(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
-    c.proto.subscribe("room:7", {}, net.now)
+    c.protocol.subscribe("room:7", {}, net.now)
     net.flush()
     net.run(1.0)  # a live mesh for a while
     net.crash(c)  # memnet: its connections close, and the redial is refused
@@ -433,13 +431,13 @@ def test_a_busy_loop_is_not_dead_only_stuck_for_dead_after_s_is(net: MemNet) -> 
     net.stall(b)  # its loop blocks; its connections stay up (libzmq answers pings)
     net.run(DEAD_AFTER_S - TICK_S - 1.0)
     assert a.downs() == []
-    assert a.proto.membership.peers[b.node_id].state is PeerState.SUSPECT
-    a.proto.subscribe("late", {}, net.now)  # waits in b's inbox meanwhile
+    assert a.protocol.membership.peers[b.node_id].state is PeerState.SUSPECT
+    a.protocol.subscribe("late", {}, net.now)  # waits in b's inbox meanwhile
     net.unstall(b)
     net.run(2 * TICK_S)
     assert a.downs() == [] and b.downs() == []
     assert b.names_seen("late") == [a.hex]
-    assert a.proto.membership.peers[b.node_id].state is PeerState.ALIVE
+    assert a.protocol.membership.peers[b.node_id].state is PeerState.ALIVE
     net.stall(b)
     net.run(DEAD_AFTER_S + 2 * TICK_S)  # stuck for good
     assert a.downs() == [(b.hex, "timeout")]
@@ -450,11 +448,11 @@ def test_an_unreachable_peer_is_dead_after_unreachable_after_s(net: MemNet) -> N
     net.run(1.0)
     net.cut(a, b)
     net.cut(b, a)
-    link = a.proto.membership.peers[b.node_id].link
-    a.proto.link_changed(link, "down", net.now)  # libzmq: pings unanswered, connection closed
+    link = a.protocol.membership.peers[b.node_id].link
+    a.protocol.link_changed(link, "down", net.now)  # libzmq: pings unanswered, connection closed
     net.run(UNREACHABLE_AFTER_S - 2 * TICK_S)
     assert a.downs() == []
-    assert a.proto.membership.peers[b.node_id].state is PeerState.SUSPECT
+    assert a.protocol.membership.peers[b.node_id].state is PeerState.SUSPECT
     net.run(2 * TICK_S)
     assert a.downs() == [(b.hex, "timeout")]
 
@@ -462,33 +460,33 @@ def test_an_unreachable_peer_is_dead_after_unreachable_after_s(net: MemNet) -> N
 def test_a_connection_back_in_time_keeps_the_peer_and_resends_what_was_lost(
         net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("sink", {}, net.now)
+    b.protocol.subscribe("sink", {}, net.now)
     net.flush()
-    link = a.proto.membership.peers[b.node_id].link
+    link = a.protocol.membership.peers[b.node_id].link
     net.cut(a, b)  # a TCP reset: what was in the connection is gone
     for i in range(3):
-        send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", i, seq=i + 1))
+        send(a.protocol, ReceiveMode.EQ, "sink", i, seq=i + 1)
     net.flush()
-    a.proto.link_changed(link, "down", net.now)
+    a.protocol.link_changed(link, "down", net.now)
     net.run(UNREACHABLE_AFTER_S / 2)
     net.heal(a, b)
-    a.proto.link_changed(link, "up", net.now)  # reconnected: a resends what b never acked
+    a.protocol.link_changed(link, "up", net.now)  # reconnected: a resends what b never acked
     net.flush()
     assert [decode_body(d.msg.body) for d in b.delivered()] == [0, 1, 2]
     net.run(1.0)
     assert a.downs() == b.downs() == []
-    assert a.proto.counters.retransmitted_batches >= 1
-    assert a.proto.counters.lost_messages == 0
-    assert a.proto.outboxes[b.node_id].unacked == collections.deque()
+    assert a.protocol.counters.retransmitted_batches >= 1
+    assert a.protocol.counters.lost_messages == 0
+    assert a.protocol.outboxes[b.node_id].unacked == collections.deque()
 
 
 def test_heartbeats_echo_each_other_clocks_into_a_round_trip(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    assert a.proto.membership.peers[b.node_id].rtt_s is None
+    assert a.protocol.membership.peers[b.node_id].rtt_s is None
     net.run(3 * TIMINGS.heartbeat_interval_s)
     # memnet delivers at once: the round trip is 0 whatever each side held the echo for.
     for host, other in ((a, b), (b, a)):
-        rtt = host.proto.membership.peers[other.node_id].info().rtt_s
+        rtt = host.protocol.membership.peers[other.node_id].info().rtt_s
         assert rtt is not None and abs(rtt) < 1e-5
 
 
@@ -498,7 +496,7 @@ def test_a_healthy_idle_mesh_has_no_false_deaths(net: MemNet) -> None:
     for host in hosts:
         assert host.downs() == []
         assert len(host.peers()) == 3
-        assert all(p.state is PeerState.ALIVE for p in host.proto.membership.peers.values())
+        assert all(p.state is PeerState.ALIVE for p in host.protocol.membership.peers.values())
     assert net.records(wire.Heartbeat), "an idle mesh must carry heartbeats"
 
 
@@ -506,11 +504,11 @@ def test_a_link_the_transport_could_not_open_drops_its_peer_until_a_later_dial(
         net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     net.run(0.5)
-    link = a.proto.membership.peers[b.node_id].link
-    a.proto.dial_failed(link, net.now)  # e.g. no socket or file descriptor left
+    link = a.protocol.membership.peers[b.node_id].link
+    a.protocol.dial_failed(link, net.now)  # e.g. no socket or file descriptor left
     net.flush()
     assert a.downs() == [(b.hex, "timeout")]
-    assert link not in a.proto.links
+    assert link not in a.protocol.links
     # Nothing is kept that cannot be reached; the re-dial of a dead peer brings it back.
     net.run(TIMINGS.connect_timeout_s + 1.0)
     assert a.peers() == {b.node_id}
@@ -521,8 +519,12 @@ def test_a_stall_of_our_own_loop_is_not_held_against_peers(net: MemNet) -> None:
     are waiting there, so their silence is ours and nobody is declared dead."""
     a, b = net.mesh("a", "b")
     net.run(1.0)
+    assert a.protocol.stats()["loop_stall_max_ms"] <= 1  # ticks on time (float rounding aside)
     net.now += 5 * DEAD_AFTER_S  # a's loop was blocked: nothing ran, nothing was read
-    a.proto.tick(net.now)  # the timer first, before the waiting heartbeats are handled
+    a.protocol.tick(net.now)  # the timer first, before the waiting heartbeats are handled
+    # Measured: the ticks' lateness, the longest so far (stats()["loop_stall_max_ms"]).
+    stall_ms = (5 * DEAD_AFTER_S - TICK_S) * 1000
+    assert stall_ms - 1 <= a.protocol.stats()["loop_stall_max_ms"] <= stall_ms
     net.flush()
     assert a.downs() == [] and a.peers() == {b.node_id}
     net.run(1.0)
@@ -535,7 +537,7 @@ def test_a_stall_of_our_own_loop_is_not_held_against_peers(net: MemNet) -> None:
 
 def test_a_node_declared_dead_that_still_talks_to_us_is_reconnected(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("x", {}, net.now)
+    b.protocol.subscribe("x", {}, net.now)
     net.flush()
     net.cut(b, a)  # b hears a, a no longer hears b
     net.run(DEAD_AFTER_S + TICK_S)
@@ -550,14 +552,14 @@ def test_a_node_declared_dead_that_still_talks_to_us_is_reconnected(net: MemNet)
 
 def test_nodes_that_timed_each_other_out_reconnect_on_the_next_hint(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("x", {}, net.now)
+    b.protocol.subscribe("x", {}, net.now)
     net.flush()
     b.up = False  # b is paused (a laptop lid, a stopped VM): no ticks, nothing received
     net.run(DEAD_AFTER_S + TICK_S)
     b.up = True
     net.run(TICK_S)  # b's first tick after the pause: a has been silent too long
     assert a.downs() == [(b.hex, "timeout")] and b.downs() == [(a.hex, "timeout")]
-    b.proto.hint(a.endpoint, net.now)  # static discovery hints its seeds again
+    b.protocol.hint(a.endpoint, net.now)  # static discovery hints its seeds again
     net.flush()
     assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
     assert a.names_seen("x") == [b.hex]
@@ -565,30 +567,30 @@ def test_nodes_that_timed_each_other_out_reconnect_on_the_next_hint(net: MemNet)
 
 def test_a_new_stream_whose_start_was_lost_is_asked_from_its_start(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("sink", {}, net.now)
+    b.protocol.subscribe("sink", {}, net.now)
     net.flush()
-    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", "old"))
+    send(a.protocol, ReceiveMode.EQ, "sink", "old")
     net.flush()
     # a's stream to b starts anew (its outbox expired while b was away); its first batch is
     # lost, and b still follows the old stream.
-    del a.proto.outboxes[b.node_id]
+    del a.protocol.outboxes[b.node_id]
     net.drop_next(a, b)
-    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", 1))
+    send(a.protocol, ReceiveMode.EQ, "sink", 1)
     net.flush()
-    send_to(a.proto, ReceiveMode.EQ, "sink", msg("sink", 2))
+    send(a.protocol, ReceiveMode.EQ, "sink", 2)
     net.flush()
     assert [decode_body(d.msg.body) for d in b.delivered()] == ["old", 1, 2]
-    assert b.proto.counters.gap_batches >= 1 and a.proto.counters.retransmitted_batches >= 1
+    assert b.protocol.counters.gap_batches >= 1 and a.protocol.counters.retransmitted_batches >= 1
 
 
 def test_a_partition_longer_than_redial_dead_for_s_still_heals(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("x", {}, net.now)
+    b.protocol.subscribe("x", {}, net.now)
     net.flush()
     net.cut(a, b)
     net.cut(b, a)
     for host, other in ((a, b), (b, a)):  # libzmq: pings unanswered, the links close
-        host.proto.link_changed(host.proto.membership.peers[other.node_id].link, "down",
+        host.protocol.link_changed(host.protocol.membership.peers[other.node_id].link, "down",
                                 net.now)
     net.run(UNREACHABLE_AFTER_S + 2 * TICK_S)
     assert a.downs() == [(b.hex, "timeout")] and b.downs() == [(a.hex, "timeout")]
@@ -616,8 +618,8 @@ def test_two_nodes_split_by_a_healed_partition_rejoin_the_full_mesh(net: MemNet)
     net.heal(a, b)
     net.heal(b, a)
     for _ in range(10):  # static discovery keeps hinting the seed; it is known, so nothing
-        a.proto.hint(seed.endpoint, net.now)
-        b.proto.hint(seed.endpoint, net.now)
+        a.protocol.hint(seed.endpoint, net.now)
+        b.protocol.hint(seed.endpoint, net.now)
         net.run(1.0)
     assert a.peers() == {seed.node_id, b.node_id}
     assert b.peers() == {seed.node_id, a.node_id}
@@ -625,15 +627,15 @@ def test_two_nodes_split_by_a_healed_partition_rejoin_the_full_mesh(net: MemNet)
 
 def test_bye_removes_the_node_at_once(net: MemNet) -> None:
     a, b, c = net.mesh("a", "b", "c")
-    a.proto.subscribe("user:alice", {}, net.now)
+    a.protocol.subscribe("user:alice", {}, net.now)
     net.flush()
-    a.proto.close(net.now)
+    a.protocol.close(net.now)
     net.flush()
     for host in (b, c):
         assert host.downs() == [(a.hex, "bye")]
         assert host.peers() == {b.node_id, c.node_id} - {host.node_id}
         assert host.names_seen("user:alice") == []
-    assert a.proto.links == {}
+    assert a.protocol.links == {}
     assert len(net.records(wire.Bye, src=a)) == 2
     net.run(DEAD_AFTER_S * 2)
     assert b.downs() == [(a.hex, "bye")]  # no second PeerDown for it
@@ -641,33 +643,33 @@ def test_bye_removes_the_node_at_once(net: MemNet) -> None:
 
 def test_a_restart_on_the_same_endpoint_replaces_the_old_node_at_once(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    a.proto.subscribe("user:alice", {}, net.now)
+    a.protocol.subscribe("user:alice", {}, net.now)
     net.flush()
     net.crash(a)
     a2 = net.add("a2", endpoint=a.endpoint)  # new process: new node id and incarnation
-    a2.proto.hint(b.endpoint, net.now)
+    a2.protocol.hint(b.endpoint, net.now)
     net.flush()
     assert b.downs() == [(a.hex, "replaced")]
     assert b.ups() == [a.hex, a2.hex]
     assert b.peers() == {a2.node_id}
     assert b.names_seen("user:alice") == []
     assert a2.peers() == {b.node_id}
-    assert len(b.proto.links) == 1
+    assert len(b.protocol.links) == 1
 
 
 def test_a_new_incarnation_of_a_node_replaces_the_old_one_at_once(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    a.proto.subscribe("old", {}, net.now)
+    a.protocol.subscribe("old", {}, net.now)
     net.flush()
     net.crash(a)
     a2 = net.add("a2", endpoint=a.endpoint, node_id=a.node_id,
-                 incarnation=a.proto.incarnation + 1)
-    a2.proto.subscribe("new", {}, net.now)
-    a2.proto.hint(b.endpoint, net.now)
+                 incarnation=a.protocol.incarnation + 1)
+    a2.protocol.subscribe("new", {}, net.now)
+    a2.protocol.hint(b.endpoint, net.now)
     net.flush()
     assert b.downs() == [(a.hex, "replaced")]
     [_, up] = b.of(PeerUp)
-    assert up.peer.incarnation == a2.proto.incarnation
+    assert up.peer.incarnation == a2.protocol.incarnation
     assert b.names_seen("old") == []
     assert b.names_seen("new") == [a.hex]
 
@@ -679,58 +681,58 @@ GARBAGE = [b"", b"\xc1", b"\x01", b"\x91\xc1", msgpack.packb({"not": "a batch"})
 
 
 def _state(host: Host) -> tuple[object, ...]:
-    proto = host.proto
-    return (host.peers(), proto.table.size(), proto.table.version, dict(proto.links))
+    protocol = host.protocol
+    return (host.peers(), protocol.table.size(), protocol.table.version, dict(protocol.links))
 
 
 def test_garbage_frames_only_increment_counters(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("x", {}, net.now)
+    b.protocol.subscribe("x", {}, net.now)
     net.flush()
     before = _state(b)
     routing_id = a.node_id + b"\x00\x00\x00\x01"
     for payload in GARBAGE:
-        b.proto.receive(routing_id, payload, net.now)
-    counters = b.proto.counters
+        b.protocol.receive(routing_id, payload, net.now)
+    counters = b.protocol.counters
     assert counters.malformed_frames == len(GARBAGE)
     assert _state(b) == before
-    assert not b.proto.has_output()
-    assert b.proto.events_received() == []
+    assert not b.protocol.has_output()
+    assert b.protocol.events_received() == []
 
 
 def test_garbage_records_in_a_valid_batch_are_counted_and_skipped(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    sub = b.proto.subscribe("x", {}, net.now)
+    sub = b.protocol.subscribe("x", {}, net.now)
     net.flush()
     routing_id = a.node_id + b"\x00\x00\x00\x01"
     bad = [msgpack.packb([99]), msgpack.packb("x"), msgpack.packb([int(wire.Kind.DELTA), 1])]
     good = wire.encode_msg(msg("x"))
-    b.proto.receive(routing_id, wire.encode_batch([*bad, good]), net.now)
-    assert b.proto.counters.malformed_records == 3
-    assert [d.sub_ids for d in b.proto.events_received() if type(d) is Deliver] == [[sub]]
+    b.protocol.receive(routing_id, wire.encode_batch([*bad, good]), net.now)
+    assert b.protocol.counters.malformed_records == 3
+    assert [d.sub_ids for d in b.protocol.events_received() if type(d) is Deliver] == [[sub]]
 
 
 def test_records_from_a_stranger_are_counted_and_ignored(net: MemNet) -> None:
     _, b = net.mesh("a", "b")
     before = _state(b)
     stranger = b"\x77" * 16 + b"\x00\x00\x00\x01"
-    b.proto.receive(stranger, wire.encode_batch([
+    b.protocol.receive(stranger, wire.encode_batch([
         wire.encode_msg(msg("x")), wire.encode_delta(wire.Delta(1, 1, 1, "x", {})),
         wire.SNAPSHOT_REQUEST, wire.encode_heartbeat(1, 5), wire.BYE]), net.now)
-    assert b.proto.counters.unknown_sender_records == 5
+    assert b.protocol.counters.unknown_sender_records == 5
     assert _state(b) == before
-    assert not b.proto.has_output()
+    assert not b.protocol.has_output()
 
 
 def test_a_hello_claiming_another_node_id_is_dropped(net: MemNet) -> None:
     a, b = net.add("a"), net.add("b")
     hello = wire.Hello(wire.PROTOCOL_VERSION, "test", b"\x55" * 16, 1, "tcp://evil:1", "evil",
                        False, b.endpoint, "", 0, [])
-    b.proto.receive(a.node_id + b"\x00\x00\x00\x01", wire.encode_batch([wire.encode_hello(hello)]),
-                    net.now)
+    b.protocol.receive(a.node_id + b"\x00\x00\x00\x01",
+                       wire.encode_batch([wire.encode_hello(hello)]), net.now)
     assert b.peers() == set()
-    assert b.proto.counters.malformed_records == 1
-    assert not b.proto.has_output()
+    assert b.protocol.counters.malformed_records == 1
+    assert not b.protocol.has_output()
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -738,23 +740,23 @@ def test_a_hello_claiming_another_node_id_is_dropped(net: MemNet) -> None:
 def test_random_payloads_never_raise_nor_change_the_mesh(payload: bytes, known: bool) -> None:
     net = MemNet()
     a, b = net.mesh("a", "b")
-    b.proto.subscribe("x", {}, net.now)
+    b.protocol.subscribe("x", {}, net.now)
     net.flush()
     before = _state(b)
-    frames = b.proto.counters.frames_received
+    frames = b.protocol.counters.frames_received
     sender = a.node_id if known else b"\x77" * 16
-    b.proto.receive(sender + b"\x00\x00\x00\x01", payload, net.now)
-    assert b.proto.counters.frames_received == frames + 1
+    b.protocol.receive(sender + b"\x00\x00\x00\x01", payload, net.now)
+    assert b.protocol.counters.frames_received == frames + 1
     assert _state(b) == before
-    assert not [e for e in b.proto.events_received() if type(e) is not Deliver]
+    assert not [e for e in b.protocol.events_received() if type(e) is not Deliver]
 
 
 def test_a_frame_over_the_size_limit_is_counted_and_dropped() -> None:
     net = MemNet(limits=Limits(max_frame_bytes=1024))
     a, b = net.mesh("a", "b")
-    b.proto.receive(a.node_id + b"\x00\x00\x00\x01",
+    b.protocol.receive(a.node_id + b"\x00\x00\x00\x01",
                     wire.encode_batch([wire.encode_msg(msg("x", "y" * 2000))]), net.now)
-    assert b.proto.counters.malformed_frames == 1
+    assert b.protocol.counters.malformed_frames == 1
 
 
 # --- found in review: abuse and churn --------------------------------------------------------
@@ -768,37 +770,37 @@ def _hello_from(node_id: bytes, *, cluster: str = "test", endpoint: str = "tcp:/
 def test_a_seed_alias_dialled_while_the_peer_dials_us_settles_on_one_link(net: MemNet) -> None:
     a, b = net.add("a"), net.add("b")
     net.by_endpoint["tcp://alias-of-b:7000"] = b  # a DNS name or service address of b
-    a.proto.hint("tcp://alias-of-b:7000", net.now)
-    b.proto.hint(a.endpoint, net.now)  # both dial at once
+    a.protocol.hint("tcp://alias-of-b:7000", net.now)
+    b.protocol.hint(a.endpoint, net.now)  # both dial at once
     net.flush()
     assert a.peers() == {b.node_id} and b.peers() == {a.node_id}
     hellos = len(net.records(wire.Hello))
     for _ in range(10):  # static discovery hints the seed every second
-        a.proto.hint("tcp://alias-of-b:7000", net.now)
+        a.protocol.hint("tcp://alias-of-b:7000", net.now)
         net.run(1.0)
     assert len(net.records(wire.Hello)) == hellos  # no re-dial churn
-    assert len(a.proto.links) == 1
+    assert len(a.protocol.links) == 1
 
 
 def test_a_flood_of_refused_hellos_dials_back_only_a_few(net: MemNet) -> None:
     a = net.add("a")
     stranger = b"\x42" * 16
     flood = [_hello_from(stranger, cluster="other", endpoint=f"tcp://h{i}:1") for i in range(1100)]
-    a.proto.receive(stranger + b"\0\0\0\1", wire.encode_batch(flood), net.now)
-    dials = a.proto.data_to_send().dials
+    a.protocol.receive(stranger + b"\0\0\0\1", wire.encode_batch(flood), net.now)
+    dials = a.protocol.data_to_send().dials
     assert len(dials) == REFUSALS_PER_S
-    assert a.proto.counters.refused_peers == 1100
-    assert a.proto.links == {}  # every refusal link is hung up at once
+    assert a.protocol.counters.refused_peers == 1100
+    assert a.protocol.links == {}  # every refusal link is hung up at once
 
 
 def test_a_forged_hello_with_our_id_does_not_make_us_shun_a_peer(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
-    a.proto.receive(a.node_id + b"\0\0\0\x09", wire.encode_batch(
+    a.protocol.receive(a.node_id + b"\0\0\0\x09", wire.encode_batch(
         [_hello_from(a.node_id, via=b.endpoint)]), net.now)
     net.crash(b)
     net.run(DEAD_AFTER_S + TICK_S)
     b2 = net.add("b2", endpoint=b.endpoint)  # a new node where b was
-    a.proto.hint(b2.endpoint, net.now)
+    a.protocol.hint(b2.endpoint, net.now)
     net.run(TIMINGS.hello_retry_s + TICK_S)  # a keeps dialling that address: it is not ours
     assert a.peers() == {b2.node_id}
 
@@ -807,19 +809,19 @@ def test_deltas_cannot_grow_a_replica_past_max_table_entries() -> None:
     net = MemNet(limits=Limits(max_table_entries=3))
     a, b = net.mesh("a", "b")
     for i in range(10):
-        a.proto.subscribe(f"n{i}", {}, net.now)
+        a.protocol.subscribe(f"n{i}", {}, net.now)
     net.flush()
-    assert len(b.proto.table.replicas[a.node_id].entries) == 3
-    assert b.proto.counters.malformed_records >= 7
+    assert len(b.protocol.table.replicas[a.node_id].entries) == 3
+    assert b.protocol.counters.malformed_records >= 7
 
 
 def test_a_burst_of_snapshot_requests_gets_one_snapshot(net: MemNet) -> None:
     a, b = net.mesh("a", "b")
     for i in range(50):
-        b.proto.subscribe(f"n{i}", {}, net.now)
+        b.protocol.subscribe(f"n{i}", {}, net.now)
     net.flush()
-    b.proto.receive(a.node_id + b"\0\0\0\1", wire.encode_batch([wire.SNAPSHOT_REQUEST] * 1000),
+    b.protocol.receive(a.node_id + b"\0\0\0\1", wire.encode_batch([wire.SNAPSHOT_REQUEST] * 1000),
                     net.now)
-    sent = [r for batches in b.proto.data_to_send().sends.values() for batch in batches
+    sent = [r for batches in b.protocol.data_to_send().sends.values() for batch in batches
             for r in msgpack.unpackb(batch)]
     assert sum(1 for r in sent if r[0] == wire.Kind.SNAPSHOT) == 1

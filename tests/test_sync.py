@@ -137,7 +137,7 @@ def test_every_public_name_of_async_subscriptions_and_streams_has_its_twin() -> 
     # closed with close() (blocking), not aclose().
     deliberately_missing = {"sub_id", "is_async", "aclose"}
     for async_type, blocking_type, instance_names in (
-            (AsyncSubscription, Subscription, {"node", "sub_id", "name", "meta", "handler",
+            (AsyncSubscription, Subscription, {"sub_id", "name", "meta", "handler",
                                                "is_async", "closed"}),
             (AsyncEventStream, SyncEventStream, {"dropped"})):
         public = {n for n in dir(async_type) if not n.startswith("_")} | instance_names
@@ -217,10 +217,10 @@ def test_calls_that_would_wait_on_the_loop_raise_usage_error_in_a_handler(
     assert "return a value from the handler" in str(outcomes["request"])
     assert "lookup()" in str(outcomes["wait_for"])
     # Nothing happened: the node serves, the async subscriber is there, the stream lives.
-    assert a.running and not async_sub.closed and len(a._node._streams) == 1
+    assert a.running and not async_sub.closed and len(a._node._dispatcher.streams) == 1
     assert b.request("svc:async", "ping", timeout=DEADLINE_S) == "ping"
     events.close()
-    assert len(a._node._streams) == 0
+    assert len(a._node._dispatcher.streams) == 0
 
 
 async def _async_echo(msg: Message) -> object:
@@ -258,7 +258,7 @@ def test_calls_that_need_no_waiting_work_in_a_handler(pair: tuple[Node, Node]) -
         "peers": [b.node_id], "stats": 1,
         "props": (a.node_id, a.incarnation, a.endpoint, True, "sync"),
     }
-    assert len(a._node._streams) == 0
+    assert len(a._node._dispatcher.streams) == 0
 
 
 def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> None:
@@ -286,7 +286,7 @@ def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> 
 
 def test_an_abandoned_events_iterator_releases_its_stream() -> None:
     with make_node() as a:
-        streams = a._node._streams
+        streams = a._node._dispatcher.streams
 
         def first(events: Iterator[object]) -> object:
             for event in events:
@@ -336,7 +336,7 @@ def test_after_close_every_call_raises_node_closed_and_none_hangs() -> None:
 
     waiter = threading.Thread(target=wait_for_nobody, daemon=True)
     waiter.start()
-    wait_until(lambda: a._node._waiters, timeout=DEADLINE_S, what="the waiter waits")
+    wait_until(lambda: a._node._dispatcher._waiters, timeout=DEADLINE_S, what="the waiter waits")
     call_within(a.close)
     waiter.join(DEADLINE_S)
     assert [type(exc) for exc in waiter_outcome] == [NodeClosed]
@@ -368,8 +368,8 @@ async def test_send_nowait_sends_like_send_to_and_never_waits_for_room(
         await async_wait_until(lambda: len(got) == 4, what="local and remote deliveries")
         assert sorted(got) == [("a", "all"), ("a", "hi"), ("b", "all"), ("b", "hi")]
         # b's window is spent right now (and stays so): LinkFull at once, and nothing is sent.
-        assert a._protocol is not None
-        monkeypatch.setattr(a._protocol, "full_peers", {bytes.fromhex(b.node_id)})
+        assert a.protocol is not None
+        monkeypatch.setattr(a.protocol, "full_peers", {bytes.fromhex(b.node_id)})
         sent = a.stats()["sent"]
         with pytest.raises(LinkFull, match="nothing was sent") as raised:
             a.send_nowait("no room", ReceiveMode.EQ, "n")

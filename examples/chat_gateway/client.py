@@ -16,8 +16,11 @@ import json
 import socket
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 READ_LIMIT_BYTES = 64 * 1024 * 1024
 """Longest line we accept from the gateway (a ``who`` of a big cluster is long)."""
@@ -31,6 +34,7 @@ HELP = """commands:
   /join ROOM            /leave ROOM
   /say ROOM TEXT        speak in a room you joined
   /who                  who is online, and the rooms
+  /status away          or available: shown to everyone
   /ping                 /quit"""
 
 
@@ -71,13 +75,19 @@ class ChatClient:
         reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT_BYTES)
         return cls(reader, writer, answer_pings=answer_pings, on_message=on_message)
 
+    async def _incoming(self) -> AsyncIterator[bytes | str]:
+        """What the gateway sends, one JSON object at a time, until it hangs up."""
+        while line := await self.reader.readline():
+            yield line
+
     async def _read(self) -> None:
         try:
-            while line := await self.reader.readline():
+            async for line in self._incoming():
                 try:
                     msg = json.loads(line)
                 except ValueError:
-                    msg = {"type": "unparsable", "line": line.decode(errors="replace")}
+                    text = line if isinstance(line, str) else line.decode(errors="replace")
+                    msg = {"type": "unparsable", "line": text}
                 self.received.append(msg)
                 if self.answer_pings and msg.get("type") == "ping":
                     await self.send({"type": "pong"})
@@ -146,6 +156,54 @@ class ChatClient:
             await self._task
 
 
+class WebSocketChatClient(ChatClient):
+    """A ``ChatClient`` over a WebSocket (``server.py --ws-port``): one JSON object per
+    message. Needs the ``websockets`` package (``smartroute[chat]``)."""
+
+    def __init__(self, ws: ClientConnection, **options: Any) -> None:
+        self.ws = ws
+        super().__init__(None, None, **options)  # type: ignore[arg-type]
+
+    @classmethod
+    async def connect_ws(cls, url: str, *, receive_buffer: int | None = None,
+                         max_queue: int = 16, **options: Any) -> WebSocketChatClient:
+        """Connect to ``ws://HOST:PORT/``; ``receive_buffer`` sets SO_RCVBUF (small, with a
+        small ``max_queue``: a client that reads slowly)."""
+        from websockets.asyncio.client import connect  # noqa: PLC0415 (an optional extra)
+        host, _, port = url.removeprefix("ws://").partition("/")[0].rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if receive_buffer is not None:  # before connect, or the window is already agreed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+            ws = await connect(url, sock=sock, max_queue=max_queue, max_size=READ_LIMIT_BYTES,
+                               compression=None)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(ws, **options)
+
+    async def _incoming(self) -> AsyncIterator[bytes | str]:
+        from websockets.exceptions import ConnectionClosed  # noqa: PLC0415
+        with contextlib.suppress(ConnectionClosed):
+            async for message in self.ws:
+                yield message
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(msg))
+
+    async def send_raw(self, data: bytes | str) -> None:
+        """Send one message as it is: ``str`` as a text message, ``bytes`` as binary."""
+        await self.ws.send(data)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 def describe(msg: dict[str, Any]) -> str:
     """One readable line for a message from the gateway."""
     kind = msg.get("type")
@@ -155,7 +213,7 @@ def describe(msg: dict[str, Any]) -> str:
         return f"{msg['from']} whispers: {msg['text']}"
     if kind == "say":
         return f"#{msg['room']} {msg['from']}: {msg['text']}"
-    if kind == "presence":
+    if kind in ("presence", "status"):
         return f"* {msg['user']} is {msg['status']}"
     if kind == "room":
         return f"* #{msg['room']}: {msg['user']} {msg['event']}"
@@ -196,6 +254,8 @@ def command_of(line: str) -> dict[str, Any] | None:
         return {"type": word, "room": arg}
     if word == "say" and arg and text:
         return {"type": "say", "room": arg, "text": text}
+    if word == "status" and arg:
+        return {"type": "status", "status": arg}
     if word in ("who", "ping", "stats"):
         return {"type": word}
     raise ValueError(HELP)

@@ -139,11 +139,12 @@ async def converse(gw: list[GatewayProcess]) -> None:
 async def main(log_dir: Path) -> None:
     cluster = f"chat-demo-{os.getpid()}"  # never meets another demo running on this machine
     print(f"starting 3 gateways (cluster {cluster!r}, mDNS on 127.0.0.1 only)", flush=True)
-    gateways = start_gateways(3, cluster=cluster, log_dir=log_dir)
+    gateways = start_gateways(3, cluster=cluster, log_dir=log_dir, options=["--ws-port", "0"])
     try:
         for gateway in gateways:
             print(f"    {gateway.name}: pid {gateway.pid}, clients on {gateway.host}:"
-                  f"{gateway.port}, mesh {gateway.mesh_endpoint}", flush=True)
+                  f"{gateway.port}, mesh {gateway.mesh_endpoint}, browsers at "
+                  f"{gateway.page_url}", flush=True)
         await wait_for_mesh(gateways)
         print("    the mesh formed: every gateway has a link to the two others", flush=True)
         await converse(gateways)

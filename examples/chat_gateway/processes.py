@@ -30,6 +30,7 @@ STOP_TIMEOUT_S = 5.0
 """A gateway asked to stop gets this long before it is SIGKILLed."""
 
 READY = re.compile(r"chat gateway (\S+) listening on (\S+):(\d+) .*mesh node (\w+) at (\S+)\)")
+WEB = re.compile(r"web chat at (\S+) \(WebSocket (\S+)\)")
 
 
 class GatewayProcess:
@@ -62,6 +63,18 @@ class GatewayProcess:
         self.port = int(found.group(3))
         self.node_id = found.group(4)
         self.mesh_endpoint = found.group(5)
+        self.page_url: str | None = None
+        """With ``--ws-port``: the chat page's URL, and ``ws_url`` its WebSocket's."""
+        self.ws_url: str | None = None
+        if "--ws-port" in options:
+            try:
+                web = WEB.match(self.next_line() or "")
+            except queue.Empty:
+                web = None
+            if web is None:
+                self.kill()
+                raise RuntimeError(f"gateway {name} serves no web chat (log: {log_path})")
+            self.page_url, self.ws_url = web.groups()
 
     def _read(self) -> None:
         assert self.process.stdout is not None

@@ -26,10 +26,10 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from ..config import MAX_PEERS
+from ..endpoints import WILDCARD_HOSTS, format_endpoint, parse_endpoint
 from ..errors import UsageError
 from ..logs import QuietLog
 from .base import Hint, LocalNode
-from .static import parse_endpoint
 
 _log = logging.getLogger("smartroute.discovery.dns")
 
@@ -133,7 +133,7 @@ def endpoint_of(address: str, port: int) -> str | None:
         return None
     if ip.is_unspecified or ip.is_multicast:
         return None
-    return f"tcp://{_bracket(str(ip))}:{port}"
+    return format_endpoint(str(ip), port)
 
 
 async def system_addresses(host: str, port: int) -> list[str]:
@@ -267,9 +267,6 @@ POD_IP_ENV = "POD_IP"
 """The pod's address, as Kubernetes' downward API conventionally names it
 (``valueFrom: fieldRef: fieldPath: status.podIP``)."""
 
-WILDCARD_BINDS = frozenset({"0.0.0.0", "::", "[::]", "*", ""})
-"""Hosts that bind every interface: only such a node is reachable at the pod's address."""
-
 
 def advertise_from_environment(host: str, environ: Mapping[str, str]) -> str | None:
     """What a node with ``advertise=None`` bound to ``host`` advertises: ``$SMARTROUTE_ADVERTISE``
@@ -277,7 +274,7 @@ def advertise_from_environment(host: str, environ: Mapping[str, str]) -> str | N
     rule). A malformed value is a ``UsageError`` naming the variable."""
     for variable in (ADVERTISE_ENV, POD_IP_ENV):
         value = environ.get(variable, "").strip()
-        if not value or (variable == POD_IP_ENV and host not in WILDCARD_BINDS):
+        if not value or (variable == POD_IP_ENV and host not in WILDCARD_HOSTS):
             continue
         try:
             if value.startswith("tcp://"):

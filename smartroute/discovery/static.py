@@ -7,30 +7,16 @@ import ipaddress
 import logging
 import socket
 
-from ..errors import UsageError
+from ..endpoints import format_endpoint, parse_endpoint
 from .base import Hint, LocalNode
+
+__all__ = ["StaticDiscovery", "parse_endpoint"]
 
 _log = logging.getLogger("smartroute.discovery")
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """Split ``tcp://host:port`` (IPv6 hosts in brackets); raises ``UsageError`` otherwise."""
-    if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
-        raise UsageError(f"an endpoint looks like 'tcp://host:port', not {endpoint!r}")
-    host, sep, port_text = endpoint[len("tcp://"):].rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"an endpoint looks like 'tcp://host:port', not {endpoint!r}")
-    return host, int(port_text)
-
-
-def _format(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-
-
 class StaticDiscovery:
-    """Hints each seed at start and every ``retry_s`` after (the core ignores known ones)."""
+    """Hints each seed at start and every ``retry_s`` after (the protocol ignores known ones)."""
 
     def __init__(self, seeds: list[str], *, retry_s: float) -> None:
         for seed in seeds:
@@ -48,7 +34,7 @@ class StaticDiscovery:
         host, port = parse_endpoint(seed)
         try:
             ipaddress.ip_address(host)
-            return _format(host, port)
+            return format_endpoint(host, port)
         except ValueError:
             pass
         loop = asyncio.get_running_loop()
@@ -57,7 +43,7 @@ class StaticDiscovery:
         except OSError as exc:
             _log.warning("cannot resolve seed %s: %s (will try it as written)", seed, exc)
             return seed
-        return _format(str(infos[0][4][0]), port)
+        return format_endpoint(str(infos[0][4][0]), port)
 
     async def _run(self, seeds: list[str], hint: Hint) -> None:
         while True:

@@ -1,9 +1,9 @@
 """The ZeroMQ mesh: one ROUTER inbox per node, one DEALER per link we dialled.
 
-The core decides what to send; this module only moves batches. Receiving drains the ROUTER
+The protocol decides what to send; this module only moves batches. Receiving drains the ROUTER
 without awaiting between messages (one await per burst, not per message), and sending is a
 non-blocking ``send`` on a DEALER that never blocks the loop: a link whose queue is full keeps
-later batches, in order, in a bounded backlog and drops and counts beyond it. The core's window
+later batches, in order, in a bounded backlog and drops and counts beyond it. The protocol's window
 of unacknowledged batches per peer (``streams.py``) keeps links far below ``ZMQ_SNDHWM``;
 ``ZMQ_RCVHWM`` bounds each incoming connection above any sender's window. Every link carries
 ZMTP pings, and its monitor tells the node when its connection comes up, goes down, or a dial
@@ -23,22 +23,19 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from ..config import RECEIVE_BUDGET_S
+from ..endpoints import bind_address
 from ..logs import QuietLog
 from ..wire import NODE_ID_BYTES
 from .curve import HANDSHAKE_EVENTS, Curve, client_options, handshake_failure, server_options
 
 _log = logging.getLogger("smartroute.transport")
 
-RECEIVE_BUDGET_S = 0.005
-"""Longest the inbox handles messages before it lets other tasks run: the timers that send our
-heartbeats must not wait behind a flood, or busy nodes get declared dead (measured: one
-2048-batch burst of 500-message batches held the loop for ~8 s)."""
-
 BACKLOG_BATCHES = 1024
 """Batches a full link holds back (in order) until its peer reads again; beyond that they are
 dropped and counted. The window keeps sequenced traffic far below the high-water mark, so what
 lands here is mostly control records of a link whose connection is down for long; a dropped
-sequenced batch is still kept by the core and resent."""
+sequenced batch is still kept by the protocol and resent."""
 
 RECONNECT_IVL_MS = 10
 """ZeroMQ's first reconnect interval for a link whose connection closed (plus up to as much
@@ -61,7 +58,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 Received = Callable[[bytes, zmq.Frame], None]
 """Called with the routing id and the payload frame of each message; it handles the message
-completely (the node runs the core and carries out its output)."""
+completely (the driver runs the protocol and carries out its output)."""
 
 
 class Inbox:
@@ -96,11 +93,10 @@ class Inbox:
 
     def bind(self, host: str, port: int) -> str:
         """Bind and return the bound endpoint, with the real port when ``port`` was 0."""
-        bind_host = "*" if host in ("0.0.0.0", "*", "") else host
-        if ":" in bind_host and not bind_host.startswith("["):
+        address = bind_address(host, port)
+        if address.startswith("tcp://["):
             self._sock.setsockopt(zmq.IPV6, 1)
-            bind_host = f"[{bind_host}]"
-        self._sock.bind(f"tcp://{bind_host}:{port}")
+        self._sock.bind(address)
         last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         assert isinstance(last, bytes)
         return last.decode()

@@ -1,7 +1,8 @@
-"""An in-memory network of sans-I/O ``Protocol`` instances, driven by a fake clock.
+"""An in-memory network of sans-I/O ``Protocol`` instances, driven by a fake clock: test a
+service's use of the mesh, or the protocol itself, without sockets, processes or waiting.
 
 Each host is a ``Protocol``; ``flush()`` carries out every host's ``data_to_send()`` the way
-``Node._pump`` does (dials, then the batches of each link, then hang-ups) and delivers each
+a ``Node`` does (dials, then the batches of each link, then hang-ups) and delivers each
 batch to the host that owns the dialled endpoint *at delivery time* (a ZeroMQ DEALER reconnects
 to whoever listens there), in FIFO order. A link's connection is reported up as soon as a live
 host owns its endpoint, and down then refused when that host crashes (a killed process's port
@@ -16,13 +17,12 @@ import dataclasses
 import itertools
 from typing import Any, NamedTuple, TypeVar
 
-from smartroute import wire
-from smartroute.config import Limits, Timings
-from smartroute.events import PeerDown, PeerUp
-from smartroute.messages import encode_body
-from smartroute.modes import ReceiveMode
-from smartroute.protocol import CoreEvent, Deliver, Dial, Protocol
-from smartroute.routing import Plan
+from .. import wire
+from ..config import Limits, Timings
+from ..events import PeerDown, PeerUp
+from ..messages import encode_body, type_name_of
+from ..modes import ReceiveMode
+from ..protocol import Deliver, Dial, Plan, Protocol, ProtocolEvent
 
 _E = TypeVar("_E")
 
@@ -35,8 +35,8 @@ class Host:
     """One protocol on the network, with every event it reported."""
 
     name: str
-    proto: Protocol
-    events: list[CoreEvent] = dataclasses.field(default_factory=list)
+    protocol: Protocol
+    events: list[ProtocolEvent] = dataclasses.field(default_factory=list)
     up: bool = True
     stalled: bool = False
     """Its event loop is blocked: no ticks, nothing sent or read (what arrives waits), but
@@ -45,19 +45,19 @@ class Host:
 
     @property
     def endpoint(self) -> str:
-        return self.proto.endpoint
+        return self.protocol.endpoint
 
     @property
     def node_id(self) -> bytes:
-        return self.proto.node_id
+        return self.protocol.node_id
 
     @property
     def hex(self) -> str:
-        return self.proto.hex
+        return self.protocol.hex
 
     def peers(self) -> set[bytes]:
         """Node ids of the peers this host knows."""
-        return set(self.proto.membership.peers)
+        return set(self.protocol.membership.peers)
 
     def of(self, kind: type[_E]) -> list[_E]:
         """The events of one kind, in order."""
@@ -75,7 +75,7 @@ class Host:
 
     def names_seen(self, name: str) -> list[str]:
         """Hex node ids of the subscribers of ``name`` in this host's table."""
-        return sorted(s.node_id for s in self.proto.table.lookup(name))
+        return sorted(s.node_id for s in self.protocol.table.lookup(name))
 
 
 class Traffic(NamedTuple):
@@ -118,21 +118,21 @@ class MemNet:
         """A new host listening at ``endpoint`` (default ``tcp://<name>:7000``)."""
         assert name not in self.hosts
         n = next(self._ids)
-        proto = Protocol(
+        protocol = Protocol(
             cluster=cluster, node_id=node_id or bytes([n]) * 16,
             incarnation=incarnation if incarnation is not None else n,
             endpoint=endpoint or f"tcp://{name}:7000", name=name, timings=self.timings,
             limits=self.limits)
-        host = Host(name, proto)
+        host = Host(name, protocol)
         self.hosts[name] = host
-        self.by_endpoint[proto.endpoint] = host
+        self.by_endpoint[protocol.endpoint] = host
         return host
 
     def mesh(self, *names: str) -> list[Host]:
         """Hosts that all know each other (each hinted with the first only)."""
         hosts = [self.add(name) for name in names]
         for host in hosts[1:]:
-            host.proto.hint(hosts[0].endpoint, self.now)
+            host.protocol.hint(hosts[0].endpoint, self.now)
             self.flush()
         ids = {h.node_id for h in hosts}
         for host in hosts:
@@ -148,7 +148,7 @@ class MemNet:
         host.stalled = False
         held, host.held = host.held, []
         for routing_id, batch in held:
-            host.proto.receive(routing_id, batch, self.now)
+            host.protocol.receive(routing_id, batch, self.now)
         self.flush()
 
     def crash(self, host: Host) -> None:
@@ -180,11 +180,11 @@ class MemNet:
             listening = dst is not None and dst.up
             if listening and key not in self.connected:
                 self.connected.add(key)
-                host.proto.link_changed(key[1], "up", self.now)
+                host.protocol.link_changed(key[1], "up", self.now)
             elif not listening and key in self.connected:
                 self.connected.discard(key)
-                host.proto.link_changed(key[1], "down", self.now)
-                host.proto.link_changed(key[1], "refused", self.now)
+                host.protocol.link_changed(key[1], "down", self.now)
+                host.protocol.link_changed(key[1], "refused", self.now)
 
     def flush(self) -> None:
         """Carry out every host's output until the network is quiet."""
@@ -194,7 +194,7 @@ class MemNet:
             for host in list(self.hosts.values()):
                 if not host.up or host.stalled:
                     continue
-                out = host.proto.data_to_send()
+                out = host.protocol.data_to_send()
                 for dial in out.dials:
                     self.links[host.name, dial.link] = dial
                 for link, framed in out.sends.items():
@@ -204,7 +204,7 @@ class MemNet:
                 for link in out.hangups:
                     del self.links[host.name, link]
                     self.connected.discard((host.name, link))
-                host.events.extend(host.proto.events_received())
+                host.events.extend(host.protocol.events_received())
             if not batches:
                 return
             for src, dial, batch in batches:
@@ -223,7 +223,7 @@ class MemNet:
                     if dst.stalled:
                         dst.held.append((dial.routing_id, batch))
                     else:
-                        dst.proto.receive(dial.routing_id, batch, self.now)
+                        dst.protocol.receive(dial.routing_id, batch, self.now)
         raise AssertionError(f"the network did not settle in {MAX_ROUNDS} rounds")
 
     def run(self, seconds: float) -> None:
@@ -234,7 +234,7 @@ class MemNet:
             self.now = start + k * step
             for host in list(self.hosts.values()):
                 if host.up and not host.stalled:
-                    host.proto.tick(self.now)
+                    host.protocol.tick(self.now)
             self.flush()
 
     def records(self, kind: type[_E], src: Host | None = None,
@@ -247,14 +247,16 @@ class MemNet:
 
 def msg(target: str | list[str] | None, body: Any = "hi", *, mode: ReceiveMode = ReceiveMode.EQ,
         seq: int = 1, request_id: int | None = None) -> wire.Msg:
-    """The MSG record ``Node.send_to`` would build."""
-    return wire.Msg(seq, None, int(mode), target, type(body).__name__, encode_body(body), None,
+    """A MSG record, for tests that feed a protocol batches they crafted themselves."""
+    return wire.Msg(seq, None, int(mode), target, type_name_of(body), encode_body(body), None,
                     request_id)
 
 
-def send_to(proto: Protocol, mode: ReceiveMode, target: str | list[str] | None,
-            record: wire.Msg) -> Plan:
-    """Plan and send one message, as ``Node.send_to`` does."""
-    plan = proto.router.plan(mode, target)
-    proto.send(plan, record)
+def send(protocol: Protocol, mode: ReceiveMode, target: str | list[str] | None, body: Any = "hi",
+         *, seq: int = 1, request_id: int | None = None) -> Plan:
+    """Plan and send one message to the peers it reaches (local subscribers get nothing: a
+    ``Node`` hands those their messages itself)."""
+    plan = protocol.plan(mode, target)
+    protocol.send_to(plan, seq, None, mode, target, type_name_of(body), encode_body(body),
+                  request_id)
     return plan
