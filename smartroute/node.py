@@ -372,8 +372,8 @@ class Node:
         return self.protocol.peer_infos() if self.protocol is not None else []
 
     def events(self) -> EventStream:
-        """An async iterator of ``PeerUp``, ``PeerDown``, ``SubscriberUp``, ``SubscriberDown``
-        from now on; it ends when the node closes."""
+        """An async iterator of ``PeerUp``, ``PeerDown``, ``SubscriberUp``,
+        ``SubscriberUpdated``, ``SubscriberDown`` from now on; it ends when the node closes."""
         return self._dispatcher.stream()
 
     @property
