@@ -103,6 +103,11 @@ stranger can claim any number of endpoints)."""
 ROOM_POLL_S = 0.002
 """While ``send_to`` waits for room on a full link, it looks again this often."""
 
+SUBSCRIBES_PER_TURN = 1000
+"""A loop of ``subscribe`` calls that awaits nothing else gives the event loop a turn this often:
+its deltas leave as one batch (a few tens of KB) and timers, the inbox and acknowledgements
+keep running."""
+
 DRAIN_POLL_S = 0.01
 """While ``drain`` waits for answers and acknowledgements, it looks again this often."""
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .config import DRAIN_POLL_S, ROOM_POLL_S, Limits, Timings
+from .config import DRAIN_POLL_S, ROOM_POLL_S, SUBSCRIBES_PER_TURN, Limits, Timings
 from .discovery import Discovery, LocalNode, make_discovery
 from .discovery.dns import advertise_from_environment
 from .dispatch import Dispatcher, EventStream, Handler, Owner, Subscription
@@ -114,6 +114,9 @@ class Node:
         """What our subscriptions ask of us."""
         self._seq = itertools.count(1)
         """Sequence numbers of our messages (``Message.id``)."""
+        self._table_changes = 0
+        """Subscribes so far (``subscribe`` gives the loop a turn every
+        ``SUBSCRIBES_PER_TURN``)."""
         self._batch_full = False
         """The last send filled a batch for a peer: let it leave before queueing more."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -245,14 +248,22 @@ class Node:
         sub_id = protocol.subscribe(name, meta, self._now())
         sub = self._dispatcher.subscription(sub_id, name, meta, handler, concurrency,
                                             self._owner)
-        self._driver.pump()
+        # The delta leaves with the others of this loop turn: a loop of subscribes makes a few
+        # big batches, not one tiny batch each (100,000 of those overflowed the link and set
+        # off a storm of resends). A loop that never awaits anything else gets a turn now and
+        # then, as send_to gives it.
+        self._driver.schedule_pump()
+        self._table_changes += 1
+        if self._table_changes % SUBSCRIBES_PER_TURN == 0:
+            self._driver.pump()
+            await asyncio.sleep(0)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         self._dispatcher.subs.pop(sub.sub_id, None)
         if self.protocol is not None and not self._closed:
             self.protocol.unsubscribe(sub.sub_id, self._now())
-            self._driver.pump()
+            self._driver.schedule_pump()  # with the other deltas of this turn
 
     def _update_meta(self, sub: Subscription, meta: object) -> dict[str, Any]:
         protocol = self._running()
@@ -260,7 +271,7 @@ class Node:
             raise UsageError(f"subscription {sub.name!r} is closed")
         checked = check_meta(meta, self.limits.max_meta_bytes)
         protocol.update_meta(sub.sub_id, checked, self._now())
-        self._driver.pump()
+        self._driver.schedule_pump()  # with the other deltas of this turn
         return checked
 
     async def send_to(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,

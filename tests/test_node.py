@@ -503,3 +503,27 @@ async def test_a_body_too_big_for_a_frame_is_refused_at_send_to_and_a_big_table_
     finally:
         await b.close()
         await a.close()
+
+
+BURST_SUBSCRIBERS = 100_000
+
+
+async def test_a_plain_loop_of_100000_subscribes_replicates_without_a_resend(
+        pair: tuple[Node, Node]) -> None:
+    """A gateway registering its users in a burst: ``for ...: await node.subscribe(...)`` with
+    nothing else awaited. Before: every subscribe sent its delta in a batch of its own; the
+    100,000 batches overflowed the link, and the gaps and resends that followed retransmitted
+    2.9 million batches (measured: 16 s to replicate, 2,905,155 batches dropped)."""
+    a, b = pair
+    for i in range(BURST_SUBSCRIBERS):
+        await a.subscribe(f"user:{i}", _ignore, meta={"gateway": "g1"})
+    await async_wait_until(lambda: b.stats()["subscribers"] == BURST_SUBSCRIBERS, timeout=60,
+                           what="the burst replicated")
+    sent, received = a.stats(), b.stats()
+    assert (sent["retransmitted_batches"], sent["dropped_batches"]) == (0, 0)
+    assert (received["gap_batches"], received["duplicate_batches"]) == (0, 0)
+    assert b.lookup(f"user:{BURST_SUBSCRIBERS - 1}")[0].meta == {"gateway": "g1"}
+
+
+def _ignore(msg: Message) -> None:
+    pass
