@@ -297,15 +297,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (VmRSS in /proc)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise WorkerError(f"no VmRSS for pid {pid}")
-
-
 # --- the worker side ----------------------------------------------------------------------------
 
 Op = Callable[[dict[str, Any]], Any]
