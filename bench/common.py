@@ -24,7 +24,6 @@ import math
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -287,14 +286,6 @@ class Bench:
         for started in self._workers:
             started.kill()
         self._workers.clear()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- the worker side ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from smartroute.testing import async_wait_until, wait_until
+from smartroute.testing import async_wait_until, free_port, wait_until
 from smartroute.transport.zeromq import BACKLOG_BATCHES, Inbox, Links
 
 ROUTING_ID = b"\x01" * 16 + b"\x00\x00\x00\x07"
@@ -185,8 +185,7 @@ def test_a_link_sends_batches_to_a_raw_router_and_reports_up_then_down(
 
 def test_a_dial_where_nobody_listens_is_reported_refused(
         context: zmq.Context[zmq.Socket[bytes]]) -> None:
-    router, endpoint = bound_router(context)
-    router.close()  # the port is free again: a connect there is refused
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nobody listens: a connect is refused
     links = links_of(context)
     try:
         assert links.dial(5, endpoint, ROUTING_ID)
@@ -198,9 +197,8 @@ def test_a_dial_where_nobody_listens_is_reported_refused(
 
 def test_a_full_link_holds_batches_back_in_order_and_flushes_them(
         context: zmq.Context[zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture) -> None:
-    router, endpoint = bound_router(context)
-    port = int(endpoint.rsplit(":", 1)[1])
-    router.close()  # nobody there yet: the DEALER's queue of send_queue batches fills
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"  # nobody there yet: the DEALER's queue fills
     links = links_of(context, send_queue=2)
     try:
         assert links.dial(1, endpoint, ROUTING_ID)
@@ -229,8 +227,7 @@ def test_a_full_link_holds_batches_back_in_order_and_flushes_them(
 
 
 def test_a_full_backlog_drops_and_counts(context: zmq.Context[zmq.Socket[bytes]]) -> None:
-    router, endpoint = bound_router(context)
-    router.close()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     links = links_of(context, send_queue=1)
     try:
         assert links.dial(1, endpoint, ROUTING_ID)

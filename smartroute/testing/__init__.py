@@ -5,6 +5,7 @@
 - ``wait_until``: poll a condition with a deadline instead of sleeping and hoping.
 - ``loopback_node`` / ``loopback_sync_node``: a node on 127.0.0.1 that meets only the seeds it
   is given (no mDNS), with ``FAST_TIMINGS``.
+- ``free_port``: a port nobody listens on.
 - ``rss_bytes`` / ``peak_rss_bytes``: a process's resident memory, from ``/proc``.
 - ``AgentProcess`` (in ``smartroute.testing.cluster``): a node in its own process, driven over
   stdin/stdout, that a test can SIGKILL or restart.
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -100,6 +102,14 @@ def loopback_sync_node(*seeds: str, cluster: str = "test",
     return SyncNode(cluster, **_loopback_options(seeds, timings, options))
 
 
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free on ``host`` a moment ago (nothing listens there now)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
         if line.startswith(field + ":"):
@@ -138,5 +148,6 @@ def reap(process: subprocess.Popen[Any], log: IO[bytes] | int | None = None,
         log.close()
 
 
-__all__ = ["FAST_TIMINGS", "LOOPBACK", "POLL_INTERVAL_S", "async_wait_until", "loopback_node",
-           "loopback_sync_node", "peak_rss_bytes", "reap", "rss_bytes", "wait_until"]
+__all__ = ["FAST_TIMINGS", "LOOPBACK", "POLL_INTERVAL_S", "async_wait_until", "free_port",
+           "loopback_node", "loopback_sync_node", "peak_rss_bytes", "reap", "rss_bytes",
+           "wait_until"]
