@@ -24,7 +24,7 @@ RECV_TIMEOUT_MS = 2000
 def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield ctx
-    ctx.destroy(linger=0)
+    ctx.destroy(linger=0)  # closes every socket a test left open
 
 
 def raw(context: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
@@ -171,28 +171,22 @@ def test_a_link_sends_batches_to_a_raw_router_and_reports_up_then_down(
         context: zmq.Context[zmq.Socket[bytes]]) -> None:
     router, endpoint = bound_router(context)
     links = links_of(context)
-    try:
-        assert links.dial(1, endpoint, ROUTING_ID)
-        assert links.send(1, b"hello") and links.send(1, b"world")
-        assert router.recv_multipart() == [ROUTING_ID, b"hello"]
-        assert router.recv_multipart() == [ROUTING_ID, b"world"]
-        assert changes_until(links, (1, "up")) == [(1, "up")]
-        router.close()
-        assert changes_until(links, (1, "down"))[-1] == (1, "down")
-    finally:
-        links.close()
+    assert links.dial(1, endpoint, ROUTING_ID)
+    assert links.send(1, b"hello") and links.send(1, b"world")
+    assert router.recv_multipart() == [ROUTING_ID, b"hello"]
+    assert router.recv_multipart() == [ROUTING_ID, b"world"]
+    assert changes_until(links, (1, "up")) == [(1, "up")]
+    router.close()
+    assert changes_until(links, (1, "down"))[-1] == (1, "down")
 
 
 def test_a_dial_where_nobody_listens_is_reported_refused(
         context: zmq.Context[zmq.Socket[bytes]]) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nobody listens: a connect is refused
     links = links_of(context)
-    try:
-        assert links.dial(5, endpoint, ROUTING_ID)
-        seen = changes_until(links, (5, "refused"))
-        assert set(seen) == {(5, "refused")}  # never up, never down
-    finally:
-        links.close()
+    assert links.dial(5, endpoint, ROUTING_ID)
+    seen = changes_until(links, (5, "refused"))
+    assert set(seen) == {(5, "refused")}  # never up, never down
 
 
 def test_a_full_link_holds_batches_back_in_order_and_flushes_them(
@@ -200,86 +194,81 @@ def test_a_full_link_holds_batches_back_in_order_and_flushes_them(
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"  # nobody there yet: the DEALER's queue fills
     links = links_of(context, send_queue=2)
-    try:
-        assert links.dial(1, endpoint, ROUTING_ID)
-        with caplog.at_level(logging.WARNING, logger="smartroute.transport"):
-            for i in range(10):
-                assert links.send(1, b"%d" % i)
-        assert len(links.backlogs[1]) == 8  # the DEALER itself holds send_queue (2) of them
-        assert "is full (the peer is slow, frozen or unreachable)" in caplog.text
-        router, _ = bound_router(context, port)
-        received: list[bytes] = []
+    assert links.dial(1, endpoint, ROUTING_ID)
+    with caplog.at_level(logging.WARNING, logger="smartroute.transport"):
+        for i in range(10):
+            assert links.send(1, b"%d" % i)
+    assert len(links.backlogs[1]) == 8  # the DEALER itself holds send_queue (2) of them
+    assert "is full (the peer is slow, frozen or unreachable)" in caplog.text
+    router, _ = bound_router(context, port)
+    received: list[bytes] = []
 
-        def all_there() -> bool:
-            links.flush()  # what the driver does every tick
-            while router.poll(0):
-                routing_id, batch = router.recv_multipart()
-                assert routing_id == ROUTING_ID
-                received.append(batch)
-            return len(received) == 10
+    def all_there() -> bool:
+        links.flush()  # what the driver does every tick
+        while router.poll(0):
+            routing_id, batch = router.recv_multipart()
+            assert routing_id == ROUTING_ID
+            received.append(batch)
+        return len(received) == 10
 
-        wait_until(all_there, timeout=5.0, what="the backlog flushed")
-        assert received == [b"%d" % i for i in range(10)]
-        assert links.backlogs == {} and links.dropped_batches == 0
-    finally:
-        links.close()
-        router.close()
+    wait_until(all_there, timeout=5.0, what="the backlog flushed")
+    assert received == [b"%d" % i for i in range(10)]
+    assert links.backlogs == {} and links.dropped_batches == 0
 
 
 def test_a_full_backlog_drops_and_counts(context: zmq.Context[zmq.Socket[bytes]]) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     links = links_of(context, send_queue=1)
-    try:
-        assert links.dial(1, endpoint, ROUTING_ID)
-        assert links.send(1, b"x") and links.backlogs == {}  # in the DEALER's queue of 1
-        for _ in range(BACKLOG_BATCHES):
-            assert links.send(1, b"x")
-        assert len(links.backlogs[1]) == BACKLOG_BATCHES
-        assert links.send(1, b"one too many") is False
-        assert links.dropped_batches == 1
-        links.hang_up(1)  # what was held back is counted lost
-        assert links.dropped_batches == 1 + BACKLOG_BATCHES and links.backlogs == {}
-    finally:
-        links.close()
+    assert links.dial(1, endpoint, ROUTING_ID)
+    assert links.send(1, b"x") and links.backlogs == {}  # in the DEALER's queue of 1
+    for _ in range(BACKLOG_BATCHES):
+        assert links.send(1, b"x")
+    assert len(links.backlogs[1]) == BACKLOG_BATCHES
+    assert links.send(1, b"one too many") is False
+    assert links.dropped_batches == 1
+    links.hang_up(1)  # what was held back is counted lost
+    assert links.dropped_batches == 1 + BACKLOG_BATCHES and links.backlogs == {}
 
 
 def test_hang_up_lets_queued_batches_leave_and_the_link_is_gone(
         context: zmq.Context[zmq.Socket[bytes]]) -> None:
     router, endpoint = bound_router(context)
     links = links_of(context)
-    try:
-        assert links.dial(2, endpoint, ROUTING_ID)
-        assert links.send(2, b"bye")
-        links.hang_up(2)  # at once: the batch still leaves (close_linger_s)
-        assert router.recv_multipart() == [ROUTING_ID, b"bye"]
-        assert links.send(2, b"after") is False
-        assert links.check() == []
-        links.hang_up(2)  # twice is harmless
-    finally:
-        links.close()
-        router.close()
+    assert links.dial(2, endpoint, ROUTING_ID)
+    assert links.send(2, b"bye")
+    links.hang_up(2)  # at once: the batch still leaves (close_linger_s)
+    assert router.recv_multipart() == [ROUTING_ID, b"bye"]
+    assert links.send(2, b"after") is False
+    assert links.check() == []
+    links.hang_up(2)  # twice is harmless
 
 
 def test_an_oversized_batch_is_not_sent_and_is_counted(
         context: zmq.Context[zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture) -> None:
     router, endpoint = bound_router(context)
     links = links_of(context, max_frame_bytes=1024)
-    try:
-        assert links.dial(1, endpoint, ROUTING_ID)
-        with caplog.at_level(logging.WARNING, logger="smartroute.transport"):
-            assert links.send(1, b"x" * 1025) is False
-        assert links.dropped_batches == 1 and "over max_frame_bytes (1024)" in caplog.text
-        assert links.send(1, b"x" * 1024)
-        assert router.recv_multipart() == [ROUTING_ID, b"x" * 1024]
-    finally:
-        links.close()
-        router.close()
+    assert links.dial(1, endpoint, ROUTING_ID)
+    with caplog.at_level(logging.WARNING, logger="smartroute.transport"):
+        assert links.send(1, b"x" * 1025) is False
+    assert links.dropped_batches == 1 and "over max_frame_bytes (1024)" in caplog.text
+    assert links.send(1, b"x" * 1024)
+    assert router.recv_multipart() == [ROUTING_ID, b"x" * 1024]
 
 
 def test_a_bad_endpoint_is_a_failed_dial(context: zmq.Context[zmq.Socket[bytes]]) -> None:
     links = links_of(context)
-    try:
-        assert links.dial(1, "tcp://no port here", ROUTING_ID) is False
-        assert links.send(1, b"x") is False
-    finally:
-        links.close()
+    assert links.dial(1, "tcp://no port here", ROUTING_ID) is False
+    assert links.send(1, b"x") is False
+
+
+def test_close_hangs_up_every_link_and_lets_their_batches_leave(
+        context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    router, endpoint = bound_router(context)
+    links = links_of(context)
+    for link in (1, 2):
+        assert links.dial(link, endpoint, ROUTING_ID + bytes([link]))
+        assert links.send(link, b"bye from %d" % link)
+    links.close()
+    assert sorted(router.recv_multipart() for _ in range(2)) == [
+        [ROUTING_ID + bytes([link]), b"bye from %d" % link] for link in (1, 2)]
+    assert links.send(1, b"after") is False and links.send(2, b"after") is False
