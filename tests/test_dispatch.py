@@ -215,6 +215,29 @@ async def test_a_full_queue_drops_counts_and_answers_the_requester_at_once() -> 
     assert len(room.outbox.replies) == 10
 
 
+async def test_a_request_in_an_async_handler_is_answered_when_its_subscription_closes(
+        ) -> None:
+    """Before: the worker was cancelled without a word; the requester waited for its
+    timeout, and ``handling`` stayed up, so a later ``drain`` always waited its whole
+    timeout."""
+    room = Room()
+    never = asyncio.Event()
+    taken = asyncio.Event()
+
+    async def stuck(msg: Message) -> None:
+        taken.set()
+        await never.wait()
+
+    sub = room.subscribe("busy", stuck)
+    room.dispatcher.dispatch([deliver(sub, "q", 1, request_id=5)])
+    await asyncio.wait_for(taken.wait(), 1.0)
+    assert sub.queued == 0 and room.requests.handling == 1
+    await sub.close()
+    assert room.outbox.replies == [
+        (PEER_B, 5, ReplyStatus.ERROR, "NodeClosed", b"NodeClosed: the subscriber closed")]
+    assert room.requests.handling == 0
+
+
 # --- what else a delivery can meet ----------------------------------------------------------
 
 

@@ -221,6 +221,28 @@ async def test_request_reply_local_and_remote(pair: tuple[Node, Node]) -> None:
             await node.request("svc:silent", None, timeout=0.2)
 
 
+async def test_a_request_in_a_handler_is_answered_when_the_subscription_closes(
+        pair: tuple[Node, Node]) -> None:
+    """Before: the requester waited for its whole timeout, and ``drain`` waited for a
+    request nobody would answer."""
+    a, b = pair
+    taken = asyncio.Event()
+
+    async def stuck(msg: Message) -> None:
+        taken.set()
+        await asyncio.Event().wait()
+
+    sub = await a.subscribe("svc:stuck", stuck)
+    await b.wait_for("svc:stuck")
+    request = asyncio.ensure_future(b.request("svc:stuck", None, timeout=30.0))
+    await asyncio.wait_for(taken.wait(), 5.0)
+    await sub.close()
+    with pytest.raises(RemoteError, match="NodeClosed: the subscriber closed") as err:
+        await asyncio.wait_for(request, 5.0)
+    assert err.value.error_type == "NodeClosed"
+    assert a._requests.handling == 0
+
+
 async def test_an_async_handler_queue_is_bounded_and_overflow_is_counted() -> None:
     node = loopback_node(limits=Limits(handler_queue_size=3))
     await node.start()
