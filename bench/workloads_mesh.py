@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import time
 
-from common import PER_TURN, Bench, Worker, WorkerError, latency_rows, rate, row, rss_bytes
+from common import PER_TURN, Bench, Worker, WorkerError, latency_rows, rate, row
 
-from smartroute.testing import wait_until
+from smartroute.testing import rss_bytes, wait_until
 
 NODE = "worker_smartroute.py"
 

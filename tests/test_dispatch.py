@@ -49,10 +49,14 @@ class Room:
     def _pace(self) -> None:
         self.paces.append(self.dispatcher.holds_inbox)
 
+    def _unsubscribe(self, sub: Subscription) -> None:
+        self.dispatcher.subs.pop(sub.sub_id, None)
+
+    def _update_meta(self, sub: Subscription, meta: object) -> dict[str, Any]:
+        raise AssertionError("not used here")
+
     def subscribe(self, name: str, handler: Handler, concurrency: int = 1) -> Subscription:
-        subs = self.dispatcher.subs
-        owner = Owner(lambda sub: subs.pop(sub.sub_id, None) and None,
-                      lambda sub, meta: dict(meta))  # type: ignore[call-overload]
+        owner = Owner(self._unsubscribe, self._update_meta)
         return self.dispatcher.subscription(next(self._ids), name, {}, handler, concurrency,
                                             owner)
 
@@ -81,13 +85,13 @@ async def test_slow_sync_handlers_are_spread_over_loop_turns_in_order() -> None:
         got.append(msg.body)
 
     sub = room.subscribe("slow", slow)
-    first = [deliver(sub, i, seq=i) for i in range(40)]
+    first: list[ProtocolEvent] = [deliver(sub, i, seq=i) for i in range(40)]
     assert room.dispatcher.dispatch(first) is True  # budget spent: some wait
     done = len(got)
     assert done == 8 and len(room.dispatcher.backlog) == 32
     assert got == list(range(8))
     # The next turn takes the backlog first, then what arrived since.
-    later = [deliver(sub, i, seq=i) for i in range(40, 50)]
+    later: list[ProtocolEvent] = [deliver(sub, i, seq=i) for i in range(40, 50)]
     turns = 2
     behind = room.dispatcher.dispatch(later)
     while behind:

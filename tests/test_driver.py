@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +14,7 @@ import zmq
 from smartroute.config import Limits, Timings
 from smartroute.endpoints import parse_endpoint
 from smartroute.events import PeerUp
-from smartroute.protocol import Protocol, ProtocolEvent
+from smartroute.protocol import Protocol, ProtocolEvent, new_node_id
 from smartroute.testing import FAST_TIMINGS, LOOPBACK, async_wait_until
 from smartroute.transport.driver import SOCKETS_PER_PEER, Driver, Hands
 
@@ -37,7 +36,7 @@ class Side:
         self.driver.hand_to(Hands(self._dispatch, lambda: False, lambda: self.holding,
                                   self._tick))
         self.endpoint = self.driver.open(LOOPBACK, port)
-        self.protocol = Protocol(cluster="driver", node_id=os.urandom(16), incarnation=1,
+        self.protocol = Protocol(cluster="driver", node_id=new_node_id(), incarnation=1,
                                  endpoint=self.endpoint, name=name, timings=TIMINGS,
                                  limits=self.limits)
 
@@ -159,8 +158,8 @@ async def test_pace_inbox_pauses_reading_while_the_hands_are_behind(sides: list[
     inbox_socket = a.driver.inbox._sock
     # b's HELLO is in a's ROUTER, unread.
     await async_wait_until(
-        lambda: inbox_socket.getsockopt(zmq.EVENTS) & zmq.POLLIN,  # type: ignore[operator]
-        timeout=5.0, what="the HELLO waiting in a's inbox")
+        lambda: inbox_socket.poll(0, zmq.POLLIN), timeout=5.0,
+        what="the HELLO waiting in a's inbox")
     await asyncio.sleep(0)
     assert a.peers_up() == [] and a.protocol.stats()["peers"] == 0
     a.holding = False

@@ -58,10 +58,10 @@ async def test_the_inbox_hands_each_batch_with_its_sender_routing_id(
     inbox = Inbox(context, max_frame_bytes=1 << 20, receive_queue=1000)
     endpoint = inbox.bind("127.0.0.1", 0)
     assert endpoint.startswith("tcp://127.0.0.1:") and not endpoint.endswith(":0")
-    got: list[tuple[bytes, bytes, str | None]] = []
+    got: list[tuple[bytes, bytes, object]] = []
     reader = asyncio.ensure_future(inbox.run(
         lambda routing_id, frame: got.append((routing_id, frame.bytes,
-                                              frame.get("Peer-Address")))))  # type: ignore[func-returns-value]
+                                              frame.get("Peer-Address")))))
     dealer = raw(context, zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, ROUTING_ID)
     try:
@@ -98,8 +98,7 @@ async def test_a_paused_inbox_leaves_batches_in_zeromq_until_resumed(
         dealer.send(b"second")
         # It has arrived (the ROUTER has input) and still is not read.
         await async_wait_until(
-            lambda: inbox._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN,  # type: ignore[operator]
-            timeout=5.0, what="the second in the ROUTER")
+            lambda: inbox._sock.poll(0, zmq.POLLIN), timeout=5.0, what="the second in the ROUTER")
         await asyncio.sleep(0)  # a turn of the loop: the reader had its chance
         assert got == [b"first"]
         inbox.resume()
@@ -177,7 +176,9 @@ def test_a_link_sends_batches_to_a_raw_router_and_reports_up_then_down(
     assert router.recv_multipart() == [ROUTING_ID, b"world"]
     assert changes_until(links, (1, "up")) == [(1, "up")]
     router.close()
-    assert changes_until(links, (1, "down"))[-1] == (1, "down")
+    seen = changes_until(links, (1, "down"))
+    # Down first; the redials that follow find nobody listening (refused), in any number.
+    assert seen[0] == (1, "down") and set(seen[1:]) <= {(1, "refused")}
 
 
 def test_a_dial_where_nobody_listens_is_reported_refused(
