@@ -24,7 +24,6 @@ import math
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -287,23 +286,6 @@ class Bench:
         for started in self._workers:
             started.kill()
         self._workers.clear()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (VmRSS in /proc)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise WorkerError(f"no VmRSS for pid {pid}")
 
 
 # --- the worker side ----------------------------------------------------------------------------

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Bench, Scale, row, rss_bytes
+from common import Bench, Scale, row
 from workloads_mesh import MB, node_pair
 
-from smartroute.testing import wait_until
+from smartroute.testing import rss_bytes, wait_until
 
 TABLE_SUBSCRIBERS = 100_000
 """Subscribers in the table (the issues state their goals for 100,000)."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import Bench, Worker, WorkerError, free_port, latency_rows, rate, row
+from common import Bench, Worker, WorkerError, latency_rows, rate, row
 from workloads_mesh import (
     FAN_OUT_NODES,
     HANDLERS,
@@ -31,6 +31,7 @@ from workloads_mesh import (
     throughput,
 )
 
+from smartroute.testing import free_port
 from smartroute.testing.lan import Lan, lan_available
 
 REDIS_START_S = 10.0

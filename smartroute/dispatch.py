@@ -418,7 +418,13 @@ class Dispatcher:
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # we are being cancelled (the subscription or node closes)
+                # The subscription closes: its requester learns now, as one whose request
+                # still waited in the queue does (not at its timeout), and ``handling`` goes
+                # down (``drain`` waits for it). When the node closes, its requests raise
+                # NodeClosed and its peers see it leave.
+                if msg._replier is not None and not self._closed:
+                    reply_now(msg, NodeClosed("the subscriber closed"), error=True)
+                raise
             self._handler_failed(sub, msg, exc)  # the handler's own CancelledError
             return
         except Exception as exc:

@@ -13,20 +13,15 @@ from typing import Any
 import pytest
 import zmq
 
-from smartroute import Limits, Message, Node, PeerUp, ReceiveMode, RemoteError
-from smartroute.testing import FAST_TIMINGS, async_wait_until
-
-
-def make_node(*seeds: str, **kwargs: Any) -> Node:
-    return Node("backpressure", discovery=list(seeds), host="127.0.0.1", **FAST_TIMINGS,
-                **kwargs)
+from smartroute import Limits, Message, PeerUp, ReceiveMode, RemoteError
+from smartroute.testing import async_wait_until, loopback_node
 
 
 async def test_a_sync_handler_returning_awaitables_is_bounded_like_an_async_one(
         caplog: pytest.LogCaptureFixture) -> None:
     """``lambda msg: coroutine(msg)`` is not an async function, but what it returns is work
     waiting on the loop: at most ``handler_queue_size`` of them per subscriber at a time."""
-    node = make_node(limits=Limits(handler_queue_size=5))
+    node = loopback_node(limits=Limits(handler_queue_size=5))
     await node.start()
     try:
         release = asyncio.Event()
@@ -62,7 +57,7 @@ async def test_a_sync_handler_returning_awaitables_is_bounded_like_an_async_one(
 
 async def test_an_events_iterator_that_falls_behind_drops_the_oldest_counted_and_logged(
         caplog: pytest.LogCaptureFixture) -> None:
-    a = make_node(limits=Limits(event_queue_size=3))
+    a = loopback_node(limits=Limits(event_queue_size=3))
     await a.start()
     try:
         caplog.set_level(logging.WARNING, logger="smartroute")
@@ -75,7 +70,7 @@ async def test_an_events_iterator_that_falls_behind_drops_the_oldest_counted_and
         assert names == ["name:7", "name:8", "name:9"]  # the newest survive
         dropped = [r for r in caplog.records if "events" in r.getMessage()]
         assert len(dropped) == 1 and dropped[0].levelno == logging.WARNING
-        b = make_node(a.endpoint)
+        b = loopback_node(a.endpoint)
         await b.start()
         try:
             event = await asyncio.wait_for(anext(stream), 5)  # still delivering after drops
@@ -94,7 +89,7 @@ async def _take(stream: Any, n: int) -> Any:
 async def test_a_frame_over_max_frame_bytes_never_reaches_the_decoder() -> None:
     """ZeroMQ's MAXMSGSIZE refuses it (and drops that connection); the sender reconnects and
     what it sends next is read again."""
-    node = make_node(limits=Limits(max_frame_bytes=1024))
+    node = loopback_node(limits=Limits(max_frame_bytes=1024))
     await node.start()
     ctx = zmq.Context()
     try:

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 import smartroute
-from smartroute import Message, Node
-from smartroute.testing import async_wait_until
+from smartroute import Message
+from smartroute.testing import async_wait_until, loopback_node, peak_rss_bytes
 from smartroute.testing.cluster import AgentProcess
 
 from .conftest import Spawn
@@ -32,6 +32,7 @@ from .conftest import Spawn
 pytestmark = pytest.mark.processes
 
 CLUSTER = "test-delivery"
+MIB = 1024 * 1024
 
 STALL_S = 10.0
 """A receiver count that has not moved for this long will not move: stop waiting (a bounded
@@ -73,14 +74,6 @@ def departures(agent: AgentProcess) -> list[dict[str, Any]]:
     """Every PeerDown and SubscriberDown the agent saw since the last call: a busy peer must
     cause neither (no death, no presence flapping); nobody in these tests unsubscribes."""
     return [e for e in agent.call("events") if e["event"] in ("PeerDown", "SubscriberDown")]
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """Peak resident memory of process ``pid`` (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def sent_ok(result: dict[str, Any]) -> int:
@@ -233,7 +226,7 @@ def test_a_loop_of_big_chunks_arrives_in_order_exactly_once_in_bounded_memory(
                          seq=True, answer_within_s=90)
     accepted = sent_ok(result)
     arrived = wait_for_count(receiver, "chunks", accepted, timeout=60)
-    peak = vm_hwm_mb(sender.pid)
+    peak = peak_rss_bytes(sender.pid) / MIB
     refused = set(result["refused"])
     sequences = receiver.call("sequences")
     figures = (f"accepted {accepted} refused {len(refused)} returned {result['returned']} in "
@@ -292,7 +285,7 @@ async def test_a_request_to_a_node_that_goes_away_raises_peer_lost_at_once(
     Before issue 10: ``PeerLost`` does not exist; the request raises ``RequestTimeout`` after
     the full 10 s."""
     peer_lost = getattr(smartroute, "PeerLost", None)
-    node = Node(CLUSTER, discovery=[], host="127.0.0.1")
+    node = loopback_node(cluster=CLUSTER, timings=None)
     await node.start()
     agent = await asyncio.to_thread(AgentProcess, cluster=CLUSTER, seeds=[node.endpoint],
                                     log_path=tmp_path / "silent.log")
@@ -348,9 +341,9 @@ async def test_abandoned_events_iterators_are_released() -> None:
     Before issue 10: every abandoned iterator stays in the node's streams (1,000) and keeps
     queueing events; the burst overflows each of them (measured: 1,000 streams held,
     events_dropped 1,050,000)."""
-    watcher = Node(CLUSTER, discovery=[], host="127.0.0.1")
+    watcher = loopback_node(cluster=CLUSTER, timings=None)
     await watcher.start()
-    publisher = Node(CLUSTER, discovery=[watcher.endpoint], host="127.0.0.1")
+    publisher = loopback_node(watcher.endpoint, cluster=CLUSTER, timings=None)
     await publisher.start()
     try:
         await async_wait_until(lambda: len(watcher.peers) == 1 and len(publisher.peers) == 1,

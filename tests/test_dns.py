@@ -21,7 +21,7 @@ from smartroute.discovery import (
     parse_dns,
 )
 from smartroute.discovery.dns import MAX_ADDRESSES_PER_NAME, advertise_from_environment
-from smartroute.testing import FAST_TIMINGS, async_wait_until
+from smartroute.testing import FAST_TIMINGS, async_wait_until, loopback_node
 
 ME = LocalNode("unit", "00" * 16, 7001, "me")
 
@@ -176,7 +176,7 @@ async def test_the_loop_re_resolves_survives_any_error_and_stops_at_close() -> N
 
 async def test_two_nodes_meet_through_a_dns_string() -> None:
     """The whole path in one process; an IP literal resolves without any DNS query."""
-    a = Node("unit", discovery=[], host="127.0.0.1", **FAST_TIMINGS)
+    a = loopback_node(cluster="unit")
     await a.start()
     b = Node("unit", discovery=[f"dns:127.0.0.1:{a.port}"], host="127.0.0.1",
              dns_interval_s=0.1, **FAST_TIMINGS)
@@ -222,7 +222,7 @@ def test_a_bad_advertise_variable_is_a_usage_error_naming_it(
 async def test_a_started_node_advertises_the_environment_address(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMARTROUTE_ADVERTISE", "127.0.0.2")  # what a NAT would show
-    node = Node("unit", discovery=[], host="127.0.0.1", **FAST_TIMINGS)
+    node = loopback_node()
     await node.start()
     try:
         assert node.endpoint == f"tcp://127.0.0.2:{node.port}"

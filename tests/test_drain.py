@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from smartroute import Node, ReceiveMode, UsageError
-from smartroute.testing import wait_until
+from smartroute import ReceiveMode, UsageError
+from smartroute.testing import loopback_node, wait_until
 from smartroute.testing.cluster import AgentProcess
 from smartroute.testing.memnet import MemNet, send
 from tests.conftest import Spawn
@@ -101,7 +101,7 @@ def test_a_rolling_restart_with_drain_fails_no_request_and_leaves_no_ghost(
 
 
 async def test_drain_of_a_closed_node_is_a_no_op_and_a_bad_timeout_is_refused() -> None:
-    node = Node(CLUSTER, discovery=[], host="127.0.0.1")
+    node = loopback_node(cluster=CLUSTER, timings=None)
     await node.start()
     with pytest.raises(UsageError):
         await node.drain(-1)

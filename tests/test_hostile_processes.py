@@ -26,7 +26,7 @@ import zmq
 from smartroute import wire
 from smartroute.config import Limits
 from smartroute.errors import RemoteProtocolError
-from smartroute.testing import wait_until
+from smartroute.testing import rss_bytes, wait_until
 from smartroute.testing.cluster import AgentError, AgentProcess
 
 from .conftest import Spawn
@@ -35,15 +35,6 @@ pytestmark = pytest.mark.processes
 
 CLUSTER = "hostile"
 MIB = 1024 * 1024
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid``, from /proc."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 class LegitSender:

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from smartroute import LinkFull, Node, ReceiveMode
-from smartroute.testing import async_wait_until
+from smartroute import LinkFull, ReceiveMode
+from smartroute.testing import async_wait_until, loopback_node, rss_bytes
 from smartroute.testing.cluster import AgentProcess
 
 pytestmark = pytest.mark.processes
 
 CLUSTER = "backpressure"
+MIB = 1024 * 1024
 BODY = "x" * 1000
 SENDS_PER_TURN = 50
 """Messages queued per loop turn: they leave as one batch per link."""
@@ -33,18 +34,11 @@ batches of ~50 KB each plus the backlog of one loop turn. Measured: 48 MB (490 M
 queue held 10,000 batches)."""
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_a_frozen_peer_makes_send_to_raise_link_full_and_loses_nothing(
         tmp_path: Path) -> None:
     # The peer must stay "alive" for the whole flood: failure detection is not under test here.
-    sender = Node(CLUSTER, discovery=[], host="127.0.0.1", suspect_after_s=60,
-                  dead_after_s=60, send_timeout_s=SEND_TIMEOUT_S)
+    sender = loopback_node(cluster=CLUSTER, timings=None, suspect_after_s=60, dead_after_s=60,
+                           send_timeout_s=SEND_TIMEOUT_S)
     await sender.start()
     frozen = AgentProcess(cluster=CLUSTER, seeds=[sender.endpoint],
                           log_path=tmp_path / "frozen.log")
@@ -52,7 +46,7 @@ async def test_a_frozen_peer_makes_send_to_raise_link_full_and_loses_nothing(
         frozen.call("subscribe", name="sink", reply="count")
         await sender.wait_for("sink")
         os.kill(frozen.pid, signal.SIGSTOP)
-        before = rss_mb(os.getpid())
+        before = rss_bytes(os.getpid()) / MIB
         accepted = 0
         started = time.monotonic()
         with pytest.raises(LinkFull) as raised:
@@ -63,7 +57,7 @@ async def test_a_frozen_peer_makes_send_to_raise_link_full_and_loses_nothing(
                 if accepted % SENDS_PER_TURN == 0:
                     await asyncio.sleep(0)
         assert time.monotonic() - waited >= SEND_TIMEOUT_S
-        grown = rss_mb(os.getpid()) - before
+        grown = rss_bytes(os.getpid()) / MIB - before
         assert raised.value.node_id == frozen.node_id
         assert "nothing was sent" in str(raised.value)
         assert grown < RSS_GROWTH_BOUND_MB, f"{grown:.0f} MB for {accepted} messages"
@@ -87,8 +81,8 @@ async def test_a_frozen_peer_makes_send_to_raise_link_full_and_loses_nothing(
 
 
 async def test_any_goes_to_a_subscriber_whose_link_has_room(tmp_path: Path) -> None:
-    sender = Node(CLUSTER, discovery=[], host="127.0.0.1", suspect_after_s=60,
-                  dead_after_s=60, send_timeout_s=SEND_TIMEOUT_S)
+    sender = loopback_node(cluster=CLUSTER, timings=None, suspect_after_s=60, dead_after_s=60,
+                           send_timeout_s=SEND_TIMEOUT_S)
     await sender.start()
     frozen = AgentProcess(cluster=CLUSTER, seeds=[sender.endpoint],
                           log_path=tmp_path / "frozen.log")

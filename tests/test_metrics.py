@@ -17,8 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from smartroute import Node, UsageError
 from smartroute.metrics import NodeCollector
-from smartroute.sync import Node as SyncNode
-from smartroute.testing import FAST_TIMINGS, async_wait_until, reap, wait_until
+from smartroute.testing import (
+    async_wait_until,
+    loopback_node,
+    loopback_sync_node,
+    reap,
+    wait_until,
+)
 
 from .conftest import Spawn
 
@@ -61,8 +66,7 @@ def test_counters_gauges_and_losses_by_peer() -> None:
 
 async def test_node_metrics_move_when_messages_are_sent_and_read_from_any_thread() -> None:
     registry = CollectorRegistry()
-    async with Node("metrics", discovery=[], host="127.0.0.1", **FAST_TIMINGS) as a, \
-            Node("metrics", discovery=[a.endpoint], host="127.0.0.1", **FAST_TIMINGS) as b:
+    async with loopback_node() as a, loopback_node(a.endpoint) as b:
         collector = a.metrics(registry)
         await a.subscribe("user:alice", lambda msg: None)
         await b.wait_for("user:alice")
@@ -158,7 +162,7 @@ def _metrics_line(lines: queue.Queue[str]) -> str | None:
 
 def test_the_sync_facade_reads_its_counters_on_its_own_thread() -> None:
     registry = CollectorRegistry()
-    with SyncNode("metrics", discovery=[], host="127.0.0.1", **FAST_TIMINGS) as node:
+    with loopback_sync_node() as node:
         node.metrics(registry)
         node.subscribe("user:alice", lambda msg: None)
         assert node.send_to("hi", target="user:alice") == 1

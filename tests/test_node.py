@@ -31,7 +31,7 @@ from smartroute import (
     message,
     wire,
 )
-from smartroute.testing import FAST_TIMINGS, async_wait_until
+from smartroute.testing import async_wait_until, loopback_node
 
 
 @message("test_node.Speak")
@@ -48,15 +48,11 @@ class Envelope:
     tags: list[str]
 
 
-def make_node(*seeds: str, cluster: str = "unit", **kwargs: Any) -> Node:
-    return Node(cluster, discovery=list(seeds), host="127.0.0.1", **FAST_TIMINGS, **kwargs)
-
-
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[Node, Node]]:
-    a = make_node()
+    a = loopback_node()
     await a.start()
-    b = make_node(a.endpoint)
+    b = loopback_node(a.endpoint)
     await b.start()
     await async_wait_until(lambda: len(a.peers) == 1 and len(b.peers) == 1, what="pair meets")
     yield a, b
@@ -140,7 +136,7 @@ async def test_api_rejects_bad_arguments(pair: tuple[Node, Node]) -> None:
 
 
 async def test_a_node_not_running_says_so() -> None:
-    node = make_node()
+    node = loopback_node()
     with pytest.raises(NodeClosed):
         await node.send_to("hi", ReceiveMode.ALL)
     await node.start()
@@ -225,8 +221,30 @@ async def test_request_reply_local_and_remote(pair: tuple[Node, Node]) -> None:
             await node.request("svc:silent", None, timeout=0.2)
 
 
+async def test_a_request_in_a_handler_is_answered_when_the_subscription_closes(
+        pair: tuple[Node, Node]) -> None:
+    """Before: the requester waited for its whole timeout, and ``drain`` waited for a
+    request nobody would answer."""
+    a, b = pair
+    taken = asyncio.Event()
+
+    async def stuck(msg: Message) -> None:
+        taken.set()
+        await asyncio.Event().wait()
+
+    sub = await a.subscribe("svc:stuck", stuck)
+    await b.wait_for("svc:stuck")
+    request = asyncio.ensure_future(b.request("svc:stuck", None, timeout=30.0))
+    await asyncio.wait_for(taken.wait(), 5.0)
+    await sub.close()
+    with pytest.raises(RemoteError, match="NodeClosed: the subscriber closed") as err:
+        await asyncio.wait_for(request, 5.0)
+    assert err.value.error_type == "NodeClosed"
+    assert a._requests.handling == 0
+
+
 async def test_an_async_handler_queue_is_bounded_and_overflow_is_counted() -> None:
-    node = make_node(limits=Limits(handler_queue_size=3))
+    node = loopback_node(limits=Limits(handler_queue_size=3))
     await node.start()
     try:
         release = asyncio.Event()
@@ -266,10 +284,10 @@ async def test_wait_for_returns_when_enough_are_known_and_times_out_clearly(
 
 
 async def test_events_report_peers_and_subscribers_and_end_on_close() -> None:
-    a = make_node()
+    a = loopback_node()
     await a.start()
     events = a.events()
-    b = make_node(a.endpoint)
+    b = loopback_node(a.endpoint)
     await b.start()
     await b.subscribe("user:bob", print)
     seen: list[object] = []
@@ -343,7 +361,7 @@ async def test_a_meta_update_shows_on_every_node_with_an_update_event(
 
 
 async def test_update_meta_on_a_closed_node_raises_node_closed() -> None:
-    a = make_node()
+    a = loopback_node()
     await a.start()
     sub = await a.subscribe("x", print, meta={"k": 1})
     await a.close()
@@ -353,9 +371,9 @@ async def test_update_meta_on_a_closed_node_raises_node_closed() -> None:
 
 async def test_nodes_of_other_clusters_refuse_each_other_with_a_log_line(
         caplog: pytest.LogCaptureFixture) -> None:
-    a = make_node(cluster="red")
+    a = loopback_node(cluster="red")
     await a.start()
-    b = make_node(a.endpoint, cluster="blue")
+    b = loopback_node(a.endpoint, cluster="blue")
     with caplog.at_level(logging.WARNING, logger="smartroute"):
         await b.start()
         try:
@@ -372,7 +390,7 @@ async def test_nodes_of_other_clusters_refuse_each_other_with_a_log_line(
 # --- found in review ----------------------------------------------------------------------------
 
 async def test_a_handler_may_close_its_own_subscription() -> None:
-    node = make_node()
+    node = loopback_node()
     await node.start()
     try:
         closed: list[bool] = []
@@ -390,7 +408,7 @@ async def test_a_handler_may_close_its_own_subscription() -> None:
 
 
 async def test_a_handler_raising_cancelled_error_does_not_kill_its_subscription() -> None:
-    node = make_node()
+    node = loopback_node()
     await node.start()
     try:
         handled: list[object] = []
@@ -420,7 +438,7 @@ async def test_a_failed_start_releases_the_port() -> None:
     first = Node("unit", discovery=Broken(), host="127.0.0.1")
     with pytest.raises(RuntimeError, match="discovery failed"):
         await first.start()
-    second = make_node(port=first.port)
+    second = loopback_node(port=first.port)
     await second.start()  # the port is free again
     try:
         assert second.endpoint == first.endpoint
@@ -429,7 +447,7 @@ async def test_a_failed_start_releases_the_port() -> None:
 
 
 async def test_a_flood_of_refused_hellos_leaves_the_node_serving() -> None:
-    a = make_node()
+    a = loopback_node()
     await a.start()
     ctx = zmq.Context()
     try:
@@ -443,7 +461,7 @@ async def test_a_flood_of_refused_hellos_leaves_the_node_serving() -> None:
             False, "", "", 0, [])) for i in range(1100)]
         sock.send(wire.encode_batch(flood))
         await async_wait_until(lambda: a.stats()["refused_peers"] == 1100, what="flood handled")
-        b = make_node(a.endpoint)
+        b = loopback_node(a.endpoint)
         await b.start()
         try:
             await async_wait_until(lambda: len(a.peers) == 1 and len(b.peers) == 1,
@@ -456,7 +474,7 @@ async def test_a_flood_of_refused_hellos_leaves_the_node_serving() -> None:
 
 
 async def test_a_message_of_the_wrong_shape_is_counted_as_malformed() -> None:
-    node = make_node()
+    node = loopback_node()
     await node.start()
     ctx = zmq.Context()
     try:
@@ -475,9 +493,9 @@ async def test_a_message_of_the_wrong_shape_is_counted_as_malformed() -> None:
 async def test_a_body_too_big_for_a_frame_is_refused_at_send_to_and_a_big_table_is_not_sent(
         caplog: pytest.LogCaptureFixture) -> None:
     limits = Limits(max_frame_bytes=128 * 1024)
-    a = Node("frames", discovery=[], host="127.0.0.1", limits=limits, **FAST_TIMINGS)
+    a = loopback_node(limits=limits)
     await a.start()
-    b = Node("frames", discovery=[a.endpoint], host="127.0.0.1", limits=limits, **FAST_TIMINGS)
+    b = loopback_node(a.endpoint, limits=limits)
     await b.start()
     try:
         got: list[object] = []
@@ -491,8 +509,7 @@ async def test_a_body_too_big_for_a_frame_is_refused_at_send_to_and_a_big_table_
         with caplog.at_level(logging.WARNING, logger="smartroute.transport"):
             for i in range(1500):
                 await a.subscribe(f"name-{i:04d}-" + "n" * 80, lambda msg: None)
-            c = Node("frames", discovery=[a.endpoint], host="127.0.0.1", limits=limits,
-                     **FAST_TIMINGS)
+            c = loopback_node(a.endpoint, limits=limits)
             await c.start()
             try:
                 await async_wait_until(lambda: "over max_frame_bytes" in caplog.text,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from smartroute import Node, ReceiveMode, wire
+from smartroute import ReceiveMode, wire
 from smartroute.errors import UsageError
 from smartroute.patterns import (
     FAST_PATH_MAX_NAME,
@@ -18,7 +18,7 @@ from smartroute.patterns import (
     compile_pattern,
 )
 from smartroute.protocol import Deliver
-from smartroute.testing import FAST_TIMINGS, async_wait_until
+from smartroute.testing import async_wait_until, loopback_node
 from smartroute.testing.memnet import MemNet, msg
 
 # --- the proof of semantics: differential against re.search ------------------------------------
@@ -343,9 +343,9 @@ def test_a_refused_regex_from_a_peer_is_dropped_and_counted() -> None:
 
 
 async def test_nodes_on_loopback_deliver_past_a_catastrophic_regex() -> None:
-    a = Node("patterns", discovery=[], host="127.0.0.1", **FAST_TIMINGS)
+    a = loopback_node()
     await a.start()
-    b = Node("patterns", discovery=[a.endpoint], host="127.0.0.1", **FAST_TIMINGS)
+    b = loopback_node(a.endpoint)
     try:
         await b.start()
         got: list[tuple[str, object]] = []

@@ -16,7 +16,7 @@ import zmq
 from smartroute import Message, Node, wire
 from smartroute.messages import encode_body, type_name_of
 from smartroute.modes import ReceiveMode
-from smartroute.testing import FAST_TIMINGS, async_wait_until
+from smartroute.testing import async_wait_until, loopback_node
 from smartroute.transport.curve import Curve, client_options, node_id_of
 
 SECRET = "a long random cluster secret, 45 characters.."
@@ -29,8 +29,7 @@ failed handshake is retried every 0.1-1 s, so 1.5 s covers several attempts."""
 
 
 def make(secret: str | None, seeds: list[str] | None = None) -> Node:
-    return Node(CLUSTER, secret=secret, discovery=seeds or [], host="127.0.0.1",
-                **FAST_TIMINGS)
+    return loopback_node(*(seeds or []), cluster=CLUSTER, secret=secret)
 
 
 @contextlib.asynccontextmanager

@@ -23,15 +23,15 @@ from smartroute import Node as AsyncNode
 from smartroute import Subscription as AsyncSubscription
 from smartroute.sync import EventStream as SyncEventStream
 from smartroute.sync import Node, Subscription
-from smartroute.testing import FAST_TIMINGS, async_wait_until, wait_until
+from smartroute.testing import async_wait_until, loopback_node, loopback_sync_node, wait_until
 
 _T = TypeVar("_T")
 
 
 def test_blocking_nodes_subscribe_send_and_request() -> None:
     got: list[tuple[str, object]] = []
-    with Node("sync", discovery=[], host="127.0.0.1", **FAST_TIMINGS) as a, \
-            Node("sync", discovery=[a.endpoint], host="127.0.0.1", **FAST_TIMINGS) as b:
+    with loopback_sync_node(cluster="sync") as a, \
+            loopback_sync_node(a.endpoint, cluster="sync") as b:
         sub = a.subscribe("user:alice", lambda m: got.append((m.subscriber, m.body)))
         a.subscribe("svc:upper", lambda m: str(m.body).upper())
         assert len(b.wait_for("svc:upper")) == 1
@@ -55,7 +55,7 @@ def test_handlers_run_on_the_node_thread() -> None:
     def handler(msg: Message) -> None:
         threads.append(threading.current_thread().name)
 
-    with Node("sync", discovery=[], host="127.0.0.1", **FAST_TIMINGS) as a:
+    with loopback_sync_node(cluster="sync") as a:
         a.subscribe("x", handler)
         a.send_to(None, ReceiveMode.EQ, "x")
         assert threads == [f"smartroute-{a.node_id[:8]}"]
@@ -65,10 +65,6 @@ def test_handlers_run_on_the_node_thread() -> None:
 
 DEADLINE_S = 5.0
 """What a call that must not hang gets before the test calls it hung."""
-
-
-def make_node(*seeds: str) -> Node:
-    return Node("sync", discovery=list(seeds), host="127.0.0.1", **FAST_TIMINGS)
 
 
 def call_within(function: Callable[[], _T], seconds: float = DEADLINE_S) -> _T:
@@ -99,11 +95,11 @@ def next_within(events: Iterator[_T]) -> _T:
 
 @pytest.fixture
 def pair() -> Iterator[tuple[Node, Node]]:
-    a = make_node()
-    b = make_node()
+    a = loopback_sync_node(cluster="sync")
+    b = loopback_sync_node(cluster="sync")
     try:
         a.start()
-        b = make_node(a.endpoint)
+        b = loopback_sync_node(a.endpoint, cluster="sync")
         b.start()
         wait_until(lambda: len(a.peers) == 1 and len(b.peers) == 1, what="pair meets")
         yield a, b
@@ -114,7 +110,7 @@ def pair() -> Iterator[tuple[Node, Node]]:
 
 def test_every_public_name_of_the_async_node_is_on_the_blocking_one() -> None:
     async_node = AsyncNode("sync", discovery=[])
-    blocking = make_node()
+    blocking = loopback_sync_node(cluster="sync")
     try:
         public = {name for name in dir(async_node) if not name.startswith("_")}
         # No deliberate difference: the blocking node has every method (without await) and
@@ -143,7 +139,7 @@ def test_every_public_name_of_async_subscriptions_and_streams_has_its_twin() -> 
         public = {n for n in dir(async_type) if not n.startswith("_")} | instance_names
         assert public - deliberately_missing - set(dir(blocking_type)) - {
             "node", "name", "meta", "handler"} == set(), blocking_type  # set in __init__
-    with make_node() as a:
+    with loopback_sync_node(cluster="sync") as a:
         sub = a.subscribe("x", print, meta={"k": 1})
         assert (sub.node, sub.name, sub.meta, sub.handler, sub.closed, sub.queued) == (
             a, "x", {"k": 1}, print, False, 0)
@@ -262,7 +258,7 @@ def test_calls_that_need_no_waiting_work_in_a_handler(pair: tuple[Node, Node]) -
 
 
 def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> None:
-    a = make_node()
+    a = loopback_sync_node(cluster="sync")
     a.start()
     seen: list[object] = []
     events = a.events()
@@ -274,7 +270,7 @@ def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> 
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     try:
-        with make_node(a.endpoint) as b:
+        with loopback_sync_node(a.endpoint, cluster="sync") as b:
             wait_until(lambda: any(isinstance(e, PeerUp) and e.peer.node_id == b.node_id
                                    for e in seen), timeout=DEADLINE_S, what="PeerUp of b")
     finally:
@@ -285,7 +281,7 @@ def test_events_from_a_thread_see_a_peer_come_and_end_when_the_node_closes() -> 
 
 
 def test_an_abandoned_events_iterator_releases_its_stream() -> None:
-    with make_node() as a:
+    with loopback_sync_node(cluster="sync") as a:
         streams = a._node._dispatcher.streams
 
         def first(events: Iterator[object]) -> object:
@@ -323,7 +319,7 @@ def test_an_abandoned_events_iterator_releases_its_stream() -> None:
 
 
 def test_after_close_every_call_raises_node_closed_and_none_hangs() -> None:
-    a = make_node()
+    a = loopback_sync_node(cluster="sync")
     a.start()
     sub = a.subscribe("x", print)
     waiter_outcome: list[BaseException] = []
@@ -352,9 +348,9 @@ def test_after_close_every_call_raises_node_closed_and_none_hangs() -> None:
 
 async def test_send_nowait_sends_like_send_to_and_never_waits_for_room(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    a = AsyncNode("nowait", discovery=[], host="127.0.0.1", **FAST_TIMINGS)
+    a = loopback_node()
     await a.start()
-    b = AsyncNode("nowait", discovery=[a.endpoint], host="127.0.0.1", **FAST_TIMINGS)
+    b = loopback_node(a.endpoint)
     await b.start()
     try:
         got: list[tuple[str, object]] = []

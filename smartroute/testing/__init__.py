@@ -3,6 +3,10 @@
 - ``FAST_TIMINGS``: timings that make a mesh converge and detect deaths in a fraction of a
   second, for tests.
 - ``wait_until``: poll a condition with a deadline instead of sleeping and hoping.
+- ``loopback_node`` / ``loopback_sync_node``: a node on 127.0.0.1 that meets only the seeds it
+  is given (no mDNS), with ``FAST_TIMINGS``.
+- ``free_port``: a port nobody listens on.
+- ``rss_bytes`` / ``peak_rss_bytes``: a process's resident memory, from ``/proc``.
 - ``AgentProcess`` (in ``smartroute.testing.cluster``): a node in its own process, driven over
   stdin/stdout, that a test can SIGKILL or restart.
 """
@@ -13,10 +17,15 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import IO, Any, TypeVar
+
+from ..node import Node
+from ..sync import Node as SyncNode
 
 _T = TypeVar("_T")
 
@@ -69,6 +78,55 @@ async def async_wait_until(condition: Callable[[], _T | Awaitable[_T]], timeout:
         await asyncio.sleep(interval)
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def _loopback_options(seeds: tuple[str, ...], timings: Mapping[str, float] | None,
+                      options: dict[str, Any]) -> dict[str, Any]:
+    # ``options`` win over ``timings``: a test that needs one slow timing names just that one.
+    return {"discovery": list(seeds), "host": LOOPBACK, **(timings or {}), **options}
+
+
+def loopback_node(*seeds: str, cluster: str = "test",
+                  timings: Mapping[str, float] | None = FAST_TIMINGS, **options: Any) -> Node:
+    """A node (not started) bound to 127.0.0.1 on a free port that meets only ``seeds`` (no
+    mDNS), with ``timings`` (``None``: the defaults); ``options`` go to ``Node`` as they are
+    and override ``timings``."""
+    return Node(cluster, **_loopback_options(seeds, timings, options))
+
+
+def loopback_sync_node(*seeds: str, cluster: str = "test",
+                       timings: Mapping[str, float] | None = FAST_TIMINGS,
+                       **options: Any) -> SyncNode:
+    """``loopback_node`` for the blocking facade (``smartroute.sync.Node``)."""
+    return SyncNode(cluster, **_loopback_options(seeds, timings, options))
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free on ``host`` a moment ago (nothing listens there now)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ProcessLookupError(f"no {field} for pid {pid} (it exited?)")
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` now (``VmRSS``; Linux)."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory process ``pid`` ever had (``VmHWM``; Linux)."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
 REAP_TIMEOUT_S = 5.0
 """How long ``reap`` waits for a process to exit before it SIGKILLs it."""
 
@@ -90,4 +148,6 @@ def reap(process: subprocess.Popen[Any], log: IO[bytes] | int | None = None,
         log.close()
 
 
-__all__ = ["FAST_TIMINGS", "POLL_INTERVAL_S", "async_wait_until", "reap", "wait_until"]
+__all__ = ["FAST_TIMINGS", "LOOPBACK", "POLL_INTERVAL_S", "async_wait_until", "free_port",
+           "loopback_node", "loopback_sync_node", "peak_rss_bytes", "reap", "rss_bytes",
+           "wait_until"]
