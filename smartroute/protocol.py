@@ -176,6 +176,10 @@ class Protocol:
 
     def __init__(self, *, cluster: str, node_id: bytes, incarnation: int, endpoint: str,
                  name: str, timings: Timings, limits: Limits) -> None:
+        if len(node_id) != wire.NODE_ID_BYTES or not node_id[0]:
+            # Peers would drop its every HELLO: ZeroMQ reserves ids with a leading zero byte.
+            raise UsageError(f"a node id is {wire.NODE_ID_BYTES} bytes, the first not zero "
+                             f"(new_node_id() makes one), not {node_id.hex()!r}")
         self.cluster = cluster
         self.node_id = node_id
         self.hex = node_id.hex()

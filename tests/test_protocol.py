@@ -10,12 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smartroute import wire
-from smartroute.config import Limits, Timings
+from smartroute.config import REFUSALS_PER_S, Limits, Timings
+from smartroute.endpoints import resolve_endpoint
+from smartroute.errors import UsageError
 from smartroute.events import PeerUp, Subscriber, SubscriberDown, SubscriberUp, SubscriberUpdated
 from smartroute.membership import PeerState
 from smartroute.messages import decode_body, encode_body
 from smartroute.modes import ReceiveMode
-from smartroute.protocol import REFUSALS_PER_S, Deliver, ReplyArrived, resolve_endpoint
+from smartroute.protocol import Deliver, Protocol, ReplyArrived
 from smartroute.testing.memnet import Host, MemNet, msg, send
 
 TIMINGS = Timings()
@@ -825,3 +827,10 @@ def test_a_burst_of_snapshot_requests_gets_one_snapshot(net: MemNet) -> None:
     sent = [r for batches in b.protocol.data_to_send().sends.values() for batch in batches
             for r in msgpack.unpackb(batch)]
     assert sum(1 for r in sent if r[0] == wire.Kind.SNAPSHOT) == 1
+
+
+@pytest.mark.parametrize("node_id", [b"\x00" + b"\x01" * 15, b"\x01" * 15, b"\x01" * 17])
+def test_a_node_id_peers_would_refuse_is_refused_at_once(node_id: bytes) -> None:
+    with pytest.raises(UsageError, match="node id"):
+        Protocol(cluster="test", node_id=node_id, incarnation=1, endpoint="tcp://a:1", name="a",
+                 timings=Timings(), limits=Limits())
