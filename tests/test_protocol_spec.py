@@ -232,6 +232,40 @@ def test_kind_table_matches_wire_kind() -> None:
     assert table_rows("### Record kinds") == {kind.name: int(kind) for kind in wire.Kind}
 
 
+def test_kind_table_lists_the_fields_of_each_record() -> None:
+    """The kinds table's field column is each record's fields, in order (a Node.js peer
+    written from the spec found HEARTBEAT's row stale after time_us/echo_us/held_us came)."""
+    start = SPEC.index("### Record kinds")
+    fields: dict[str, list[str]] = {}
+    for line in SPEC[start:].splitlines()[1:]:
+        if fields and not line.startswith("|"):
+            break
+        match = re.match(r"\|\s*\d+\s*\|\s*`([A-Z_]+)`\s*\|([^|]*)\|", line)
+        if match:
+            cell = match.group(2).strip()
+            names = [] if cell == "(none)" else cell.split(",")
+            fields[match.group(1)] = [name.strip() for name in names]
+    assert fields == {name: list(cls._fields) for name, cls in RECORD_TYPES.items()}
+
+
+def test_the_batch_table_shows_the_vector_bytes() -> None:
+    """Section 5's abbreviated bytes are the vectors' (`…` skips bytes, "text" is its UTF-8);
+    they showed SEQ and ACK in their old short form until a Node.js peer's author read them."""
+    start = SPEC.index("Whole-batch vectors")
+    rows: dict[str, str] = {}
+    for line in SPEC[start:].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        match = re.match(r"\| `([a-z-]+)` \| `([^`]*)` \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    assert set(rows) == {v["name"] for v in BATCHES}
+    for vector in BATCHES:
+        pieces = [re.sub(r'"([^"]*)"', lambda q: q.group(1).encode().hex(), piece).replace(" ", "")
+                  for piece in rows[vector["name"]].split("…")]
+        assert re.fullmatch(".*".join(map(re.escape, pieces)), vector["hex"]), vector["name"]
+
+
 def test_mode_table_matches_receive_mode() -> None:
     assert table_rows("### Receive modes") == {mode.name: int(mode) for mode in ReceiveMode}
 
