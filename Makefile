@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server \
-	dnsmasq
+	dnsmasq node-peer
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ chat: $(STAMP)
 		--interface 127.0.0.1 --log-level INFO
 
 ## test: the whole suite: lint, types, unit tests and the multi-process tests
-test: lint typecheck $(STAMP) dnsmasq
+test: lint typecheck $(STAMP) dnsmasq node-peer
 	$(BIN)/python -m pytest
 
 # The DNS discovery tests (tests/test_lan_dns.py) run a real DNS server: dnsmasq, installed
@@ -43,6 +43,16 @@ dnsmasq:
 			--no-install-recommends dnsmasq-base) \
 		|| echo "could not install dnsmasq-base: the DNS discovery tests will be skipped"; \
 	else echo "dnsmasq missing and not root: the DNS discovery tests will be skipped"; fi
+
+# The Node.js peer (examples/node_peer, tests/test_node_peer.py) needs its npm packages:
+# zeromq (prebuilt binaries inside the package, nothing downloaded at install) and
+# @msgpack/msgpack, pinned by package-lock.json. About 2 s (4 packages, 42 MB). Without node
+# and npm, or if the install fails, those tests are skipped and say why.
+node-peer:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		(cd examples/node_peer && npm ci --no-audit --no-fund) \
+		|| echo "npm ci failed in examples/node_peer: the Node.js peer tests will be skipped"; \
+	else echo "node or npm missing: the Node.js peer tests will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check smartroute tests examples bench

@@ -1,0 +1,466 @@
+"""The Node.js peer (examples/node_peer, written from docs/PROTOCOL.md alone) in a mesh of
+Python nodes: a second implementation of the wire protocol, as a real process on loopback.
+
+The peer prints one JSON object per line (its events) and reads commands on stdin; every test
+stops it by its PID. Python nodes run with the default timings: those the peer implements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smartroute import Message, Node, PeerDown, PeerUp, ReceiveMode, SubscriberDown
+from smartroute.testing import async_wait_until
+from tests.conftest import Spawn
+
+pytestmark = pytest.mark.processes
+
+PEER_DIR = Path(__file__).resolve().parent.parent / "examples" / "node_peer"
+VECTORS = Path(__file__).resolve().parent / "protocol_vectors.json"
+CLUSTER = "chat"
+SECRET = "a cluster secret for the node peer test"
+
+JOIN_TIMEOUT_S = 10.0
+"""Node start (~0.3 s) plus a handshake and a table exchange (~10 ms), with room for a
+loaded CI machine."""
+DEATH_DEADLINE_S = 3.0
+"""A SIGKILLed peer: its connections close at once, a redial is refused, dead within a tick
+or two of unreachable_after_s (0.25 s); ping_timeout_s (1 s) bounds it otherwise."""
+ALIVE_WATCH_S = 3.0
+"""How long a running peer is watched for staying 'alive': four times suspect_after_s."""
+
+
+def _skip_reason() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed (the Node.js peer needs Node.js 20)"
+    for package in ("zeromq", "@msgpack/msgpack"):
+        if not (PEER_DIR / "node_modules" / package / "package.json").exists():
+            return (f"{package} is not installed in examples/node_peer "
+                    "(run `make node-peer` or `npm ci` there)")
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _needs_node() -> None:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+class NodePeer:
+    """The peer process: its stdout events collected by a thread, commands on stdin."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(PEER_DIR / "peer.js"), *args], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.events: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self.ready: dict[str, Any] = {}
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._lock:
+                self.events.append(json.loads(line))
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+
+    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e["event"] == kind
+                    and all(e.get(k) == v for k, v in match.items())]
+
+    async def wait(self, kind: str, count: int = 1, timeout: float = JOIN_TIMEOUT_S,
+                   **match: Any) -> list[dict[str, Any]]:
+        await async_wait_until(lambda: len(self.of(kind, **match)) >= count, timeout,
+                               what=f"{count} {kind} {match} from the node peer "
+                               f"(stderr: {''.join(self.stderr[-5:])!r})")
+        return self.of(kind, **match)
+
+    def command(self, **cmd: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(cmd) + "\n")
+        self.process.stdin.flush()
+
+    async def stats(self) -> dict[str, Any]:
+        marker = f"stats-{time.monotonic_ns()}"
+        self.command(cmd="stats", id=marker)
+        return (await self.wait("stats", id=marker))[0]
+
+    async def start(self) -> NodePeer:
+        self.ready = (await self.wait("ready"))[0]
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL by PID (no BYE), and reap it."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def node_peer() -> Iterator[Callable[..., NodePeer]]:
+    """Start node peers; every one is SIGKILLed by its PID at the end."""
+    started: list[NodePeer] = []
+
+    def start(*args: str) -> NodePeer:
+        peer = NodePeer(*args)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.kill()
+
+
+@contextlib.asynccontextmanager
+async def python_nodes(count: int, secret: str | None = None) -> AsyncIterator[list[Node]]:
+    """A chain-seeded mesh of Python nodes on 127.0.0.1 (node i seeds to node 0)."""
+    nodes: list[Node] = []
+    try:
+        first = Node(CLUSTER, secret=secret, discovery=[], host="127.0.0.1")
+        await first.start()
+        nodes.append(first)
+        for _ in range(count - 1):
+            node = Node(CLUSTER, secret=secret, discovery=[first.endpoint], host="127.0.0.1")
+            await node.start()
+            nodes.append(node)
+        for node in nodes:
+            await async_wait_until(lambda n=node: len(n.peers) == count - 1, JOIN_TIMEOUT_S,
+                                   what="the Python mesh")
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+class Inbox:
+    """A Python subscriber that records what it gets; answers requests with {'py': body}."""
+
+    def __init__(self) -> None:
+        self.got: list[Message] = []
+
+    def __call__(self, msg: Message) -> dict[str, Any]:
+        self.got.append(msg)
+        return {"py": msg.body}
+
+
+def remote_names(node: Node, node_id: str) -> list[str]:
+    return sorted(s.name for s in node.subscribers() if s.node_id == node_id)
+
+
+def test_the_peer_codec_matches_every_golden_vector() -> None:
+    vectors = json.loads(VECTORS.read_text())
+    expected = (len(vectors["records"]) + len(vectors["batches"]) + len(vectors["bodies"])
+                + len(vectors["routing_ids"]) + len(vectors["curve"]["cluster_keys"])
+                + len(vectors["curve"]["node_ids"]))
+    run = subprocess.run(["node", str(PEER_DIR / "check_vectors.js"), str(VECTORS)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    result = json.loads(run.stdout)
+    assert result == {"checked": expected, "failures": []}, run.stderr
+    assert run.returncode == 0
+
+
+async def test_peer_joins_through_one_seed_and_exchanges_messages(
+        node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(2) as (a, b):
+        sink_a, sink_b, svc = Inbox(), Inbox(), Inbox()
+        await a.subscribe("py:all", sink_a)
+        await b.subscribe("py:sink", sink_b)
+        await b.subscribe("svc:py", svc)
+        # Seeded to A only: it learns B from A's PEERS.
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+                               "--subscribe", 'node:inbox={"lang": "js"}').start()
+        pid = peer.ready["node_id"]
+
+        # The peer and its subscriber, with its meta, in both Python tables.
+        for node in (a, b):
+            await node.wait_for("node:inbox", timeout=JOIN_TIMEOUT_S)
+            [sub] = [s for s in node.subscribers() if s.name == "node:inbox"]
+            assert (sub.node_id, sub.meta, sub.local) == (pid, {"lang": "js"}, False)
+            other = b if node is a else a
+            assert {p.node_id for p in node.peers} == {pid, other.node_id}
+        # And the Python subscribers in the peer's table.
+        await peer.wait("subscriber_up", node_id=b.node_id, name="py:sink")
+        await peer.wait("subscriber_up", node_id=b.node_id, name="svc:py")
+        await peer.wait("subscriber_up", node_id=a.node_id, name="py:all")
+
+        # N EQ messages -> exactly N, in order.
+        sends = 200
+        for i in range(sends):
+            assert await a.send_to(i, ReceiveMode.EQ, "node:inbox", sender="user:a") == 1
+        got = await peer.wait("message", sends, subscriber="node:inbox", mode="EQ")
+        await peer.stats()  # one more round trip: nothing extra arrives behind them
+        got = peer.of("message", subscriber="node:inbox", mode="EQ")
+        assert [m["body"] for m in got] == list(range(sends))
+        assert {(m["type"], m["sender"], m["from"]) for m in got} == {("int", "user:a", a.node_id)}
+        assert [m["id"] for m in got[:2]] == [f"{a.node_id}-1", f"{a.node_id}-2"]
+
+        # One batch per message (a loop turn between sends): more batches than A's window
+        # (send_window_batches = 64) holds unacknowledged, so they only all go if the peer
+        # acknowledges; without ACKs send_to raises LinkFull after send_timeout_s.
+        turns = 3 * 64
+        for i in range(turns):
+            assert await a.send_to(f"turn {i}", ReceiveMode.EQ, "node:inbox") == 1
+            await asyncio.sleep(0.002)
+        await peer.wait("message", sends + turns, subscriber="node:inbox", mode="EQ")
+        assert [m["body"] for m in peer.of("message", mode="EQ")[sends:]] == [
+            f"turn {i}" for i in range(turns)]
+        assert a.stats()["link_full"] == 0
+
+        # ALL from B: every subscriber once, Python's and the peer's.
+        assert await b.send_to({"hello": "all"}, ReceiveMode.ALL) == 4
+        [m] = await peer.wait("message", mode="ALL")
+        assert (m["body"], m["type"], m["target"]) == ({"hello": "all"}, "dict", None)
+        await async_wait_until(lambda: len(sink_a.got) == 1 and len(sink_b.got) == 1
+                               and len(svc.got) == 1, 5.0, what="ALL on the Python side")
+
+        # A request answered by the peer's subscriber.
+        assert await a.request("node:inbox", "ping", timeout=5.0) == {
+            "echo": "ping", "subscriber": "node:inbox"}
+        assert len(peer.of("message", request=True)) == 1
+
+        # The peer sends to a Python subscriber it knows from B's table.
+        peer_sends = 150
+        peer.command(cmd="send", id="s1", mode="EQ", target="py:sink", body="from node",
+                     sender="node:inbox", count=peer_sends, numbered=True)
+        [sent] = await peer.wait("sent", id="s1")
+        assert sent["matched"] == peer_sends
+        await async_wait_until(lambda: len(sink_b.got) == 1 + peer_sends, 5.0,
+                               what="the peer's messages at B")
+        from_peer = sink_b.got[1:]
+        assert [m.body for m in from_peer] == [{"n": i, "body": "from node"}
+                                              for i in range(peer_sends)]
+        assert {(m.node_id, m.sender, m.type) for m in from_peer} == {(pid, "node:inbox", "dict")}
+        assert [m.id for m in from_peer[:2]] == [f"{pid}-1", f"{pid}-2"]
+
+        # The peer's request to a Python service, and NO_SUBSCRIBER for a name nobody has.
+        peer.command(cmd="request", id="r1", target="svc:py", body="q")
+        [reply] = await peer.wait("reply", id="r1")
+        assert (reply["status"], reply["type"], reply["body"], reply["from"]) == (
+            "OK", "dict", {"py": "q"}, b.node_id)
+        peer.command(cmd="request", id="r2", target="svc:nobody", body="q")
+        [reply] = await peer.wait("reply", id="r2")
+        assert reply["status"] == "NO_SUBSCRIBER"
+
+        # Everything acknowledged both ways, nothing lost, nothing malformed on either side.
+        async def all_acked() -> bool:
+            return not any((await peer.stats())["unacknowledged"].values())
+        await async_wait_until(all_acked, 5.0, what="the peer's batches acknowledged")
+        stats = await peer.stats()
+        assert {k: stats[k] for k in ("malformed_frames", "malformed_records",
+                                      "unknown_sender_records", "malformed_bodies")} == {
+            "malformed_frames": 0, "malformed_records": 0, "unknown_sender_records": 0,
+            "malformed_bodies": 0}
+        for node in (a, b):
+            s = node.stats()
+            assert (s["malformed_frames"], s["malformed_records"], s["lost_messages"],
+                    s["impostor_frames"]) == (0, 0, 0, 0)
+
+
+async def test_heartbeats_keep_the_peer_alive_and_sigkill_makes_it_dead(
+        node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(2) as (a, b):
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+                               "--subscribe", "node:one", "--subscribe", "node:two").start()
+        pid = peer.ready["node_id"]
+        for node in (a, b):
+            await async_wait_until(lambda n=node: remote_names(n, pid) == ["node:one", "node:two"],
+                                   JOIN_TIMEOUT_S, what="the peer's subscribers")
+        events = {node.node_id: node.events() for node in (a, b)}
+        seen: dict[str, list[object]] = {a.node_id: [], b.node_id: []}
+
+        async def collect(node_id: str) -> None:
+            async for event in events[node_id]:
+                seen[node_id].append(event)
+        tasks = [asyncio.create_task(collect(n)) for n in events]
+        try:
+            # Idle, the peer's HEARTBEATs keep it alive: never suspect, never dead.
+            deadline = time.monotonic() + ALIVE_WATCH_S
+            samples = 0
+            while time.monotonic() < deadline:
+                for node in (a, b):
+                    states = {p.node_id: p.state for p in node.peers}
+                    assert states.get(pid) == "alive", (node.node_id, states)
+                samples += 1
+                await asyncio.sleep(0.05)
+            assert samples > 20
+            assert not any(isinstance(e, PeerDown) for events_ in seen.values() for e in events_)
+            rtt = next(p.rtt_s for p in a.peers if p.node_id == pid)
+            assert rtt is not None and 0 < rtt < 0.5  # the peer echoes heartbeat clocks
+
+            killed_at = time.monotonic()
+            peer.kill()
+            for node in (a, b):
+                await async_wait_until(
+                    lambda n=node: any(isinstance(e, PeerDown) and e.peer.node_id == pid
+                                       for e in seen[n.node_id]),
+                    DEATH_DEADLINE_S, what="PeerDown for the killed peer")
+                await async_wait_until(
+                    lambda n=node: sorted(e.subscriber.name for e in seen[n.node_id]
+                                          if isinstance(e, SubscriberDown)
+                                          and e.subscriber.node_id == pid)
+                    == ["node:one", "node:two"], DEATH_DEADLINE_S, what="SubscriberDown")
+                [down] = [e for e in seen[node.node_id] if isinstance(e, PeerDown)]
+                assert down.reason == "timeout"
+                assert remote_names(node, pid) == []
+                assert pid not in {p.node_id for p in node.peers}
+            assert time.monotonic() - killed_at < DEATH_DEADLINE_S
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+async def test_tables_replicate_both_ways_after_the_join(
+        node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint).start()
+        pid = peer.ready["node_id"]
+        await async_wait_until(lambda: pid in {p.node_id for p in a.peers}, JOIN_TIMEOUT_S,
+                               what="the peer joined")
+        # Python subscribes and unsubscribes: DELTAs reach the peer.
+        sub = await a.subscribe("py:late", Inbox(), meta={"k": 1})
+        [up] = await peer.wait("subscriber_up", name="py:late")
+        assert (up["node_id"], up["meta"]) == (a.node_id, {"k": 1})
+        await sub.close()
+        await peer.wait("subscriber_down", name="py:late")
+        # The peer subscribes: its DELTA reaches Python.
+        peer.command(cmd="subscribe", id="n1", name="node:late", meta={"v": [1, 2]})
+        await a.wait_for("node:late", timeout=5.0)
+        [s] = a.lookup("node:late")
+        assert (s.node_id, s.meta) == (pid, {"v": [1, 2]})
+        assert await a.send_to("late", ReceiveMode.EQ, "node:late") == 1
+        [m] = await peer.wait("message", subscriber="node:late")
+        assert m["body"] == "late"
+
+
+async def test_a_closing_peer_says_bye(node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+                               "--subscribe", "node:x").start()
+        pid = peer.ready["node_id"]
+        await a.wait_for("node:x", timeout=JOIN_TIMEOUT_S)
+        events = a.events()
+        peer.command(cmd="close")
+        async with asyncio.timeout(DEATH_DEADLINE_S):
+            async for event in events:
+                if isinstance(event, PeerDown):
+                    assert (event.peer.node_id, event.reason) == (pid, "bye")
+                    break
+        assert a.lookup("node:x") == []
+        assert peer.process.wait(timeout=5) == 0
+
+
+async def test_a_python_node_that_closes_is_forgotten_by_the_peer(
+        node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(2) as (a, b):
+        await b.subscribe("py:b", Inbox())
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint).start()
+        await peer.wait("subscriber_up", name="py:b")
+        await b.close()
+        [down] = await peer.wait("peer_down", node_id=b.node_id, timeout=DEATH_DEADLINE_S)
+        assert down["reason"] == "bye"
+        assert len(peer.of("subscriber_down", name="py:b")) == 1
+
+
+async def test_with_a_secret_the_peer_joins_over_curve_and_a_wrong_secret_does_not(
+        node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(1, secret=SECRET) as (a,):
+        sink = Inbox()
+        await a.subscribe("py:sink", sink)
+        peer = await node_peer("--cluster", CLUSTER, "--secret", SECRET, "--seed", a.endpoint,
+                               "--subscribe", "node:inbox").start()
+        assert peer.ready["curve"] is True
+        await a.wait_for("node:inbox", timeout=JOIN_TIMEOUT_S)
+        assert await a.request("node:inbox", "ping", timeout=5.0) == {
+            "echo": "ping", "subscriber": "node:inbox"}
+        await peer.wait("subscriber_up", name="py:sink")
+        peer.command(cmd="send", id="s", target="py:sink", body="secret hi", count=3)
+        await async_wait_until(lambda: len(sink.got) == 3, 5.0, what="CURVE messages")
+        assert [m.body for m in sink.got] == ["secret hi"] * 3
+        # The node id is derived from the peer's CURVE key: Python's impostor check passes.
+        assert a.stats()["impostor_frames"] == 0
+
+        outsider = await node_peer("--cluster", CLUSTER, "--secret", "not the secret",
+                                   "--seed", a.endpoint, "--subscribe", "node:outsider").start()
+        oid = outsider.ready["node_id"]
+        deadline = time.monotonic() + 2.0  # several HELLO retries (hello_retry_s = 1 s)
+        while time.monotonic() < deadline:
+            assert oid not in {p.node_id for p in a.peers}
+            assert a.lookup("node:outsider") == []
+            await asyncio.sleep(0.05)
+        assert outsider.of("peer_up") == []
+
+
+async def test_the_peer_declares_a_sigkilled_python_node_dead(
+        node_peer: Callable[..., NodePeer], spawn: Spawn) -> None:
+    agent = spawn(cluster=CLUSTER)
+    agent.call("subscribe", name="py:doomed")
+    peer = await node_peer("--cluster", CLUSTER, "--seed", agent.endpoint).start()
+    [up] = await peer.wait("subscriber_up", name="py:doomed")
+    killed_at = time.monotonic()
+    agent.kill()
+    [down] = await peer.wait("peer_down", node_id=up["node_id"], timeout=DEATH_DEADLINE_S)
+    assert down["reason"] == "timeout"
+    assert time.monotonic() - killed_at < DEATH_DEADLINE_S
+    assert len(peer.of("subscriber_down", name="py:doomed")) == 1
+
+
+async def test_a_stopped_peer_is_declared_dead_then_resumes_its_stream_exactly_once(
+        node_peer: Callable[..., NodePeer]) -> None:
+    """SIGSTOP freezes the peer (libzmq's threads too): A's pings go unanswered, A declares
+    it dead and keeps its stream (section 10.6). After SIGCONT the two say HELLO again, the
+    stream resumes, and what A sent meanwhile arrives once, in order, nothing lost."""
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+                               "--subscribe", "node:a").start()
+        pid = peer.ready["node_id"]
+        await a.wait_for("node:a", timeout=JOIN_TIMEOUT_S)
+        events = a.events()
+        seen: list[object] = []
+
+        async def collect() -> None:
+            async for event in events:
+                seen.append(event)
+        task = asyncio.create_task(collect())
+        try:
+            os.kill(peer.process.pid, signal.SIGSTOP)
+            during = 5
+            for i in range(during):
+                assert await a.send_to(f"during {i}", ReceiveMode.EQ, "node:a") == 1
+            await async_wait_until(lambda: any(isinstance(e, PeerDown) for e in seen),
+                                   DEATH_DEADLINE_S, what="the stopped peer declared dead")
+            os.kill(peer.process.pid, signal.SIGCONT)
+            await async_wait_until(lambda: any(isinstance(e, PeerUp) for e in seen),
+                                   JOIN_TIMEOUT_S, what="the peer back")
+            await a.wait_for("node:a", timeout=JOIN_TIMEOUT_S)
+            assert await a.send_to("after", ReceiveMode.EQ, "node:a") == 1
+            await peer.wait("message", during + 1, subscriber="node:a")
+            await peer.stats()
+            assert [m["body"] for m in peer.of("message")] == [
+                f"during {i}" for i in range(during)] + ["after"]
+            [down] = [e for e in seen if isinstance(e, PeerDown)]
+            assert (down.peer.node_id, down.reason) == (pid, "timeout")
+            assert a.stats()["lost_messages"] == 0
+        finally:
+            task.cancel()
