@@ -41,6 +41,10 @@ DEATH_DEADLINE_S = 3.0
 or two of unreachable_after_s (0.25 s); ping_timeout_s (1 s) bounds it otherwise."""
 ALIVE_WATCH_S = 3.0
 """How long a running peer is watched for staying 'alive': four times suspect_after_s."""
+QUIET_WINDOW_S = 2.0
+"""How long something is watched for *not* happening (a join with a wrong secret, a second
+refusal): a handshake takes ~10 ms here and an unanswered HELLO is sent again every
+hello_retry_s (1 s), so this covers two retries."""
 
 
 def _skip_reason() -> str | None:
@@ -404,7 +408,7 @@ async def test_with_a_secret_the_peer_joins_over_curve_and_a_wrong_secret_does_n
         outsider = await node_peer("--cluster", CLUSTER, "--secret", "not the secret",
                                    "--seed", a.endpoint, "--subscribe", "node:outsider").start()
         oid = outsider.ready["node_id"]
-        deadline = time.monotonic() + 2.0  # several HELLO retries (hello_retry_s = 1 s)
+        deadline = time.monotonic() + QUIET_WINDOW_S
         while time.monotonic() < deadline:
             assert oid not in {p.node_id for p in a.peers}
             assert a.lookup("node:outsider") == []
@@ -464,3 +468,50 @@ async def test_a_stopped_peer_is_declared_dead_then_resumes_its_stream_exactly_o
             assert a.stats()["lost_messages"] == 0
         finally:
             task.cancel()
+
+
+async def test_a_lost_delta_is_repaired_from_the_heartbeat_digest_both_ways(
+        node_peer: Callable[..., NodePeer]) -> None:
+    """Section 9.4: a HEARTBEAT carries the table version; a replica behind it asks for a
+    SNAPSHOT. The peer's test hooks lose DELTAs on purpose: a subscription it makes without
+    sending the DELTA, and every DELTA it receives dropped."""
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+                               "--test-drop-deltas").start()
+        pid = peer.ready["node_id"]
+        await async_wait_until(lambda: pid in {p.node_id for p in a.peers}, JOIN_TIMEOUT_S,
+                               what="the peer joined")
+        peer.command(cmd="subscribe", id="q", name="node:quiet", silent=True)
+        await a.wait_for("node:quiet", timeout=5.0)  # from the peer's SNAPSHOT
+        await a.subscribe("py:late", Inbox())
+        await peer.wait("subscriber_up", name="py:late", timeout=5.0)  # from A's SNAPSHOT
+        stats = await peer.stats()
+        assert stats["received"]["DELTA"] == 1  # A's DELTA came, and was "lost"
+        assert stats["snapshot_requests_received"] >= 1
+        assert stats["snapshots_received"] >= 1
+        assert [s.node_id for s in a.lookup("node:quiet")] == [pid]
+
+
+async def test_other_clusters_are_refused_both_ways(node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(1) as (a,):
+        outsider = await node_peer("--cluster", "other", "--seed", a.endpoint).start()
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint).start()
+        other = Node("other", discovery=[peer.ready["endpoint"]], host="127.0.0.1")
+        await other.start()
+        try:
+            await async_wait_until(lambda: a.stats()["refused_peers"] == 1, 5.0,
+                                   what="A refused the outsider peer")
+            await async_wait_until(lambda: other.stats()["refused_peers"] == 1, 5.0,
+                                   what="the peer refused the other cluster's node")
+
+            async def refused(p: NodePeer) -> int:
+                return int((await p.stats())["refused_peers"])
+            await async_wait_until(lambda: refused(outsider), 5.0, what="REFUSE at the peer")
+            # Remembered for refusal_memory_s (10 s): no second dial, no second refusal.
+            await asyncio.sleep(QUIET_WINDOW_S)
+            assert (await refused(outsider), await refused(peer)) == (1, 1)
+            assert (a.stats()["refused_peers"], other.stats()["refused_peers"]) == (1, 1)
+            assert outsider.of("peer_up") == [] and other.peers == []
+            assert {p.node_id for p in a.peers} == {peer.ready["node_id"]}
+        finally:
+            await other.close()

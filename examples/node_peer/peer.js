@@ -10,6 +10,7 @@
 //   {"cmd": "send", "mode": "EQ", "target": "py:sink", "body": "hi", "count": 3, "id": 1}
 //   {"cmd": "request", "target": "svc:echo", "body": "ping", "id": 2}
 //   {"cmd": "subscribe", "name": "node:more", "meta": {}}     {"cmd": "stats"}
+//   (test hooks: "silent": true on subscribe sends no DELTA; --test-drop-deltas drops received ones)
 //   {"cmd": "close"} (BYE to every peer, then exit; so does end of stdin or SIGTERM)
 // Every local subscriber answers a request with {"echo": <body>, "subscriber": <its name>}.
 
@@ -44,7 +45,7 @@ const ACK_EVERY_BATCHES = SEND_WINDOW_BATCHES / 4;
 // ---- command line ---------------------------------------------------------------------------
 function parseArgs(argv) {
   const opts = { cluster: "smartroute", seeds: [], subscribe: [], host: "127.0.0.1", port: 0,
-    name: `node-peer:${process.pid}`, secret: null };
+    name: `node-peer:${process.pid}`, secret: null, dropDeltas: false };
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (flag === "--cluster") opts.cluster = value;
@@ -54,6 +55,7 @@ function parseArgs(argv) {
     else if (flag === "--port") opts.port = Number(value);
     else if (flag === "--name") opts.name = value;
     else if (flag === "--secret") opts.secret = value;
+    else if (flag === "--test-drop-deltas") { opts.dropDeltas = true; continue; } // a test hook: every DELTA is "lost"
     else throw new Error(`unknown option ${flag}`);
     i++;
   }
@@ -201,6 +203,7 @@ class Peer {
     this.lastSnapshotSent = 0;
     this.snapshotAsked = 0; // when we last sent SNAPSHOT_REQUEST while waiting; 0: not waiting
     this.echo = null; // {timeUs, at}: the last HEARTBEAT time_us we got, and when
+    this.heartbeatGaps = []; // ms between its HEARTBEATs (stats)
     // Our stream to this peer (section 10): a new one per peer incarnation.
     this.stream = nextStream = (nextStream + 1) >>> 0 || 1;
     this.sent = 0; // number of the last sequenced batch
@@ -295,8 +298,9 @@ function closeDial(endpoint, lingerMs = 0) {
 // ---- receiving (section 6) -------------------------------------------------------------------
 const stats = { malformed_frames: 0, malformed_records: 0, unknown_sender_records: 0,
   duplicate_batches: 0, gap_batches: 0, refused_peers: 0, undeliverable_messages: 0,
-  malformed_bodies: 0, received_messages: 0 };
+  malformed_bodies: 0, received_messages: 0, snapshot_requests_received: 0, snapshots_received: 0 };
 
+const received = {}; // valid records received, by kind name
 function onFrame(frames) {
   if (frames.length !== 2) { stats.malformed_frames++; return; }
   const [rid, frame] = frames;
@@ -326,6 +330,8 @@ function onFrame(frames) {
   for (const raw of records) {
     const rec = parseRecord(raw);
     if (rec === null) { stats.malformed_records++; continue; }
+    const name = KIND_NAME[rec.kind];
+    received[name] = (received[name] ?? 0) + 1;
     try { handle(senderId, senderHex, rec); } catch (e) { log("error handling", KIND_NAME[rec.kind], e.stack); }
   }
   schedule();
@@ -367,14 +373,16 @@ function handle(senderId, senderHex, rec) {
         if (idHex !== me.hex && !peers.has(idHex)) dial(endpoint);
       }
       return;
-    case KIND.DELTA: return onDelta(peer, rec);
+    case KIND.DELTA: return opts.dropDeltas ? undefined : onDelta(peer, rec);
     case KIND.SNAPSHOT_REQUEST:
+      stats.snapshot_requests_received++;
       if (now() - peer.lastSnapshotSent >= SNAPSHOT_RETRY_MS / 4) {
         peer.lastSnapshotSent = now();
         peer.queue(KIND.SNAPSHOT, { incarnation: me.incarnation, version: table.version, entries: entriesWire() });
       }
       return;
     case KIND.SNAPSHOT:
+      stats.snapshots_received++;
       if (big(rec.incarnation) === peer.incarnation) replaceReplica(peer, rec.version, rec.entries);
       return;
     case KIND.HEARTBEAT: return onHeartbeat(peer, rec);
@@ -541,7 +549,10 @@ function askSnapshot(peer) {
 // Sections 4.7, 9.4, 10.5: the digest and the lost tail.
 function onHeartbeat(peer, hb) {
   if (big(hb.incarnation) !== peer.incarnation) return;
-  peer.echo = { timeUs: big(hb.time_us), at: nowUs() };
+  const at = nowUs();
+  if (peer.echo) peer.heartbeatGaps.push(Number(at - peer.echo.at) / 1000);
+  if (peer.heartbeatGaps.length > 100) peer.heartbeatGaps.shift(); // the last 100
+  peer.echo = { timeUs: big(hb.time_us), at };
   const stream = big(hb.stream), sent = big(hb.sent);
   if (stream !== 0n && sent !== 0n) {
     let r = receivers.get(peer.hex);
@@ -700,11 +711,14 @@ function sendTo(body, modeName, target, sender, requestCmdId) {
 }
 
 // ---- our own subscribers (section 9.1) ------------------------------------------------------------
-function subscribe(name, meta = {}) {
+// `silent` (a test hook) changes the table without sending the DELTA, as if it were lost:
+// peers learn the change from the digest in our HEARTBEATs (section 9.4).
+function subscribe(name, meta = {}, silent = false) {
   if (typeof name !== "string" || !name.length || [...name].length > MAX_NAME_LENGTH) throw new Error("bad name");
   const entry = { subId: table.nextSubId++, name, meta };
   table.entries.push(entry);
   table.version++;
+  if (silent) return entry;
   const delta = { incarnation: me.incarnation, version: table.version, sub_id: entry.subId, name, meta };
   for (const p of peers.values()) p.queue(KIND.DELTA, delta);
   // A dial not answered yet gets the DELTA unsequenced: it has no stream for us yet.
@@ -760,11 +774,12 @@ function onCommand(line) {
     } else if (cmd.cmd === "request") {
       sendTo(fromJSON(cmd.body ?? null), cmd.mode ?? "ANY", cmd.target ?? null, cmd.sender ?? null, cmd.id ?? null);
     } else if (cmd.cmd === "subscribe") {
-      const e = subscribe(cmd.name, cmd.meta ?? {});
+      const e = subscribe(cmd.name, cmd.meta ?? {}, cmd.silent === true);
       out({ event: "subscribed", id: cmd.id, name: e.name, sub_id: e.subId });
     } else if (cmd.cmd === "stats") {
-      out({ event: "stats", id: cmd.id, ...stats, peers: peers.size,
-        unacknowledged: Object.fromEntries([...peers.values()].map((p) => [p.hex, p.kept.length])) });
+      out({ event: "stats", id: cmd.id, ...stats, received, peers: peers.size,
+        unacknowledged: Object.fromEntries([...peers.values()].map((p) => [p.hex, p.kept.length])),
+        heartbeat_gaps_ms: Object.fromEntries([...peers.values()].map((p) => [p.hex, p.heartbeatGaps])) });
     } else if (cmd.cmd === "close") {
       shutdown();
     } else out({ event: "error", id: cmd.id, error: `unknown command ${cmd.cmd}` });
