@@ -8,6 +8,7 @@ stops it by its PID. Python nodes run with the default timings: those the peer i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -17,12 +18,13 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smartroute import Message, Node, PeerDown, PeerUp, ReceiveMode, SubscriberDown
+from smartroute import Message, Node, PeerDown, PeerUp, ReceiveMode, SubscriberDown, message
 from smartroute.testing import async_wait_until
 from tests.conftest import Spawn
 
@@ -515,3 +517,93 @@ async def test_other_clusters_are_refused_both_ways(node_peer: Callable[..., Nod
             assert {p.node_id for p in a.peers} == {peer.ready["node_id"]}
         finally:
             await other.close()
+
+
+@message("NodePeerSpeak")
+@dataclass
+class Speak:
+    user: str
+    text: str
+
+
+async def test_every_mode_python_plans_is_what_the_peer_delivers(
+        node_peer: Callable[..., NodePeer]) -> None:
+    """Section 12.2 on the peer's side: for each mode and target, the subscribers the peer
+    delivers to are exactly those Python counted for it (REGEX is left out: none)."""
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint, "--subscribe",
+                               "node:a", "--subscribe", "node:a", "--subscribe", "node:b").start()
+        await a.wait_for("node:a", count=2, timeout=JOIN_TIMEOUT_S)
+        await a.wait_for("node:b", timeout=JOIN_TIMEOUT_S)
+        cases: list[tuple[ReceiveMode, str | list[str] | None, list[str]]] = [
+            (ReceiveMode.EQ, "node:a", ["node:a", "node:a"]),
+            (ReceiveMode.EQ, ["node:b", "node:a", "node:b"], ["node:b", "node:a", "node:a"]),
+            (ReceiveMode.NOT_EQ, "node:a", ["node:b"]),
+            (ReceiveMode.NOT_EQ, [], ["node:a", "node:a", "node:b"]),
+            (ReceiveMode.ALL, None, ["node:a", "node:a", "node:b"]),
+            (ReceiveMode.ANY, ["node:x", "node:b"], ["node:b"]),
+            (ReceiveMode.ANY, "node:a", ["node:a"]),
+        ]
+        delivered = 0
+        for i, (mode, target, expected) in enumerate(cases):
+            assert await a.send_to(f"case {i}", mode, target) == len(expected), (mode, target)
+            delivered += len(expected)
+            got = await peer.wait("message", delivered, timeout=5.0)
+            assert [m["subscriber"] for m in got[delivered - len(expected):]] == expected
+            assert {m["body"] for m in got[delivered - len(expected):]} == {f"case {i}"}
+        # ANY alternates between the two node:a subscribers (the sub_id Python chose).
+        for i in range(4):
+            await a.send_to(f"any {i}", ReceiveMode.ANY, "node:a")
+        got = (await peer.wait("message", delivered + 4, timeout=5.0))[delivered:]
+        assert sorted(collections.Counter(m["sub_id"] for m in got).values()) == [2, 2]
+        # REGEX: Python plans it, the peer (no linear-time matcher) delivers to nobody.
+        assert await a.send_to("regex", ReceiveMode.REGEX, "^node:") == 3
+        async def regex_arrived() -> bool:
+            return int((await peer.stats())["undeliverable_messages"]) == 1
+        await async_wait_until(regex_arrived, 5.0, what="the REGEX MSG at the peer")
+        stats = await peer.stats()
+        assert (stats["received_messages"], stats["undeliverable_messages"]) == (len(cases) + 5, 1)
+        assert len(peer.of("message")) == delivered + 4
+
+
+async def test_bodies_and_errors_travel_both_ways(node_peer: Callable[..., NodePeer]) -> None:
+    async with python_nodes(1) as (a,):
+        sink = Inbox()
+        await a.subscribe("py:sink", sink)
+
+        def bad(msg: Message) -> None:
+            raise ValueError("bad input")
+        await a.subscribe("py:bad", bad)
+        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint, "--subscribe",
+                               "node:one", "--subscribe", "node:one").start()
+        await a.wait_for("node:one", count=2, timeout=JOIN_TIMEOUT_S)
+        await peer.wait("subscriber_up", name="py:bad")
+
+        # A registered record to the peer: extension type 1, shown with its type name.
+        await a.send_to(Speak("bob", "hi"), ReceiveMode.EQ, "node:one", sender="user:bob")
+        got = await peer.wait("message", 2)
+        assert {(m["type"], json.dumps(m["body"])) for m in got} == {
+            ("NodePeerSpeak", json.dumps({"$type": "NodePeerSpeak", "user": "bob", "text": "hi"}))}
+        # Bytes, floats, nil and a big integer keep their types.
+        value = {"b": b"\x00\x01", "f": 1.5, "n": None, "i": 2**62 + 1, "l": [1, "x"]}
+        await a.send_to(value, ReceiveMode.EQ, "node:one")
+        got = (await peer.wait("message", 4))[2:]
+        assert got[0]["body"] == {"b": {"$bin": "0001"}, "f": 1.5, "n": None,
+                                  "i": str(2**62 + 1), "l": [1, "x"]}
+
+        # From the peer: a registered record rebuilt as the class, an unknown one as a dict.
+        peer.command(cmd="send", id="r", target="py:sink", body={"$type": "NodePeerSpeak",
+                                                                 "user": "al", "text": "yo"})
+        peer.command(cmd="send", id="u", target="py:sink", body={"$type": "Unknown", "x": 1})
+        await async_wait_until(lambda: len(sink.got) == 2, 5.0, what="records at Python")
+        assert [(m.body, m.type) for m in sink.got] == [
+            (Speak("al", "yo"), "NodePeerSpeak"), ({"x": 1}, "Unknown")]
+
+        # A Python handler that raises: ERROR with the class name and "<Class>: <message>".
+        peer.command(cmd="request", id="e", target="py:bad", body=1)
+        [reply] = await peer.wait("reply", id="e")
+        assert (reply["status"], reply["type"], reply["body"]) == (
+            "ERROR", "ValueError", "ValueError: bad input")
+        # An EQ request to the peer's two subscribers: two REPLYs, Python takes the first.
+        assert await a.request("node:one", "x", mode=ReceiveMode.EQ, timeout=5.0) == {
+            "echo": "x", "subscriber": "node:one"}
