@@ -301,7 +301,12 @@ async def test_heartbeats_keep_the_peer_alive_and_sigkill_makes_it_dead(
                 seen[node_id].append(event)
         tasks = [asyncio.create_task(collect(n)) for n in events]
         try:
-            # Idle, the peer's HEARTBEATs keep it alive: never suspect, never dead.
+            # Once both links are up (a link that has not connected yet makes the peer
+            # suspect), the idle peer's HEARTBEATs keep it alive: never suspect, never dead.
+            for node in (a, b):
+                await async_wait_until(
+                    lambda n=node: {p.node_id: p.state for p in n.peers}.get(pid) == "alive",
+                    JOIN_TIMEOUT_S, what="the peer alive")
             deadline = time.monotonic() + ALIVE_WATCH_S
             samples = 0
             while time.monotonic() < deadline:
@@ -442,6 +447,12 @@ async def test_a_stopped_peer_is_declared_dead_then_resumes_its_stream_exactly_o
                                "--subscribe", "node:a").start()
         pid = peer.ready["node_id"]
         await a.wait_for("node:a", timeout=JOIN_TIMEOUT_S)
+        # A's own link to the peer must be up before the freeze: a link that never connected
+        # is given connect_timeout_s (5 s), not unreachable_after_s. HEARTBEATs from A have
+        # come over it.
+        async def heard_from_a() -> bool:
+            return int((await peer.stats())["received"].get("HEARTBEAT", 0)) >= 2
+        await async_wait_until(heard_from_a, JOIN_TIMEOUT_S, what="A's heartbeats at the peer")
         events = a.events()
         seen: list[object] = []
 
