@@ -140,15 +140,17 @@ def node_peer() -> Iterator[Callable[..., NodePeer]]:
 
 
 @contextlib.asynccontextmanager
-async def python_nodes(count: int, secret: str | None = None) -> AsyncIterator[list[Node]]:
-    """A chain-seeded mesh of Python nodes on 127.0.0.1 (node i seeds to node 0)."""
+async def python_nodes(count: int, secret: str | None = None,
+                       advertise: str | None = None) -> AsyncIterator[list[Node]]:
+    """A mesh of Python nodes on 127.0.0.1, each seeded to the first (``seed(nodes[0])``)."""
     nodes: list[Node] = []
     try:
-        first = Node(CLUSTER, secret=secret, discovery=[], host="127.0.0.1")
+        first = Node(CLUSTER, secret=secret, discovery=[], host="127.0.0.1", advertise=advertise)
         await first.start()
         nodes.append(first)
         for _ in range(count - 1):
-            node = Node(CLUSTER, secret=secret, discovery=[first.endpoint], host="127.0.0.1")
+            node = Node(CLUSTER, secret=secret, discovery=[seed(first)], host="127.0.0.1",
+                        advertise=advertise)
             await node.start()
             nodes.append(node)
         for node in nodes:
@@ -158,6 +160,11 @@ async def python_nodes(count: int, secret: str | None = None) -> AsyncIterator[l
     finally:
         for node in nodes:
             await node.close()
+
+
+def seed(node: Node) -> str:
+    """The node's concrete endpoint (a node advertising a wildcard has ``tcp://*:PORT``)."""
+    return f"tcp://127.0.0.1:{node.port}"
 
 
 class Inbox:
@@ -195,7 +202,7 @@ async def test_peer_joins_through_one_seed_and_exchanges_messages(
         await b.subscribe("py:sink", sink_b)
         await b.subscribe("svc:py", svc)
         # Seeded to A only: it learns B from A's PEERS.
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a),
                                "--subscribe", 'node:inbox={"lang": "js"}').start()
         pid = peer.ready["node_id"]
 
@@ -287,7 +294,7 @@ async def test_peer_joins_through_one_seed_and_exchanges_messages(
 async def test_heartbeats_keep_the_peer_alive_and_sigkill_makes_it_dead(
         node_peer: Callable[..., NodePeer]) -> None:
     async with python_nodes(2) as (a, b):
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a),
                                "--subscribe", "node:one", "--subscribe", "node:two").start()
         pid = peer.ready["node_id"]
         for node in (a, b):
@@ -345,7 +352,7 @@ async def test_heartbeats_keep_the_peer_alive_and_sigkill_makes_it_dead(
 async def test_tables_replicate_both_ways_after_the_join(
         node_peer: Callable[..., NodePeer]) -> None:
     async with python_nodes(1) as (a,):
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint).start()
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a)).start()
         pid = peer.ready["node_id"]
         await async_wait_until(lambda: pid in {p.node_id for p in a.peers}, JOIN_TIMEOUT_S,
                                what="the peer joined")
@@ -367,7 +374,7 @@ async def test_tables_replicate_both_ways_after_the_join(
 
 async def test_a_closing_peer_says_bye(node_peer: Callable[..., NodePeer]) -> None:
     async with python_nodes(1) as (a,):
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a),
                                "--subscribe", "node:x").start()
         pid = peer.ready["node_id"]
         await a.wait_for("node:x", timeout=JOIN_TIMEOUT_S)
@@ -386,7 +393,7 @@ async def test_a_python_node_that_closes_is_forgotten_by_the_peer(
         node_peer: Callable[..., NodePeer]) -> None:
     async with python_nodes(2) as (a, b):
         await b.subscribe("py:b", Inbox())
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint).start()
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a)).start()
         await peer.wait("subscriber_up", name="py:b")
         await b.close()
         [down] = await peer.wait("peer_down", node_id=b.node_id, timeout=DEATH_DEADLINE_S)
@@ -399,7 +406,7 @@ async def test_with_a_secret_the_peer_joins_over_curve_and_a_wrong_secret_does_n
     async with python_nodes(1, secret=SECRET) as (a,):
         sink = Inbox()
         await a.subscribe("py:sink", sink)
-        peer = await node_peer("--cluster", CLUSTER, "--secret", SECRET, "--seed", a.endpoint,
+        peer = await node_peer("--cluster", CLUSTER, "--secret", SECRET, "--seed", seed(a),
                                "--subscribe", "node:inbox").start()
         assert peer.ready["curve"] is True
         await a.wait_for("node:inbox", timeout=JOIN_TIMEOUT_S)
@@ -413,7 +420,7 @@ async def test_with_a_secret_the_peer_joins_over_curve_and_a_wrong_secret_does_n
         assert a.stats()["impostor_frames"] == 0
 
         outsider = await node_peer("--cluster", CLUSTER, "--secret", "not the secret",
-                                   "--seed", a.endpoint, "--subscribe", "node:outsider").start()
+                                   "--seed", seed(a), "--subscribe", "node:outsider").start()
         oid = outsider.ready["node_id"]
         deadline = time.monotonic() + QUIET_WINDOW_S
         while time.monotonic() < deadline:
@@ -443,7 +450,7 @@ async def test_a_stopped_peer_is_declared_dead_then_resumes_its_stream_exactly_o
     it dead and keeps its stream (section 10.6). After SIGCONT the two say HELLO again, the
     stream resumes, and what A sent meanwhile arrives once, in order, nothing lost."""
     async with python_nodes(1) as (a,):
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a),
                                "--subscribe", "node:a").start()
         pid = peer.ready["node_id"]
         await a.wait_for("node:a", timeout=JOIN_TIMEOUT_S)
@@ -489,7 +496,7 @@ async def test_a_lost_delta_is_repaired_from_the_heartbeat_digest_both_ways(
     SNAPSHOT. The peer's test hooks lose DELTAs on purpose: a subscription it makes without
     sending the DELTA, and every DELTA it receives dropped."""
     async with python_nodes(1) as (a,):
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint,
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a),
                                "--test-drop-deltas").start()
         pid = peer.ready["node_id"]
         await async_wait_until(lambda: pid in {p.node_id for p in a.peers}, JOIN_TIMEOUT_S,
@@ -507,8 +514,8 @@ async def test_a_lost_delta_is_repaired_from_the_heartbeat_digest_both_ways(
 
 async def test_other_clusters_are_refused_both_ways(node_peer: Callable[..., NodePeer]) -> None:
     async with python_nodes(1) as (a,):
-        outsider = await node_peer("--cluster", "other", "--seed", a.endpoint).start()
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint).start()
+        outsider = await node_peer("--cluster", "other", "--seed", seed(a)).start()
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a)).start()
         other = Node("other", discovery=[peer.ready["endpoint"]], host="127.0.0.1")
         await other.start()
         try:
@@ -542,7 +549,7 @@ async def test_every_mode_python_plans_is_what_the_peer_delivers(
     """Section 12.2 on the peer's side: for each mode and target, the subscribers the peer
     delivers to are exactly those Python counted for it (REGEX is left out: none)."""
     async with python_nodes(1) as (a,):
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint, "--subscribe",
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a), "--subscribe",
                                "node:a", "--subscribe", "node:a", "--subscribe", "node:b").start()
         await a.wait_for("node:a", count=2, timeout=JOIN_TIMEOUT_S)
         await a.wait_for("node:b", timeout=JOIN_TIMEOUT_S)
@@ -585,7 +592,7 @@ async def test_bodies_and_errors_travel_both_ways(node_peer: Callable[..., NodeP
         def bad(msg: Message) -> None:
             raise ValueError("bad input")
         await a.subscribe("py:bad", bad)
-        peer = await node_peer("--cluster", CLUSTER, "--seed", a.endpoint, "--subscribe",
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a), "--subscribe",
                                "node:one", "--subscribe", "node:one").start()
         await a.wait_for("node:one", count=2, timeout=JOIN_TIMEOUT_S)
         await peer.wait("subscriber_up", name="py:bad")
@@ -618,3 +625,24 @@ async def test_bodies_and_errors_travel_both_ways(node_peer: Callable[..., NodeP
         # An EQ request to the peer's two subscribers: two REPLYs, Python takes the first.
         assert await a.request("node:one", "x", mode=ReceiveMode.EQ, timeout=5.0) == {
             "echo": "x", "subscriber": "node:one"}
+
+
+async def test_nodes_advertising_a_wildcard_are_joined_at_the_address_dialled(
+        node_peer: Callable[..., NodePeer]) -> None:
+    """A node bound to all interfaces advertises tcp://*:PORT (here: advertise="*" on
+    loopback). The peer cannot see a connection's address (zeromq.js has no Peer-Address), so
+    it resolves the wildcard from its own dial or from PEERS (section 18), and joins both."""
+    async with python_nodes(2, advertise="*") as (a, b):
+        assert a.endpoint.startswith("tcp://*:")
+        await b.subscribe("py:b", Inbox())
+        peer = await node_peer("--cluster", CLUSTER, "--seed", seed(a),
+                               "--subscribe", "node:w").start()
+        ups = await peer.wait("peer_up", 2)
+        assert {(u["node_id"], u["endpoint"]) for u in ups} == {
+            (a.node_id, seed(a)), (b.node_id, seed(b))}
+        await peer.wait("subscriber_up", name="py:b")
+        for node in (a, b):
+            await node.wait_for("node:w", timeout=JOIN_TIMEOUT_S)
+        assert await b.send_to("wild", ReceiveMode.EQ, "node:w") == 1
+        [m] = await peer.wait("message")
+        assert (m["body"], m["from"]) == ("wild", b.node_id)

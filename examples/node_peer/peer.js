@@ -370,6 +370,8 @@ function handle(senderId, senderHex, rec) {
     case KIND.PEERS:
       for (const [id, endpoint] of rec.peers) {
         const idHex = hex(id);
+        learned.set(idHex, endpoint); // resolved by the sender: our fallback for wildcards
+        if (learned.size > 4 * MAX_PEERS) learned.delete(learned.keys().next().value);
         if (idHex !== me.hex && !peers.has(idHex)) dial(endpoint);
       }
       return;
@@ -447,21 +449,18 @@ function onHello(senderId, senderHex, h) {
 }
 
 // Section 2.1: a wildcard host is the address the connection came from. zeromq.js does not
-// expose libzmq's Peer-Address property, so this peer can only resolve a wildcard when it
-// dialled that node itself (the reply's echo names our dial, whose host we know).
+// expose libzmq's Peer-Address property, so this peer resolves a wildcard from what it knows
+// otherwise (section 18): the host of our dial the HELLO's echo names, else the host a
+// PEERS record gave for that node id.
 const WILDCARDS = new Set(["*", "0.0.0.0", "::", "[::]"]);
+const learned = new Map(); // node id hex -> endpoint, from PEERS
+const hostOf = (endpoint) => endpoint.slice(6, endpoint.lastIndexOf(":"));
 function resolveEndpoint(h) {
-  const rest = h.endpoint.slice(6);
-  const colon = rest.lastIndexOf(":");
-  const host = rest.slice(0, colon);
-  if (!WILDCARDS.has(host)) return h.endpoint;
-  for (const e of [h.echo]) {
-    if (e && dials.has(e)) {
-      const r = e.slice(6);
-      return `tcp://${r.slice(0, r.lastIndexOf(":"))}:${rest.slice(colon + 1)}`;
-    }
-  }
-  return null;
+  const port = h.endpoint.slice(h.endpoint.lastIndexOf(":") + 1);
+  if (!WILDCARDS.has(hostOf(h.endpoint))) return h.endpoint;
+  if (h.echo && dials.has(h.echo)) return `tcp://${hostOf(h.echo)}:${port}`;
+  const known = learned.get(hex(h.node_id));
+  return known === undefined ? null : `tcp://${hostOf(known)}:${port}`;
 }
 
 let refusalsThisSecond = { second: 0, count: 0 };
