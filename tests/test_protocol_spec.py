@@ -376,6 +376,17 @@ def test_a_sequenced_batch_is_taken_acknowledged_and_a_gap_asked_again() -> None
     assert b.counters.gap_batches == 1
 
 
+def test_a_sequenced_batch_from_a_stranger_counts_every_record_the_seq_included() -> None:
+    """Section 6 step 4: dropped unacknowledged, and its records counted, the SEQ too (the
+    spec said "its records"; a Node.js peer written from it counted those after the SEQ)."""
+    _, b = cores()
+    routing_id = bytes.fromhex(VECTORS["routing_ids"][0]["routing_id"])  # A: not B's peer
+    b.receive(routing_id, bytes.fromhex(batch_hex("sequenced-msgs")), NOW)
+    assert (b.counters.unknown_sender_records, b.counters.malformed_records) == (3, 0)
+    assert b.events_received() == []
+    assert b.data_to_send().sends == {}  # no ACK
+
+
 def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
     a, b = cores()
     a.hint("tcp://10.0.0.2:7002", NOW)
