@@ -317,7 +317,7 @@ function onFrame(frames) {
     const peer = peers.get(senderHex);
     if (peer === undefined) {
       // Not a peer (yet): dropped unacknowledged, its sender resends it later.
-      stats.unknown_sender_records += batch.length - 1;
+      stats.unknown_sender_records += batch.length; // every record, the SEQ included
       return;
     }
     peer.lastHeard = now(); // even a duplicate or a gap proves its loop alive
