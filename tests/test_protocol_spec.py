@@ -387,6 +387,15 @@ def test_a_sequenced_batch_from_a_stranger_counts_every_record_the_seq_included(
     assert b.data_to_send().sends == {}  # no ACK
 
 
+def test_a_seq_is_refused_for_seq_0_or_a_stream_over_32_bits_not_for_stream_0() -> None:
+    """Section 4.11: the receiver's checks (the spec's "never 0" for the stream is the sender's
+    rule; a Node.js peer written from it had refused stream 0)."""
+    assert wire.seq_of([11, 0, 1]) == (0, 1)
+    assert wire.seq_of([11, 2**32 - 1, 2**64 - 1]) == (2**32 - 1, 2**64 - 1)
+    assert wire.seq_of([11, 5, 0]) is None
+    assert wire.seq_of([11, 2**32, 1]) is None
+
+
 def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
     a, b = cores()
     a.hint("tcp://10.0.0.2:7002", NOW)
