@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
+import zmq
+import zmq.asyncio
 
 from smartroute import Message, Node, PeerDown, PeerUp, ReceiveMode, SubscriberDown, message
 from smartroute.testing import async_wait_until
@@ -646,3 +649,139 @@ async def test_nodes_advertising_a_wildcard_are_joined_at_the_address_dialled(
         assert await b.send_to("wild", ReceiveMode.EQ, "node:w") == 1
         [m] = await peer.wait("message")
         assert (m["body"], m["from"]) == ("wild", b.node_id)
+
+
+def _rec(*items: Any) -> bytes:
+    return msgpack.packb(list(items), use_bin_type=True)
+
+
+_NID = b"\x05" * 16
+_EP = "tcp://127.0.0.1:9"  # nobody listens: a REFUSE link dialled there is refused locally
+
+
+def _hello(**changes: Any) -> bytes:
+    fields = {"protocol": 2, "cluster": "other", "node_id": _NID, "incarnation": 1,
+              "endpoint": _EP, "name": "", "reply": False, "via": "", "echo": "",
+              "version": 0, "entries": []}
+    fields.update(changes)
+    return _rec(1, *fields.values())
+
+
+_BODY = msgpack.packb("x")
+HOSTILE_RECORDS: dict[str, bytes] = {
+    "heartbeat": _rec(7, 1, 0, 0, 0, 1, 0, 0),
+    "heartbeat arity 5": _rec(7, 1, 0, 0, 0),
+    "heartbeat bool": _rec(7, True, 0, 0, 0, 1, 0, 0),
+    "heartbeat negative": _rec(7, -1, 0, 0, 0, 1, 0, 0),
+    "heartbeat uint64 max": _rec(7, 2**64 - 1, 0, 0, 0, 1, 0, 0),
+    "kind bool": _rec(True),
+    "kind 99": _rec(99),
+    "bye arity 2": _rec(8, 1),
+    "leaving arity 2": _rec(13, 0),
+    "snapshot request arity 2": _rec(5, 1),
+    "delta": _rec(4, 1, 1, 1, "n", {}),
+    "delta removal with meta": _rec(4, 1, 1, 1, None, {}),
+    "delta addition without meta": _rec(4, 1, 1, 1, "n", None),
+    "delta empty name": _rec(4, 1, 1, 1, "", {}),
+    "delta name 1024 emoji": _rec(4, 1, 1, 1, "\U0001F600" * 1024, {}),
+    "delta name 1025 emoji": _rec(4, 1, 1, 1, "\U0001F600" * 1025, {}),
+    "delta meta bin key": _rec(4, 1, 1, 1, "n", {b"k": 2}),
+    "delta meta 4096 bytes": _rec(4, 1, 1, 1, "n", {"k": "x" * 4090}),
+    "delta meta 4097 bytes": _rec(4, 1, 1, 1, "n", {"k": "x" * 4091}),
+    "delta meta a list": _rec(4, 1, 1, 1, "n", [1]),
+    "msg": _rec(9, 1, None, 0, "t", "str", _BODY, None, None),
+    "msg body str": _rec(9, 1, None, 0, "t", "str", "x", None, None),
+    "msg mode 5": _rec(9, 1, None, 5, "t", "str", _BODY, None, None),
+    "msg empty target": _rec(9, 1, None, 0, "", "str", _BODY, None, None),
+    "msg empty target list": _rec(9, 1, None, 0, [], "str", _BODY, None, None),
+    "msg target list with empty": _rec(9, 1, None, 0, ["a", ""], "str", _BODY, None, None),
+    "msg 10000 targets": _rec(9, 1, None, 0, ["a"] * 10000, "str", _BODY, None, None),
+    "msg 10001 targets": _rec(9, 1, None, 0, ["a"] * 10001, "str", _BODY, None, None),
+    "msg sender bin": _rec(9, 1, b"s", 0, "t", "str", _BODY, None, None),
+    "msg request id bool": _rec(9, 1, None, 0, "t", "str", _BODY, None, True),
+    "msg sub id negative": _rec(9, 1, None, 4, "t", "str", _BODY, -1, None),
+    "reply no subscriber": _rec(10, 1, 2, "", b""),
+    "reply status 3": _rec(10, 1, 3, "", b""),
+    "reply body str": _rec(10, 1, 0, "", ""),
+    "ack stream 2^32": _rec(12, 2**32, 0, False),
+    "ack resend 0": _rec(12, 1, 0, 0),
+    "seq not first": _rec(11, 1, 1),
+    "peers": _rec(3, [[_NID, _EP]]),
+    "peers 513": _rec(3, [[_NID, _EP]] * 513),
+    "peers node id 0": _rec(3, [[b"\x00" * 16, _EP]]),
+    "peers pair of 1": _rec(3, [[_NID]]),
+    "snapshot": _rec(6, 1, 1, [[1, "n", {}]]),
+    "snapshot entries a map": _rec(6, 1, 1, {}),
+    "refuse": _rec(2, "r", _EP),
+    "refuse reason 1025": _rec(2, "r" * 1025, ""),
+    "hello other cluster": _hello(),
+    "hello node id 0": _hello(node_id=b"\x00" * 16),
+    "hello node id 15 bytes": _hello(node_id=b"\x05" * 15),
+    "hello udp endpoint": _hello(endpoint="udp://127.0.0.1:9"),
+    "hello port 0": _hello(endpoint="tcp://127.0.0.1:0"),
+    "hello port 70000": _hello(endpoint="tcp://127.0.0.1:70000"),
+    "hello port +9": _hello(endpoint="tcp://127.0.0.1:+9"),
+    "hello port arabic digit": _hello(endpoint="tcp://127.0.0.1:\u0669"),
+    "hello no host": _hello(endpoint="tcp://:9"),
+    "hello endpoint 301": _hello(endpoint="tcp://" + "h" * 292 + ":9"),
+    "hello reply int": _hello(reply=1),
+    "hello protocol bool": _hello(protocol=True),
+    "hello cluster 1025": _hello(cluster="c" * 1025),
+    "hello entry meta nil": _hello(entries=[[1, "n", None]]),
+    "hello entry 4 items": _hello(entries=[[1, "n", {}, 1]]),
+}
+HOSTILE_FRAMES: dict[str, bytes] = {
+    "not an array": msgpack.packb(5),
+    "trailing byte": msgpack.packb([]) + b"\x00",
+    "an extension": b"\x91\xd4\x05\x00",
+    "an int map key": b"\x91\x81\x01\x02",
+    "truncated": b"\x92\x91",
+    "seq stream 0": msgpack.packb([[11, 0, 1], [8]]),
+    "seq number 0": msgpack.packb([[11, 5, 0], [8]]),
+    "seq arity 2": msgpack.packb([[11, 5], [8]]),
+    "seq from a stranger": msgpack.packb([[11, 5, 1], [8], [8]]),
+}
+COUNTERS = ("malformed_frames", "malformed_records", "unknown_sender_records", "refused_peers")
+
+
+async def test_hostile_input_is_counted_the_same_by_the_peer_and_a_python_node(
+        node_peer: Callable[..., NodePeer]) -> None:
+    """The same frames, from one stranger, to both: each one is counted alike (sections 3, 4
+    and 6). This is how stream 0 in a SEQ and the SEQ in a stranger's count were found."""
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER).start()
+        context = zmq.asyncio.Context()
+        links = []
+        try:
+            for endpoint in (a.endpoint, peer.ready["endpoint"]):
+                link = context.socket(zmq.DEALER)
+                link.setsockopt(zmq.ROUTING_ID, _NID + b"\x00\x00\x00\x01")
+                link.setsockopt(zmq.LINGER, 0)
+                link.connect(endpoint)
+                links.append(link)
+
+            async def counts() -> tuple[tuple[int, ...], tuple[int, ...]]:
+                mine = await peer.stats()
+                return (tuple(a.stats()[k] for k in COUNTERS), tuple(mine[k] for k in COUNTERS))
+            cases = [(n, b"\x91" + r) for n, r in HOSTILE_RECORDS.items()]
+            cases += list(HOSTILE_FRAMES.items())
+            before = await counts()
+            differ = {}
+            for name, frame in cases:
+                for link in links:
+                    await link.send(frame)
+
+                async def both_counted(prev: Any = before) -> Any:
+                    now = await counts()
+                    return now if now[0] != prev[0] and now[1] != prev[1] else None
+                after = await async_wait_until(both_counted, 5.0, what=f"{name} counted")
+                python = tuple(x - y for x, y in zip(after[0], before[0], strict=True))
+                node = tuple(x - y for x, y in zip(after[1], before[1], strict=True))
+                if python != node:
+                    differ[name] = (python, node)
+                before = after
+            assert differ == {}
+        finally:
+            for link in links:
+                link.close()
+            context.term()

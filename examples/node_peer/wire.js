@@ -154,7 +154,8 @@ export const SCHEMA = {
     ["request_id", T.uint], ["status", (v) => isInt(v) && big(v) >= 0n && big(v) <= 2n],
     ["type", T.str(1024)], ["body", T.bin],
   ],
-  [KIND.SEQ]: [["stream", (v) => T.stream(v) && big(v) !== 0n], ["seq", (v) => T.uint(v) && big(v) >= 1n]],
+  // A sender never uses stream 0, but a receiver does not refuse it (only seq 0).
+  [KIND.SEQ]: [["stream", T.stream], ["seq", (v) => T.uint(v) && big(v) >= 1n]],
   [KIND.ACK]: [["stream", T.stream], ["seq", T.uint], ["resend", T.bool]],
   [KIND.LEAVING]: [],
 };
