@@ -396,6 +396,28 @@ def test_a_seq_is_refused_for_seq_0_or_a_stream_over_32_bits_not_for_stream_0() 
     assert wire.seq_of([11, 2**32, 1]) is None
 
 
+def test_a_duplicate_is_acknowledged_again_even_when_all_was_acknowledged() -> None:
+    """Section 10.3: a duplicate makes an ACK due (its sender may have missed ours, lost with
+    a broken connection). The reference sent none when it had acknowledged everything it
+    took: found by a Node.js peer, which did; the sender then kept the batch (and a drain
+    waited for it) until a later batch's ACK covered it."""
+    a, b = cores()
+    a.hint("tcp://10.0.0.2:7002", NOW)
+    out = a.data_to_send()
+    routing_id = out.dials[0].routing_id
+    b.receive(routing_id, out.sends[1][0], NOW, lambda: "10.0.0.1")
+    b.data_to_send()
+    batch = Outbox(0x2B7E1516, b.incarnation, 64, 1 << 23).number(
+        [wire.encode_heartbeat(a.incarnation, 2)])
+    for i in range(2):  # batch 1, then the same batch again
+        b.receive(routing_id, batch, NOW + i)
+        b.tick(NOW + i + 0.05)
+        sent = b.data_to_send().sends[1]
+        acks = [r for x in sent for r in decode_batch(x) if type(r) is wire.Ack]
+        assert acks == [wire.Ack(0x2B7E1516, 1, False)], i
+    assert b.counters.duplicate_batches == 1
+
+
 def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
     a, b = cores()
     a.hint("tcp://10.0.0.2:7002", NOW)
