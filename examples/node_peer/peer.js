@@ -346,7 +346,11 @@ function judge(peer, stream, seq) {
   }
   if (r.stream !== stream) {
     if (seq === 1n || r.stream === null) { r.stream = stream; r.taken = 0n; r.acked = 0n; }
-    else { askResend(peer, r, stream, 0n); return false; } // a stream we do not follow: from its start
+    else { // a stream we do not follow: a gap, asked from its start
+      stats.gap_batches++;
+      askResend(peer, r, stream, 0n);
+      return false;
+    }
   }
   if (seq === r.taken + 1n) { r.taken = seq; return true; }
   if (seq <= r.taken) { stats.duplicate_batches++; r.acked = -1n; return false; } // ACK due again
