@@ -785,3 +785,78 @@ async def test_hostile_input_is_counted_the_same_by_the_peer_and_a_python_node(
             for link in links:
                 link.close()
             context.term()
+
+
+def _seq(stream: int, n: int) -> bytes:
+    return b"\x93\x0b\xce" + stream.to_bytes(4, "big") + b"\xcf" + n.to_bytes(8, "big")
+
+
+def _batch(*records: bytes) -> bytes:
+    return bytes([0x90 | len(records)]) + b"".join(records)
+
+
+ACK_QUIET_S = 0.15
+"""After each step's ACK, how long no second ACK may come: three ticks (tick_interval_s
+0.05 s, the most an ACK waits) and more than RESEND_INTERVAL_S (0.1 s)."""
+
+
+async def test_streams_are_judged_and_acknowledged_alike_by_the_peer_and_a_python_node(
+        node_peer: Callable[..., NodePeer]) -> None:
+    """Section 10.3-10.5 from the sender's seat: a raw ZeroMQ sender says HELLO, then sends
+    sequenced batches (in order, a duplicate, a gap, another stream, a lost tail named by a
+    HEARTBEAT, a late batch of the old stream) to a Python node and to the peer, and reads
+    the ACKs each sends back. Both answer each step with exactly the ACK the spec gives (this
+    found the reference not acknowledging a duplicate again)."""
+    s, t = 0x1000, 0x2000
+    heartbeat = _rec(7, 1, 0, 0, 0, 1, 0, 0)
+    steps = [  # (what, batch, the one ACK due: (stream, seq, resend))
+        ("take 1", _batch(_seq(s, 1), heartbeat), (s, 1, False)),
+        ("duplicate 1", _batch(_seq(s, 1), heartbeat), (s, 1, False)),
+        ("gap: 3", _batch(_seq(s, 3), heartbeat), (s, 1, True)),
+        ("take 2", _batch(_seq(s, 2), heartbeat), (s, 2, False)),
+        ("take 3", _batch(_seq(s, 3), heartbeat), (s, 3, False)),
+        ("another stream at 5", _batch(_seq(t, 5), heartbeat), (t, 0, True)),
+        ("another stream from 1", _batch(_seq(t, 1), heartbeat), (t, 1, False)),
+        ("a heartbeat: 4 were sent", _batch(_rec(7, 1, 0, t, 4, 1, 0, 0)), (t, 1, True)),
+        ("a late batch of the old stream", _batch(_seq(s, 4), heartbeat), (s, 0, True)),
+    ]
+    node_id = b"\x06" * 16
+    async with python_nodes(1) as (a,):
+        peer = await node_peer("--cluster", CLUSTER).start()
+        context = zmq.asyncio.Context()
+        try:
+            for endpoint, stats in ((a.endpoint, None), (peer.ready["endpoint"], peer)):
+                inbox = context.socket(zmq.ROUTER)
+                inbox.setsockopt(zmq.LINGER, 0)
+                port = inbox.bind_to_random_port("tcp://127.0.0.1")
+                link = context.socket(zmq.DEALER)
+                link.setsockopt(zmq.LINGER, 0)
+                link.setsockopt(zmq.ROUTING_ID, node_id + b"\x00\x00\x00\x01")
+                link.connect(endpoint)
+
+                async def acks(within: float, inbox: Any = inbox) -> list[tuple[int, int, bool]]:
+                    """The ACKs that arrive within ``within`` s (stops at the first)."""
+                    try:
+                        while True:
+                            _, frame = await asyncio.wait_for(inbox.recv_multipart(), within)
+                            found = [tuple(r[1:]) for r in msgpack.unpackb(frame) if r[0] == 12]
+                            if found:
+                                return found
+                    except TimeoutError:
+                        return []
+                await link.send(_batch(_rec(1, 2, CLUSTER, node_id, 1, f"tcp://127.0.0.1:{port}",
+                                            "raw", False, endpoint, "", 0, [])))
+                await async_wait_until(
+                    lambda e=endpoint: (node_id.hex() in {p.node_id for p in a.peers})
+                    if e == a.endpoint else peer.of("peer_up", node_id=node_id.hex()),
+                    JOIN_TIMEOUT_S, what="the raw sender is a peer")
+                for what, batch, due in steps:
+                    await link.send(batch)
+                    assert await acks(5.0) == [due], (endpoint, what)
+                    assert await acks(ACK_QUIET_S) == [], (endpoint, what, "a second ACK")
+                counted = (a.stats() if stats is None else await peer.stats())
+                assert (counted["duplicate_batches"], counted["gap_batches"]) == (1, 3), endpoint
+                link.close()
+                inbox.close()
+        finally:
+            context.term()
