@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server \
-	dnsmasq chromium
+	dnsmasq chromium node-peer
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ chat: $(STAMP)
 		--ws-port $(CHAT_WS_PORT) --interface 127.0.0.1 --log-level INFO
 
 ## test: the whole suite: lint, types, unit tests and the multi-process tests
-test: lint typecheck $(STAMP) dnsmasq chromium
+test: lint typecheck $(STAMP) dnsmasq chromium node-peer
 	$(BIN)/python -m pytest
 
 # The DNS discovery tests (tests/test_lan_dns.py) run a real DNS server: dnsmasq, installed
@@ -56,6 +56,16 @@ chromium:
 			--no-install-recommends chromium chromium-driver) \
 		|| echo "could not install chromium: the browser test will be skipped"; \
 	else echo "chromium or chromedriver missing and not root: the browser test will be skipped"; fi
+
+# The Node.js peer (examples/node_peer, tests/test_node_peer.py) needs its npm packages:
+# zeromq (prebuilt binaries inside the package, nothing downloaded at install) and
+# @msgpack/msgpack, pinned by package-lock.json. About 2 s (4 packages, 42 MB). Without node
+# and npm, or if the install fails, those tests are skipped and say why.
+node-peer:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		(cd examples/node_peer && npm ci --no-audit --no-fund) \
+		|| echo "npm ci failed in examples/node_peer: the Node.js peer tests will be skipped"; \
+	else echo "node or npm missing: the Node.js peer tests will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check smartroute tests examples bench

@@ -122,7 +122,12 @@ class Inflow:
         if seq == self.taken + 1:
             self.taken = seq
             return Verdict.TAKE
-        return Verdict.DUPLICATE if seq <= self.taken else Verdict.GAP
+        if seq <= self.taken:
+            # A resend: our ACK may have been lost with a broken connection. ACK again (even
+            # if we had acknowledged all), or its sender keeps the batch until a later one.
+            self.acked = min(self.acked, seq - 1)
+            return Verdict.DUPLICATE
+        return Verdict.GAP
 
     def behind(self, stream: int, sent: int) -> bool:
         """A heartbeat says batch ``sent`` of ``stream`` left: True if we miss some."""

@@ -233,6 +233,40 @@ def test_kind_table_matches_wire_kind() -> None:
     assert table_rows("### Record kinds") == {kind.name: int(kind) for kind in wire.Kind}
 
 
+def test_kind_table_lists_the_fields_of_each_record() -> None:
+    """The kinds table's field column is each record's fields, in order (a Node.js peer
+    written from the spec found HEARTBEAT's row stale after time_us/echo_us/held_us came)."""
+    start = SPEC.index("### Record kinds")
+    fields: dict[str, list[str]] = {}
+    for line in SPEC[start:].splitlines()[1:]:
+        if fields and not line.startswith("|"):
+            break
+        match = re.match(r"\|\s*\d+\s*\|\s*`([A-Z_]+)`\s*\|([^|]*)\|", line)
+        if match:
+            cell = match.group(2).strip()
+            names = [] if cell == "(none)" else cell.split(",")
+            fields[match.group(1)] = [name.strip() for name in names]
+    assert fields == {name: list(cls._fields) for name, cls in RECORD_TYPES.items()}
+
+
+def test_the_batch_table_shows_the_vector_bytes() -> None:
+    """Section 5's abbreviated bytes are the vectors' (`…` skips bytes, "text" is its UTF-8);
+    they showed SEQ and ACK in their old short form until a Node.js peer's author read them."""
+    start = SPEC.index("Whole-batch vectors")
+    rows: dict[str, str] = {}
+    for line in SPEC[start:].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        match = re.match(r"\| `([a-z-]+)` \| `([^`]*)` \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    assert set(rows) == {v["name"] for v in BATCHES}
+    for vector in BATCHES:
+        pieces = [re.sub(r'"([^"]*)"', lambda q: q.group(1).encode().hex(), piece).replace(" ", "")
+                  for piece in rows[vector["name"]].split("…")]
+        assert re.fullmatch(".*".join(map(re.escape, pieces)), vector["hex"]), vector["name"]
+
+
 def test_mode_table_matches_receive_mode() -> None:
     assert table_rows("### Receive modes") == {mode.name: int(mode) for mode in ReceiveMode}
 
@@ -361,6 +395,48 @@ def test_a_sequenced_batch_is_taken_acknowledged_and_a_gap_asked_again() -> None
     b.receive(routing_id, outbox.number([wire.encode_heartbeat(a.incarnation, 2)]), NOW + 0.2)
     assert [batch.hex() for batch in b.data_to_send().sends[1]] == [batch_hex("ack-resend")]
     assert b.counters.gap_batches == 1
+
+
+def test_a_sequenced_batch_from_a_stranger_counts_every_record_the_seq_included() -> None:
+    """Section 6 step 4: dropped unacknowledged, and its records counted, the SEQ too (the
+    spec said "its records"; a Node.js peer written from it counted those after the SEQ)."""
+    _, b = cores()
+    routing_id = bytes.fromhex(VECTORS["routing_ids"][0]["routing_id"])  # A: not B's peer
+    b.receive(routing_id, bytes.fromhex(batch_hex("sequenced-msgs")), NOW)
+    assert (b.counters.unknown_sender_records, b.counters.malformed_records) == (3, 0)
+    assert b.events_received() == []
+    assert b.data_to_send().sends == {}  # no ACK
+
+
+def test_a_seq_is_refused_for_seq_0_or_a_stream_over_32_bits_not_for_stream_0() -> None:
+    """Section 4.11: the receiver's checks (the spec's "never 0" for the stream is the sender's
+    rule; a Node.js peer written from it had refused stream 0)."""
+    assert wire.seq_of([11, 0, 1]) == (0, 1)
+    assert wire.seq_of([11, 2**32 - 1, 2**64 - 1]) == (2**32 - 1, 2**64 - 1)
+    assert wire.seq_of([11, 5, 0]) is None
+    assert wire.seq_of([11, 2**32, 1]) is None
+
+
+def test_a_duplicate_is_acknowledged_again_even_when_all_was_acknowledged() -> None:
+    """Section 10.3: a duplicate makes an ACK due (its sender may have missed ours, lost with
+    a broken connection). The reference sent none when it had acknowledged everything it
+    took: found by a Node.js peer, which did; the sender then kept the batch (and a drain
+    waited for it) until a later batch's ACK covered it."""
+    a, b = cores()
+    a.hint("tcp://10.0.0.2:7002", NOW)
+    out = a.data_to_send()
+    routing_id = out.dials[0].routing_id
+    b.receive(routing_id, out.sends[1][0], NOW, lambda: "10.0.0.1")
+    b.data_to_send()
+    batch = Outbox(0x2B7E1516, b.incarnation, 64, 1 << 23).number(
+        [wire.encode_heartbeat(a.incarnation, 2)])
+    for i in range(2):  # batch 1, then the same batch again
+        b.receive(routing_id, batch, NOW + i)
+        b.tick(NOW + i + 0.05)
+        sent = b.data_to_send().sends[1]
+        acks = [r for x in sent for r in decode_batch(x) if type(r) is wire.Ack]
+        assert acks == [wire.Ack(0x2B7E1516, 1, False)], i
+    assert b.counters.duplicate_batches == 1
 
 
 def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
