@@ -6,33 +6,66 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo demo-nodes chat test lint typecheck unit processes clean bench bench-quick redis-server \
-	dnsmasq chromium node-peer
+.PHONY: build demo demo-nodes chat test lint typecheck unit processes clean \
+	bench bench-quick redis-server dnsmasq chromium node-peer
 
-$(STAMP): pyproject.toml
+# The editable install itself compiles nothing (SMARTROUTE_PURE=1); $(COMPILED) then compiles
+# the core modules that setup.py lists, in place (next to their .py files, git-ignored), with
+# the mypyc of the dev extra. README, "Building".
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test,dev,metrics,chat]'
+	SMARTROUTE_PURE=1 $(BIN)/pip install --quiet -e '.[test,dev,metrics,chat]'
 	touch $(STAMP)
 
+# One stamp per kind of build, so that switching SMARTROUTE_PURE on or off builds again.
+BUILD_KIND := $(if $(filter-out 0,$(SMARTROUTE_PURE)),pure,compiled)
+COMPILED := $(VENV)/.built-$(BUILD_KIND)
+
+## build: compile the core modules again (after an edit); SMARTROUTE_PURE=1 removes them
+build: $(COMPILED)
+
+# Any source of the package may change what the compiled modules see, so any edit rebuilds
+# (gcc skips the C files that came out the same). The extensions are touched afterwards: they
+# now stand for the sources as they are (smartroute/_compiled.py does not load an extension
+# older than its source).
+$(COMPILED): $(STAMP) setup.py $(wildcard smartroute/*.py)
+	rm -f smartroute/*.so $(VENV)/.built-*
+	$(BIN)/python setup.py --quiet build_ext --inplace >$(VENV)/build.log 2>&1 \
+		|| { cat $(VENV)/build.log; exit 1; }
+	if ls smartroute/*.so >/dev/null 2>&1; then touch smartroute/*.so; fi
+	$(BIN)/smartroute --version
+	touch $(COMPILED)
+
 ## demo: three chat gateways on loopback (mDNS on 127.0.0.1) and users chatting across them
-demo: $(STAMP)
+demo: $(COMPILED)
 	$(BIN)/python -m examples.chat_gateway.demo
 
 ## demo-nodes: three nodes on loopback: seeds, every receive mode, request/reply, a node dying
-demo-nodes: $(STAMP)
+demo-nodes: $(COMPILED)
 	$(BIN)/python examples/three_nodes.py
 
 ## chat: one chat gateway on 127.0.0.1:7070 (mDNS on loopback): the client or nc there, a browser
 ## at http://127.0.0.1:8070/
 CHAT_PORT ?= 7070
 CHAT_WS_PORT ?= 8070
-chat: $(STAMP)
+chat: $(COMPILED)
 	$(BIN)/python examples/chat_gateway/server.py --host 127.0.0.1 --port $(CHAT_PORT) \
 		--ws-port $(CHAT_WS_PORT) --interface 127.0.0.1 --log-level INFO
 
-## test: the whole suite: lint, types, unit tests and the multi-process tests
-test: lint typecheck $(STAMP) dnsmasq chromium node-peer
+# The pure build's share of `make test`: see PURE_TESTS below.
+PURE_TESTS ?= -m "not lan"
+
+## test: lint, types, the whole suite on the compiled build, then on the pure one (PURE_TESTS)
+## (SMARTROUTE_PURE=1 make test: nothing compiled, the whole suite on the pure build)
+test: lint typecheck $(COMPILED) dnsmasq chromium node-peer
+ifeq ($(filter-out 0,$(SMARTROUTE_PURE)),)
+	@$(BIN)/python -c 'import smartroute, sys; print("tests on:", smartroute.build); \
+		sys.exit(0 if smartroute.compiled else "the compiled build is not in use")'
 	$(BIN)/python -m pytest
+	SMARTROUTE_PURE=1 $(BIN)/python -m pytest $(PURE_TESTS)
+else
+	$(BIN)/python -m pytest
+endif
 
 # The DNS discovery tests (tests/test_lan_dns.py) run a real DNS server: dnsmasq, installed
 # from the distribution when we are root, as dnsmasq-base (the binary alone: the dnsmasq
@@ -74,11 +107,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy smartroute
 
 ## unit: only the fast tests of the pure core (no processes)
-unit: $(STAMP)
+unit: $(COMPILED)
 	$(BIN)/python -m pytest -m "not processes"
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,dev,metrics,chat,bench]'
+$(BENCH_STAMP): $(COMPILED) pyproject.toml
+	SMARTROUTE_PURE=1 $(BIN)/pip install --quiet -e '.[test,dev,metrics,chat,bench]'
 	touch $(BENCH_STAMP)
 
 # The Redis baseline needs redis-server: installed from the distribution when we are root;
@@ -98,4 +131,4 @@ bench-quick: $(BENCH_STAMP) redis-server
 	$(BIN)/python bench/run.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build smartroute/*.so

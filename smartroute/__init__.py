@@ -6,6 +6,8 @@ replicate which subscriber names live where, and deliver ``send_to`` in one hop.
 
 import logging as _logging
 
+# First, before any core module: chooses the compiled build or the pure one, for all of them.
+from ._compiled import build, compiled
 from .config import Limits, Timings
 from .discovery import Discovery, StaticDiscovery
 from .errors import (
@@ -65,5 +67,7 @@ __all__ = [
     "UsageError",
     "WaitTimeout",
     "__version__",
+    "build",
+    "compiled",
     "message",
 ]

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, build
 from .errors import LinkFull, NoSubscriber, RequestError, RequestTimeout, UsageError
 from .events import Event, PeerDown, PeerUp, SubscriberDown, SubscriberUp, SubscriberUpdated
 from .messages import Message
@@ -421,7 +421,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of ``smartroute``; a bad one exits 2 with one line on stderr."""
     parser = _Parser(prog="smartroute", description="smartroute mesh tools")
-    parser.add_argument("--version", action="version", version=f"smartroute {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"smartroute {__version__} ({build})")
     commands = parser.add_subparsers(dest="command", required=True)
     node = commands.add_parser("node", help="run a node and print mesh events")
     _add_mesh_options(node)

@@ -935,7 +935,8 @@ class Protocol:
         """The protocol's counters, its peers and subscribers, and the longest stall of the loop
         that drives it (``loop_stall_max_ms``)."""
         counters = self.counters
-        stats = {name: getattr(counters, name) for name in counters.__slots__}
+        # Fields, not __slots__: a compiled (mypyc) dataclass has no __slots__.
+        stats = {f.name: getattr(counters, f.name) for f in dataclasses.fields(counters)}
         stats["peers"] = len(self.membership.peers)
         stats["subscribers"] = self.table.size()
         stats["loop_stall_max_ms"] = int(self._stall_max_s * 1000)

@@ -13,7 +13,7 @@ import functools
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -394,7 +394,7 @@ class Decoder:
         if type(raw) is not list or not raw:
             raise RemoteProtocolError("record is not a non-empty array")
         kind = raw[0]
-        decode = self._decoders.get(kind) if type(kind) is int else None
+        decode = _DECODERS.get(kind) if type(kind) is int else None
         if decode is None:
             raise RemoteProtocolError(f"unknown record kind {kind!r}")
         try:
@@ -575,21 +575,24 @@ class Decoder:
         return bool(sep and host and port.isascii() and port.isdigit()
                     and 0 < int(port) < 65536)
 
-    _decoders: ClassVar[dict[int, Callable[[Decoder, list[Any]], Record]]] = {
-        Kind.HELLO: _hello,
-        Kind.REFUSE: _refuse,
-        Kind.PEERS: _peers,
-        Kind.DELTA: _delta,
-        Kind.SNAPSHOT_REQUEST: _snapshot_request,
-        Kind.SNAPSHOT: _snapshot,
-        Kind.HEARTBEAT: _heartbeat,
-        Kind.BYE: _bye,
-        Kind.MSG: _msg,
-        Kind.REPLY: _reply,
-        Kind.SEQ: _seq,
-        Kind.ACK: _ack,
-        Kind.LEAVING: _leaving,
-    }
+
+
+# Outside the class body: a compiled (mypyc) class body cannot name its own methods.
+_DECODERS: dict[int, Callable[[Decoder, list[Any]], Record]] = {
+    Kind.HELLO: Decoder._hello,
+    Kind.REFUSE: Decoder._refuse,
+    Kind.PEERS: Decoder._peers,
+    Kind.DELTA: Decoder._delta,
+    Kind.SNAPSHOT_REQUEST: Decoder._snapshot_request,
+    Kind.SNAPSHOT: Decoder._snapshot,
+    Kind.HEARTBEAT: Decoder._heartbeat,
+    Kind.BYE: Decoder._bye,
+    Kind.MSG: Decoder._msg,
+    Kind.REPLY: Decoder._reply,
+    Kind.SEQ: Decoder._seq,
+    Kind.ACK: Decoder._ack,
+    Kind.LEAVING: Decoder._leaving,
+}
 
 
 _REPLY_STATUSES = frozenset(int(s) for s in ReplyStatus)

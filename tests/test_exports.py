@@ -12,8 +12,7 @@ DOCUMENTED = {
     "PeerDown", "PeerInfo", "PeerLost", "PeerUp", "ReceiveMode", "RemoteError", "RequestError",
     "RequestTimeout", "SmartRouteError", "StaticDiscovery", "Subscriber", "SubscriberDown",
     "SubscriberUp", "SubscriberUpdated", "Subscription", "Timings", "UsageError", "WaitTimeout",
-    "__version__",
-    "message",
+    "__version__", "build", "compiled", "message",
 }
 
 

@@ -197,8 +197,10 @@ def test_a_frame_that_is_not_one_batch_is_rejected(payload: bytes) -> None:
 @pytest.mark.parametrize("node_id", [b"\x00" + b"\x01" * 15, b"\x01" * 15, b"\x01" * 17, b"",
                                      "01" * 16])
 def test_bad_node_ids_are_rejected_in_hello_and_peers(node_id: Any) -> None:
-    reject(raw_of(wire.encode_hello(HELLO._replace(node_id=node_id))))
-    reject(raw_of(wire.encode_peers([(A, "tcp://x:1"), (node_id, "tcp://y:1")])))
+    # Built by hand, not with the encoders: they are typed, and compiled (mypyc) they refuse
+    # a str node id before any record exists.
+    reject([int(wire.Kind.HELLO), *HELLO._replace(node_id=node_id)[:10], []])
+    reject([int(wire.Kind.PEERS), [[A, "tcp://x:1"], [node_id, "tcp://y:1"]]])
 
 
 def test_a_node_id_with_a_zero_byte_after_the_first_is_fine() -> None:
