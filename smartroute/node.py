@@ -27,7 +27,6 @@ from .dispatch import Dispatcher, EventStream, Handler, Owner, Subscription
 from .endpoints import announced_hosts, check_advertise, node_endpoints, parse_endpoint
 from .errors import LinkFull, NodeClosed, NoSubscriber, RequestTimeout, UsageError
 from .events import PeerInfo, Subscriber
-from .logs import QuietLog
 from .messages import check_meta, encode_body, surely_encodes, type_name_of
 from .modes import ReceiveMode, Target, check_name, check_target
 from .protocol import Plan, Protocol, ReplyStatus, new_node_id
@@ -121,7 +120,6 @@ class Node:
         """The last send filled a batch for a peer: let it leave before queueing more."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._quiet = QuietLog(_log)
         # The counters of every send are plain attributes: a Counter item costs twice more.
         self._sent = 0
         self._sent_remote_frames = 0
