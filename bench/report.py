@@ -110,7 +110,7 @@ SECTIONS = (
             "peer: one value per survivor and run; dead everywhere: the later of the two per "
             "run. A killed process is dead when its port refuses the redial; a frozen one "
             "when libzmq's ZMTP pings go unanswered (ping_timeout_s 1.0) and the connection "
-            "is not back within unreachable_after_s 0.5."),
+            "is not back within unreachable_after_s 0.25."),
     Section("8. Delivery across stalls and resets",
             ("sender loop stall*", "TCP connection reset under load"),
             "Messages the receiver's subscriber got against what the sender's `send_to` "
