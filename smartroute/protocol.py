@@ -160,6 +160,8 @@ class Counters:
     gap_batches: int = 0
     """Batches that came after a gap (lost with a broken connection): dropped, asked again."""
     resend_requests: int = 0
+    restarted_streams: int = 0
+    """Streams started anew because their receiver asked for batches it had acknowledged."""
 
 
 def _queue(queues: dict[int, list[bytes]], link_id: int, record: bytes) -> None:
@@ -595,6 +597,18 @@ class Protocol:
     def _on_ack(self, peer: Peer, ack: wire.Ack, now: float) -> None:
         outbox = self.outboxes.get(peer.node_id)
         if outbox is None or ack.stream != outbox.stream:
+            return
+        if ack.resend and outbox.unacked and ack.seq + 1 < outbox.unacked[0].seq:
+            # It asks again for batches it had acknowledged: it lost its place in the stream
+            # (a gap and resend loop otherwise: every batch we still hold is a gap to it).
+            # What it acknowledged was taken; the rest starts a new stream, from 1.
+            self.counters.restarted_streams += 1
+            self._quiet.warning(f"restart:{peer.hex}", "%s: %s asks for batches of our stream "
+                                "it had acknowledged (%d, we hold from %d): starting a new one",
+                                self.hex[:8], peer.hex[:8], ack.seq, outbox.unacked[0].seq)
+            outbox = self.outboxes[peer.node_id] = outbox.renumbered(
+                next(self._stream_ids) & 0xFFFFFFFF or 1)
+            self._resend(peer, outbox)
             return
         outbox.acked(ack.seq)
         if self.full_peers and not outbox.full:

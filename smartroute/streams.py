@@ -90,6 +90,15 @@ class Outbox:
         """Every batch not acknowledged, in order, to send again."""
         return [sent.batch for sent in self.unacked]
 
+    def renumbered(self, stream: int) -> Outbox:
+        """A new stream ``stream`` holding what this one holds unacknowledged, numbered from 1:
+        for a receiver that lost its place in this one (it asks for batches it had
+        acknowledged, which we no longer hold), so that it takes the rest from a start."""
+        fresh = Outbox(stream, self.incarnation, self.window_batches, self.window_bytes)
+        for sent in self.unacked:
+            fresh.number(_records(sent.batch)[1:])  # without the old SEQ
+        return fresh
+
 
 class Verdict(enum.Enum):
     """What a receiver does with a sequenced batch."""
@@ -148,3 +157,17 @@ class Inflow:
         """The ACK to send now (and remember as sent)."""
         self.acked = self.taken
         return wire.Ack(self.stream, self.taken, resend)
+
+
+def _records(batch: bytes) -> list[bytes]:
+    """The encoded records of a batch we framed, byte for byte (a SEQ stays fixed-width)."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(batch)
+    count = unpacker.read_array_header()
+    records, start = [], unpacker.tell()
+    for _ in range(count):
+        unpacker.skip()
+        end = unpacker.tell()
+        records.append(batch[start:end])
+        start = end
+    return records
