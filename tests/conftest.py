@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
+from examples.chat_gateway.client import ChatClient
+from examples.chat_gateway.processes import GatewayProcess
 from smartroute.testing.cluster import AgentProcess
 from smartroute.testing.lan import Lan, lan_available
 
@@ -71,3 +73,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+Connect = Callable[..., Awaitable[ChatClient]]
+"""``await connect(gateway, name=None, *, ws=False, **options)``: a chat client."""
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open clients, over TCP or with ``ws=True`` a WebSocket (registered when given a name);
+    all are closed at the end."""
+    clients: list[ChatClient] = []
+
+    async def open_client(gateway: GatewayProcess, name: str | None = None, *, ws: bool = False,
+                          **options: Any) -> ChatClient:
+        if ws:
+            # Imported only here: the WebSocket client needs the chat extra (websockets).
+            from examples.chat_gateway.client import WebSocketChatClient  # noqa: PLC0415
+            assert gateway.ws_url is not None
+            client: ChatClient = await WebSocketChatClient.connect_ws(gateway.ws_url, **options)
+        else:
+            client = await ChatClient.connect(gateway.host, gateway.port, **options)
+        clients.append(client)
+        if name is not None:
+            answer = await client.request("register", name=name)
+            assert answer["type"] == "registered", answer
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.close()

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +26,7 @@ from examples.chat_gateway.demo import wait_for_mesh
 from examples.chat_gateway.processes import GatewayProcess, start_gateways
 from examples.chat_gateway.server import MAX_LINE_BYTES
 from smartroute.testing import async_wait_until
+from tests.conftest import Connect
 
 pytestmark = pytest.mark.processes
 
@@ -56,26 +57,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             gateway.kill()
 
 
-Connect = Callable[..., Awaitable[ChatClient]]
 
 
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open clients (registered when given a name); all are closed at the end."""
-    clients: list[ChatClient] = []
-
-    async def open_client(gateway: GatewayProcess, name: str | None = None,
-                          **options: Any) -> ChatClient:
-        client = await ChatClient.connect(gateway.host, gateway.port, **options)
-        clients.append(client)
-        if name is not None:
-            answer = await client.request("register", name=name)
-            assert answer["type"] == "registered", answer
-        return client
-
-    yield open_client
-    for client in clients:
-        await client.close()
 
 
 def has_users(expected: dict[str, int]) -> Callable[[dict[str, Any]], bool]:

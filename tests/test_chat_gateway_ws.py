@@ -13,19 +13,19 @@ import asyncio
 import os
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from examples.chat_gateway.client import ChatClient, WebSocketChatClient
+from examples.chat_gateway.client import WebSocketChatClient
 from examples.chat_gateway.demo import wait_for_mesh
 from examples.chat_gateway.processes import GatewayProcess, start_gateways
 from examples.chat_gateway.server import MAX_LINE_BYTES
 from tests.test_chat_gateway import (
     DELIVERY_TIMEOUT_S,
     OBSERVE_S,
+    Connect,
     arrives,
     flood_past,
     has_users,
@@ -53,38 +53,11 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayP
             gateway.kill()
 
 
-Open = Callable[..., Awaitable[ChatClient]]
-
-
-@pytest.fixture
-async def open_client() -> AsyncIterator[Open]:
-    """Open clients, over a WebSocket with ``ws=True`` (registered when given a name); all
-    are closed at the end."""
-    clients: list[ChatClient] = []
-
-    async def open_one(gateway: GatewayProcess, name: str | None = None, *, ws: bool = False,
-                       **options: Any) -> ChatClient:
-        if ws:
-            assert gateway.ws_url is not None
-            client: ChatClient = await WebSocketChatClient.connect_ws(gateway.ws_url, **options)
-        else:
-            client = await ChatClient.connect(gateway.host, gateway.port, **options)
-        clients.append(client)
-        if name is not None:
-            answer = await client.request("register", name=name)
-            assert answer["type"] == "registered", answer
-        return client
-
-    yield open_one
-    for client in clients:
-        await client.close()
-
-
 async def test_a_websocket_user_and_a_tcp_user_on_two_gateways_chat(
-        gateways: list[GatewayProcess], open_client: Open) -> None:
+        gateways: list[GatewayProcess], connect: Connect) -> None:
     g1, g2 = gateways
-    web = await open_client(g1, "wt-web", ws=True)
-    tcp = await open_client(g2, "wt-tcp")
+    web = await connect(g1, "wt-web", ws=True)
+    tcp = await connect(g2, "wt-tcp")
     await arrives(web, type="presence", user="wt-tcp", status="online")
     await wait_for_mesh(gateways, has_users({"wt-web": 1, "wt-tcp": 1}))
 
@@ -112,10 +85,10 @@ async def test_a_websocket_user_and_a_tcp_user_on_two_gateways_chat(
 
 
 async def test_a_status_set_on_one_gateway_is_told_and_listed_on_the_other(
-        gateways: list[GatewayProcess], open_client: Open) -> None:
+        gateways: list[GatewayProcess], connect: Connect) -> None:
     g1, g2 = gateways
-    web = await open_client(g1, "st-web", ws=True)
-    tcp = await open_client(g2, "st-tcp")
+    web = await connect(g1, "st-web", ws=True)
+    tcp = await connect(g2, "st-tcp")
     await wait_for_mesh(gateways, has_users({"st-web": 1, "st-tcp": 1}))
 
     answer = await tcp.request("status", status="away")
@@ -136,13 +109,13 @@ async def test_a_status_set_on_one_gateway_is_told_and_listed_on_the_other(
                          ({"status": ["away"]}, "bad_field")):
         answer = await tcp.request("status", **fields)
         assert (answer["type"], answer["code"]) == ("error", code)
-    stranger = await open_client(g1)
+    stranger = await connect(g1)
     assert (await stranger.request("status", status="away"))["code"] == "not_registered"
 
 
 async def test_bad_websocket_messages_get_an_error_and_the_connection_survives(
-        gateways: list[GatewayProcess], open_client: Open) -> None:
-    client = await open_client(gateways[0], ws=True)
+        gateways: list[GatewayProcess], connect: Connect) -> None:
+    client = await connect(gateways[0], ws=True)
     assert isinstance(client, WebSocketChatClient)
     bad_messages: list[tuple[bytes | str, str | None]] = [
         ("this is not json", "bad_json"),
@@ -184,10 +157,10 @@ async def test_bad_websocket_messages_get_an_error_and_the_connection_survives(
 
 
 async def test_a_websocket_client_that_stops_reading_does_not_delay_the_others(
-        gateways: list[GatewayProcess], open_client: Open) -> None:
+        gateways: list[GatewayProcess], connect: Connect) -> None:
     g1, g2 = gateways
-    flood = await open_client(g1, "ws-flood")
-    fast = await open_client(g2, "ws-fast", ws=True)
+    flood = await connect(g1, "ws-flood")
+    fast = await connect(g2, "ws-fast", ws=True)
     # The slow client registers and never reads again: websockets stops reading its socket
     # once max_queue messages wait, and a small receive buffer holds little in the kernel.
     assert g2.ws_url is not None
@@ -205,12 +178,12 @@ async def test_a_websocket_client_that_stops_reading_does_not_delay_the_others(
 
 
 async def test_an_idle_websocket_client_is_pinged_then_dropped(tmp_path: Path,
-                                                               open_client: Open) -> None:
+                                                               connect: Connect) -> None:
     gateway = GatewayProcess("ws-idle", cluster=f"chat-ws-idle-{os.getpid()}",
                              log_path=tmp_path / "idle.log",
                              options=["--no-mdns", "--idle-timeout", "1.0", "--ws-port", "0"])
     try:
-        await idle_one_dropped(gateway, open_client, ws=True)  # as over TCP
+        await idle_one_dropped(gateway, connect, ws=True)  # as over TCP
     finally:
         gateway.kill()
 
