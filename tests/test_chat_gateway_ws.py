@@ -41,10 +41,15 @@ from examples.chat_gateway.ws import MAX_MESSAGE_BYTES  # noqa: E402
 pytestmark = pytest.mark.processes
 
 
+ALLOWED_ORIGIN = "https://chat.example:8443"
+"""A page elsewhere that the module's gateways let open their WebSocket (``--ws-origin``)."""
+
+
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     logs = tmp_path_factory.mktemp("ws-gateways")
-    started = start_gateways(2, cluster=f"chat-ws-{os.getpid()}", options=["--ws-port", "0"],
+    started = start_gateways(2, cluster=f"chat-ws-{os.getpid()}",
+                             options=["--ws-port", "0", "--ws-origin", ALLOWED_ORIGIN],
                              log_dir=logs, prefix="ws")
     try:
         yield started
@@ -208,3 +213,26 @@ async def test_the_websocket_port_is_plain_websocket(gateways: list[GatewayProce
     async with ws_connect(gateways[1].ws_url) as ws:
         await ws.send('{"type": "ping", "id": 1}')
         assert await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT_S) == '{"type":"pong","id":1}'
+
+
+async def test_only_the_gateways_own_page_and_allowed_ones_may_open_the_websocket(
+        gateways: list[GatewayProcess]) -> None:
+    """A browser connects from any page and sends the user's cookies: a hostile page must not
+    get a WebSocket. Refused with 403: an ``Origin`` that is neither the gateway's page nor
+    one given with ``--ws-origin``; let in: those, and clients that send no ``Origin``."""
+    url = gateways[0].ws_url
+    assert url is not None
+    own = "http://" + url.removeprefix("ws://").rstrip("/")
+    for origin in ("http://evil.example", own.replace("http://", "http://x."), "null",
+                   own + "0"):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with ws_connect(url, origin=origin):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 403, origin
+    for origin in (own, ALLOWED_ORIGIN, None):
+        async with ws_connect(url, origin=origin) as ws:  # type: ignore[arg-type]
+            await ws.send('{"type": "ping", "id": 2}')
+            assert await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT_S) == (
+                '{"type":"pong","id":2}'), origin
+    log = gateways[0].log_path.read_text()
+    assert log.count("refused a WebSocket opened by a page of") == 4

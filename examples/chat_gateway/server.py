@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ws-port", type=int, default=None, metavar="PORT",
                         help="also serve WebSocket clients and the chat page on this port "
                              "(0: any free one; needs smartroute[chat], i.e. websockets)")
+    parser.add_argument("--ws-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a page (scheme://host:port) besides the gateway's own that may "
+                             "open its WebSocket (repeatable; others are refused)")
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER,
                         help=f"gateways of one cluster form one chat (default {DEFAULT_CLUSTER!r})")
     parser.add_argument("--secret", default=None,
@@ -122,8 +125,9 @@ async def run(args: argparse.Namespace) -> None:
               f"{args.cluster!r}, mesh node {node.node_id[:8]} at {node.endpoint})", flush=True)
         if args.ws_port is not None:
             from examples.chat_gateway.ws import WebSocketClient  # noqa: PLC0415 (optional)
-            server, (host, port) = await listen(lambda: WebSocketClient(gateway), args.host,
-                                                args.ws_port)
+            origins = frozenset(args.ws_origin)
+            server, (host, port) = await listen(lambda: WebSocketClient(gateway, origins),
+                                                args.host, args.ws_port)
             servers.append(server)
             print(f"web chat at http://{host}:{port}/ (WebSocket ws://{host}:{port}/)",
                   flush=True)

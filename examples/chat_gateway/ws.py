@@ -5,11 +5,18 @@ websockets' Sans-I/O ``ServerProtocol`` runs inside the same kind of ``asyncio.P
 a TCP client (limits.py's ``Client``), not in websockets' asyncio server: the mesh hands the
 gateway messages synchronously, and one connection's limits (backpressure, the slow-client
 rule on the transport's buffer, idleness) must be the TCP ones, not a second copy.
+
+A browser sends every page's cookies and connects from any page, so a WebSocket that trusted
+any page would let a hostile site chat in its visitors' names: a handshake whose ``Origin`` is
+neither the gateway's own page (the request's ``Host``) nor one given with ``--ws-origin`` is
+refused (403). Clients that are not browsers send no ``Origin`` and are let in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode, Frame, Opcode
@@ -17,7 +24,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from .limits import MAX_LINE_BYTES, TOO_LONG, Client, Hub
+from .limits import MAX_LINE_BYTES, TOO_LONG, Client, Hub, log
 
 PAGE = (Path(__file__).resolve().parent / "chat.html").read_bytes()
 """The browser client, served at ``/``."""
@@ -33,11 +40,13 @@ DATA = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 class WebSocketClient(Client):
     """A browser (or any WebSocket client): one JSON object per message, both ways."""
 
-    __slots__ = ("parts", "ws")
+    __slots__ = ("origins", "parts", "ws")
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, origins: Collection[str] = ()) -> None:
         super().__init__(hub)
         self.ws = ServerProtocol(max_size=MAX_MESSAGE_BYTES)
+        self.origins = origins
+        """Pages besides the gateway's own that may open a WebSocket (``--ws-origin``)."""
         self.parts: list[bytes] = []
         """The frames of a fragmented message so far."""
 
@@ -67,7 +76,13 @@ class WebSocketClient(Client):
     def _respond(self, request: Request) -> Response:
         """The handshake's answer: a WebSocket, the page at ``/``, or 404."""
         if "websocket" in request.headers.get("Upgrade", "").lower():
-            return self.ws.accept(request)
+            origin = request.headers.get("Origin")
+            if origin is None or origin in self.origins or _same_origin(origin, request):
+                return self.ws.accept(request)
+            log.warning("refused a WebSocket opened by a page of %r (not this gateway's own; "
+                        "--ws-origin allows more)", origin[:200])
+            return self.ws.reject(403, f"Forbidden: a page of {origin[:200]} may not open "
+                                       "this WebSocket\n")
         if request.path.partition("?")[0] in ("/", "/index.html"):
             headers = Headers([("Content-Type", "text/html; charset=utf-8"),
                                ("Content-Length", str(len(PAGE))),
@@ -98,3 +113,11 @@ class WebSocketClient(Client):
             self.ws.send_close(CloseCode.GOING_AWAY)
             self._flush()
         super().close()
+
+
+def _same_origin(origin: str, request: Request) -> bool:
+    """Whether ``origin`` is the page this gateway served: http(s) on the host and port the
+    browser asked for."""
+    parts = urlsplit(origin)
+    return (parts.scheme in ("http", "https")
+            and parts.netloc.lower() == request.headers.get("Host", "").lower())
