@@ -159,6 +159,9 @@ class Counters:
     """Copies of batches already taken (a resend crossing the original): dropped."""
     gap_batches: int = 0
     """Batches that came after a gap (lost with a broken connection): dropped, asked again."""
+    stale_batches: int = 0
+    """Late batches of a stream its sender had replaced: dropped (their records are either
+    taken already or counted lost by their sender)."""
     resend_requests: int = 0
     restarted_streams: int = 0
     """Streams started anew because their receiver asked for batches it had acknowledged."""
@@ -500,8 +503,9 @@ class Protocol:
             return
         peer = self.membership.peers.get(node_id)
         self.counters.records_received += len(raws)
-        if (raws and type(first := raws[0]) is list and first and type(first[0]) is int
-                and first[0] == _SEQ):
+        sequenced = (bool(raws) and type(first := raws[0]) is list and bool(first)
+                     and type(first[0]) is int and first[0] == _SEQ)
+        if sequenced:
             if not self._take(node_id, peer, raws, now):
                 return
             raws = raws[1:]
@@ -524,6 +528,8 @@ class Protocol:
                 peer = self.membership.peers.get(node_id)
             elif peer is None:
                 self._from_stranger(node_id, record, now)
+            elif type(record) is wire.Ack:
+                self._on_ack(peer, record, now, sequenced=sequenced)
             else:
                 self._on_record(peer, record, now)
                 if type(record) is wire.Bye:
@@ -545,7 +551,7 @@ class Protocol:
             self._from_stranger(node_id, wire.Seq(*numbers), now)
             self.counters.unknown_sender_records += len(raws) - 1
             return False
-        inflow = self.inflows.get(node_id) or self._new_inflow(node_id)
+        inflow = self._inflow(peer)
         verdict = inflow.judge(*numbers)
         if verdict is Verdict.TAKE:
             self._ack_due.add(node_id)
@@ -556,6 +562,10 @@ class Protocol:
         if verdict is Verdict.DUPLICATE:
             self.counters.duplicate_batches += 1
             self._ack_due.add(node_id)  # its sender may have missed our ACK
+        elif verdict is Verdict.STALE:
+            self.counters.stale_batches += 1
+            _log.debug("%s: dropped a late batch of an old stream of %s", self.hex[:8],
+                       peer.hex[:8])
         else:
             self.counters.gap_batches += 1
             # A stream we do not follow (its sender started anew while we still held its old
@@ -565,11 +575,14 @@ class Protocol:
                              stream=numbers[0] if numbers[0] != inflow.stream else None)
         return False
 
-    def _new_inflow(self, node_id: bytes) -> Inflow:
-        """A peer's stream state, kept after it is declared dead (it may resume). Bounded:
-        the oldest of peers no longer known go first, never a current peer's (its sender
-        would resend from a number we no longer expect, for ever)."""
-        inflow = self.inflows[node_id] = Inflow()
+    def _inflow(self, peer: Peer) -> Inflow:
+        """A peer's stream state, kept after it is declared dead (it may resume); anew for a
+        new incarnation. Bounded: the oldest of peers no longer known go first, never a
+        current peer's (its sender would resend from a number we no longer expect)."""
+        inflow = self.inflows.get(peer.node_id)
+        if inflow is not None and inflow.incarnation == peer.incarnation:
+            return inflow
+        inflow = self.inflows[peer.node_id] = Inflow(peer.incarnation)
         if len(self.inflows) > 4 * self.limits.max_peers:
             for old in self.inflows:
                 if old not in self.membership.peers:
@@ -587,21 +600,28 @@ class Protocol:
         self.counters.resend_requests += 1
         _log.debug("%s: gap in the stream of %s after batch %d: asking again", self.hex[:8],
                    peer.hex[:8], 0 if stream is not None else inflow.taken)
+        # Alone, never in a sequenced batch: a resend of that batch would carry it again later,
+        # asking for what we may have taken since (see _on_ack).
         if stream is not None:
-            self._ride(peer.link, wire.encode_ack(stream, 0, True))
+            self._send_alone(peer.link, wire.encode_ack(stream, 0, True))
             return
         self._ack_due.discard(peer.node_id)  # the resend request acknowledges too
         self._ack_now.discard(peer.node_id)
-        self._ride(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
+        self._send_alone(peer.link, wire.encode_ack(*inflow.ack(resend=True)))
 
-    def _on_ack(self, peer: Peer, ack: wire.Ack, now: float) -> None:
+    def _on_ack(self, peer: Peer, ack: wire.Ack, now: float, *, sequenced: bool) -> None:
         outbox = self.outboxes.get(peer.node_id)
         if outbox is None or ack.stream != outbox.stream:
             return
         if ack.resend and outbox.unacked and ack.seq + 1 < outbox.unacked[0].seq:
+            if sequenced:
+                # Written before an ACK we have had since, and carried again in a resent
+                # batch: stale. (Acting on it would send again what the peer has taken.)
+                return
             # It asks again for batches it had acknowledged: it lost its place in the stream
-            # (a gap and resend loop otherwise: every batch we still hold is a gap to it).
-            # What it acknowledged was taken; the rest starts a new stream, from 1.
+            # (its state of us was dropped: a gap and resend loop otherwise, every batch we
+            # still hold a gap to it). What it acknowledged was taken; the rest starts a new
+            # stream, from 1.
             self.counters.restarted_streams += 1
             self._quiet.warning(f"restart:{peer.hex}", "%s: %s asks for batches of our stream "
                                 "it had acknowledged (%d, we hold from %d): starting a new one",
@@ -665,8 +685,6 @@ class Protocol:
             self._events.append(ReplyArrived(peer.hex, record))  # type: ignore[arg-type]
         elif kind is wire.Delta:
             self._on_delta(peer, record, now)  # type: ignore[arg-type]
-        elif kind is wire.Ack:
-            self._on_ack(peer, record, now)  # type: ignore[arg-type]
         elif kind is wire.Heartbeat:
             self._on_heartbeat(peer, record, now)  # type: ignore[arg-type]
         elif kind is wire.Snapshot:
@@ -892,9 +910,10 @@ class Protocol:
                 peer.rtt_s = rtt if peer.rtt_s is None else (
                     peer.rtt_s + RTT_SMOOTHING * (rtt - peer.rtt_s))
         inflow = self.inflows.get(peer.node_id)
-        if inflow is None and beat.sent:
-            inflow = self._new_inflow(peer.node_id)
-        if inflow is not None and inflow.behind(beat.stream, beat.sent):
+        if beat.sent and (inflow is None or inflow.incarnation != peer.incarnation):
+            inflow = self._inflow(peer)
+        if (inflow is not None and inflow.incarnation == peer.incarnation
+                and inflow.behind(beat.stream, beat.sent)):
             # What we miss is on its way again (deltas among it): no snapshot for that.
             self._ask_resend(peer, inflow, now)
             return
@@ -1090,6 +1109,11 @@ class Protocol:
         """A HELLO, REFUSE or BYE: never sequenced (see streams.py)."""
         self._control.add(link_id)
         self._send(link_id, record)
+
+    def _send_alone(self, link_id: int, record: bytes) -> None:
+        """A record in a batch of its own, never sequenced, ahead of the link's others."""
+        self._resends.setdefault(link_id, []).extend(wire.encode_batches([record],
+                                                                         MAX_BATCH_BYTES))
 
     def _ride(self, link_id: int, record: bytes) -> None:
         """A heartbeat or an ACK: it travels with the link's other records, or alone."""

@@ -10,6 +10,11 @@ already taken is dropped, a batch after a gap is dropped and the gap asked for a
 with ``resend``), at most every ``RESEND_INTERVAL_S``. The sender's heartbeat says the number
 of its last batch, so a lost tail is noticed too.
 
+Streams are ordered: each new stream a sender starts for a receiver has an id after the last
+(counting up modulo 2^32, see ``newer``), so a receiver never goes back to a stream it left. A
+late batch or heartbeat of an older stream (from a link that lingered, or copied into a resent
+batch) is stale: dropped, never taken and never followed.
+
 So a connection that breaks (a TCP reset, a cut, libzmq closing a link whose pings went
 unanswered) loses nothing: libzmq reconnects, the sender resends what is not acknowledged,
 the receiver drops the copies. A peer declared dead keeps its outbox for
@@ -30,6 +35,7 @@ from . import wire
 from .config import RESEND_INTERVAL_S
 
 _MESSAGE_KINDS = frozenset({int(wire.Kind.MSG), int(wire.Kind.REPLY)})
+_RIDER_KINDS = frozenset({wire.Kind.HEARTBEAT, wire.Kind.ACK})
 
 
 class Sent(NamedTuple):
@@ -96,7 +102,12 @@ class Outbox:
         acknowledged, which we no longer hold), so that it takes the rest from a start."""
         fresh = Outbox(stream, self.incarnation, self.window_batches, self.window_bytes)
         for sent in self.unacked:
-            fresh.number(_records(sent.batch)[1:])  # without the old SEQ
+            # Without the old SEQ, nor the heartbeats and ACKs that rode along: they spoke of
+            # the links as they were then.
+            records = [record for record in _records(sent.batch)[1:]
+                       if wire.kind_of(record) not in _RIDER_KINDS]
+            if records:
+                fresh.number(records)
         return fresh
 
 
@@ -106,12 +117,22 @@ class Verdict(enum.Enum):
     TAKE = "take"
     DUPLICATE = "duplicate"
     GAP = "gap"
+    STALE = "stale"
+    """A batch of a stream older than the one the receiver takes: dropped, nothing asked."""
+
+
+def newer(stream: int, than: int) -> bool:
+    """Whether 32-bit stream id ``stream`` comes after ``than`` (RFC 1982 serial-number
+    arithmetic: ids count up and wrap, and a sender is never 2^31 streams ahead)."""
+    return 0 < (stream - than) & 0xFFFFFFFF < 0x80000000
 
 
 @dataclasses.dataclass(slots=True)
 class Inflow:
-    """A peer's stream to us: how far we took it."""
+    """A peer's stream to us (one incarnation of it): how far we took it."""
 
+    incarnation: int
+    """The sender's incarnation: a restarted sender counts its streams from elsewhere."""
     stream: int = 0
     taken: int = 0
     acked: int = 0
@@ -121,10 +142,14 @@ class Inflow:
     def judge(self, stream: int, seq: int) -> Verdict:
         """Take batch ``seq`` of ``stream`` if it is the next one."""
         if stream != self.stream:
+            if self.stream and not newer(stream, self.stream):
+                # A stream its sender replaced: following it would take old batches again and
+                # see every batch of the current stream as a gap, for ever.
+                return Verdict.STALE
             if seq != 1 and self.stream:
-                # A late batch of an older stream, or a new one whose start was lost: only
-                # a start switches streams (or a heartbeat naming the new one, ``behind``);
-                # the first stream we hear of is taken from wherever it is (asked from 1).
+                # A new stream whose start was lost: only a start switches streams (or a
+                # heartbeat naming the new one, ``behind``); the first stream we hear of is
+                # taken from wherever it is (asked from 1).
                 return Verdict.GAP
             # The sender started a new stream (its outbox for us is new): from its start.
             self.stream, self.taken, self.acked = stream, 0, 0
@@ -139,10 +164,13 @@ class Inflow:
         return Verdict.GAP
 
     def behind(self, stream: int, sent: int) -> bool:
-        """A heartbeat says batch ``sent`` of ``stream`` left: True if we miss some."""
+        """A heartbeat says batch ``sent`` of ``stream`` left: True if we miss some. A
+        heartbeat of an older stream says nothing of the current one."""
         if stream == 0 or sent == 0:
             return False
         if stream != self.stream:
+            if self.stream and not newer(stream, self.stream):
+                return False
             self.stream, self.taken, self.acked = stream, 0, 0
         return sent > self.taken
 

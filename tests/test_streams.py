@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smartroute import wire
-from smartroute.streams import Inflow, Outbox, Verdict
+from smartroute.streams import Inflow, Outbox, Verdict, newer
 
 WINDOW = 8
 
@@ -62,7 +63,7 @@ def test_the_window_is_spent_by_count_or_bytes_but_an_empty_one_has_room() -> No
 
 
 def test_a_receiver_takes_the_next_batch_only() -> None:
-    inflow = Inflow()
+    inflow = Inflow(1)
     assert inflow.judge(7, 1) is Verdict.TAKE
     assert inflow.judge(7, 1) is Verdict.DUPLICATE
     assert inflow.judge(7, 3) is Verdict.GAP
@@ -70,24 +71,39 @@ def test_a_receiver_takes_the_next_batch_only() -> None:
     assert inflow.ack() == wire.Ack(7, 2, False)
     assert inflow.judge(9, 1) is Verdict.TAKE  # a new stream of the sender: from its start
     assert inflow.ack(resend=True) == wire.Ack(9, 1, True)
-    # A late batch of the older stream (a lingering link) does not switch back to it.
-    assert inflow.judge(7, 3) is Verdict.GAP
+    # A late batch of the older stream (a lingering link, a resend) is stale: dropped, and
+    # not even its start switches back to it (before, a late first batch did, and every batch
+    # of the current stream was a gap from then on).
+    assert inflow.judge(7, 3) is Verdict.STALE
+    assert inflow.judge(7, 1) is Verdict.STALE and inflow.stream == 9
     assert inflow.judge(9, 2) is Verdict.TAKE
     # A new stream whose start was lost waits for it (the heartbeat names the stream).
     assert inflow.judge(11, 4) is Verdict.GAP and inflow.stream == 9
 
 
 def test_a_heartbeat_tells_a_lost_tail() -> None:
-    inflow = Inflow()
+    inflow = Inflow(1)
     assert not inflow.behind(0, 0)
     inflow.judge(7, 1)
     assert not inflow.behind(7, 1)
     assert inflow.behind(7, 2)
     assert inflow.behind(8, 1) and inflow.stream == 8 and inflow.taken == 0
+    # A heartbeat of an older stream (one that rode in a resent batch) is not followed.
+    assert not inflow.behind(7, 5) and inflow.stream == 8
+
+
+@pytest.mark.parametrize(("stream", "than", "expected"), [
+    (8, 7, True), (7, 8, False), (7, 7, False),
+    (1, 0xFFFFFFFF, True),  # counting up wraps past 2^32 - 1 (skipping 0)
+    (0xFFFFFFFF, 1, False),
+    (0x80000006, 7, True), (0x80000007, 7, False),  # half the circle away: no longer newer
+])
+def test_stream_ids_count_up_and_wrap(stream: int, than: int, expected: bool) -> None:
+    assert newer(stream, than) is expected
 
 
 def test_resend_requests_are_rate_limited() -> None:
-    inflow = Inflow()
+    inflow = Inflow(1)
     assert inflow.may_ask_resend(10.0)
     assert not inflow.may_ask_resend(10.05)
     assert inflow.may_ask_resend(10.2)
@@ -100,7 +116,7 @@ def test_resend_requests_are_rate_limited() -> None:
 def test_exactly_once_in_order_whatever_the_connection_does(
         batches: int, faults: list[str], ack_every: int) -> None:
     out = outbox(window_batches=WINDOW)
-    inflow = Inflow()
+    inflow = Inflow(1)
     taken: list[int] = []
     wire_: list[bytes] = []  # batches in flight, in order
     to_send = list(range(batches))

@@ -96,7 +96,7 @@ let nextStream = randomBytes(4).readUInt32BE(0); // stream ids: a random start, 
 let nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n; // a random 62-bit start
 const peers = new Map(); // node id hex -> Peer
 const dials = new Map(); // endpoint -> pending dial {link, since, lastHello}
-const receivers = new Map(); // sender node id hex -> {stream, taken, acked, lastResendAsk}
+const receivers = new Map(); // sender node id hex -> {incarnation, stream, taken, acked, lastResendAsk}
 const refused = new Map(); // endpoint -> ms until which we do not dial it
 const selfEndpoints = new Set(); // endpoints that turned out to be ourselves
 const requests = new Map(); // request id (BigInt) -> {cmdId, nodes: Set<hex>, timer}
@@ -297,7 +297,7 @@ function closeDial(endpoint, lingerMs = 0) {
 
 // ---- receiving (section 6) -------------------------------------------------------------------
 const stats = { malformed_frames: 0, malformed_records: 0, unknown_sender_records: 0,
-  duplicate_batches: 0, gap_batches: 0, refused_peers: 0, undeliverable_messages: 0,
+  duplicate_batches: 0, gap_batches: 0, stale_batches: 0, refused_peers: 0, undeliverable_messages: 0,
   malformed_bodies: 0, received_messages: 0, snapshot_requests_received: 0, snapshots_received: 0 };
 
 const received = {}; // valid records received, by kind name
@@ -337,14 +337,24 @@ function onFrame(frames) {
   schedule();
 }
 
-// Section 10.3: take the next batch of the stream; drop duplicates and gaps.
-function judge(peer, stream, seq) {
+// Section 10.1: stream ids count up modulo 2^32 (serial-number arithmetic).
+const newer = (stream, than) => { const d = (stream - than) & 0xFFFFFFFFn; return d > 0n && d < 0x80000000n; };
+
+// The state of a sender's stream to us, anew for each of its incarnations (section 10.3).
+function receiverOf(peer) {
   let r = receivers.get(peer.hex);
-  if (r === undefined) {
-    r = { stream: null, taken: 0n, acked: 0n, lastResendAsk: 0 };
+  if (r === undefined || r.incarnation !== peer.incarnation) {
+    r = { incarnation: peer.incarnation, stream: null, taken: 0n, acked: 0n, lastResendAsk: r ? r.lastResendAsk : 0 };
     receivers.set(peer.hex, r);
   }
+  return r;
+}
+
+// Section 10.3: take the next batch of the stream; drop duplicates, gaps and stale batches.
+function judge(peer, stream, seq) {
+  const r = receiverOf(peer);
   if (r.stream !== stream) {
+    if (r.stream !== null && !newer(stream, r.stream)) { stats.stale_batches++; return false; } // a replaced stream
     if (seq === 1n || r.stream === null) { r.stream = stream; r.taken = 0n; r.acked = 0n; }
     else { // a stream we do not follow: a gap, asked from its start
       stats.gap_batches++;
@@ -558,12 +568,9 @@ function onHeartbeat(peer, hb) {
   peer.echo = { timeUs: big(hb.time_us), at };
   const stream = big(hb.stream), sent = big(hb.sent);
   if (stream !== 0n && sent !== 0n) {
-    let r = receivers.get(peer.hex);
-    if (r === undefined || r.stream !== stream) {
-      r = { stream, taken: 0n, acked: 0n, lastResendAsk: r ? r.lastResendAsk : 0 };
-      receivers.set(peer.hex, r);
-    }
-    if (sent > r.taken) { askResend(peer, r, stream, r.taken); return; } // the DELTAs are among them
+    const r = receiverOf(peer);
+    if (r.stream === null || newer(stream, r.stream)) { r.stream = stream; r.taken = 0n; r.acked = 0n; }
+    if (r.stream === stream && sent > r.taken) { askResend(peer, r, stream, r.taken); return; } // the DELTAs are among them
   }
   if (peer.replica.version < big(hb.version)) askSnapshot(peer);
 }
