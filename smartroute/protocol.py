@@ -656,10 +656,17 @@ class Protocol:
         if what == "up":
             was_down = peer.connected_once and peer.down_since is not None
             self.membership.link_up(peer, now)
-            outbox = self.outboxes.get(peer.node_id)
-            if was_down and outbox is not None and outbox.unacked:
-                # What was in the broken connection is gone; the peer drops what it has.
-                self._resend(peer, outbox)
+            if was_down:
+                # What was in the broken connection is gone: our batches (the peer drops what
+                # it has) and our last ACK of its stream (without it, the peer would keep its
+                # last batches until more traffic came: drain() would wait for them).
+                outbox = self.outboxes.get(peer.node_id)
+                if outbox is not None and outbox.unacked:
+                    self._resend(peer, outbox)
+                inflow = self.inflows.get(peer.node_id)
+                if inflow is not None and inflow.incarnation == peer.incarnation:
+                    inflow.ack_again()
+                    self._ack_due.add(peer.node_id)
         elif what == "down":
             _log.debug("%s: connection to peer %s (%s) closed", self.hex[:8], peer.hex[:8],
                        peer.endpoint)

@@ -174,6 +174,10 @@ class Inflow:
             self.stream, self.taken, self.acked = stream, 0, 0
         return sent > self.taken
 
+    def ack_again(self) -> None:
+        """Our last ACK may have been lost (its connection broke): make one due."""
+        self.acked = min(self.acked, self.taken - 1)
+
     def may_ask_resend(self, now: float) -> bool:
         """Ask for a gap again only every ``RESEND_INTERVAL_S``."""
         if now - self.resend_asked_at < RESEND_INTERVAL_S:

@@ -681,6 +681,32 @@ def test_a_resend_request_carried_again_in_a_resent_batch_sends_nothing_twice(
     assert a.protocol.counters.restarted_streams == 0
 
 
+def test_an_ack_lost_with_its_connection_is_sent_again_when_the_connection_is_back(
+        net: MemNet) -> None:
+    """b took a's last message, but its ACK was lost with b's connection to a (a reset of
+    that one TCP connection; a's to b is fine, so a resends nothing). Before, a kept the batch
+    until more traffic came: drain() waited, and had b died meanwhile the message would have
+    been counted lost though delivered. Now b acknowledges again once that connection is up."""
+    a, b = net.mesh("a", "b")
+    b.protocol.subscribe("sink", {}, net.now)
+    net.flush()
+    send(a.protocol, ReceiveMode.EQ, "sink", 0, seq=1)
+    net.run(0.5)
+    net.cut(b, a)
+    send(a.protocol, ReceiveMode.EQ, "sink", 1, seq=2)
+    net.run(0.5)  # taken; its ACK lost
+    net.heal(b, a)
+    net.run(1.0)
+    assert len(a.protocol.outboxes[b.node_id].unacked) == 1
+    link = b.protocol.membership.peers[a.node_id].link
+    b.protocol.link_changed(link, "down", net.now)
+    b.protocol.link_changed(link, "up", net.now)
+    net.run(0.5)
+    assert not a.protocol.outboxes[b.node_id].unacked
+    assert [decode_body(d.msg.body) for d in b.delivered()] == [0, 1]
+    assert b.protocol.counters.duplicate_batches == 0  # nothing was sent again
+
+
 def test_two_nodes_split_by_a_healed_partition_rejoin_the_full_mesh(net: MemNet) -> None:
     seed, a, b = net.mesh("seed", "a", "b")
     net.cut(a, b)

@@ -154,3 +154,89 @@ def test_exactly_once_in_order_whatever_the_connection_does(
     assert taken == list(range(batches))
     out.acked(inflow.ack().seq)
     assert not out.unacked and out.unacked_bytes == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies=st.integers(1, 30),
+       faults=st.lists(st.sampled_from(["drop", "dup", "deliver", "late", "replace", "lose_ack"]),
+                       min_size=1, max_size=200),
+       data=st.data())
+def test_replaced_streams_and_late_batches_take_nothing_twice_and_lose_nothing_silently(
+        bodies: int, faults: list[str], data: st.DataObject) -> None:
+    """The sender replaces its stream now and then (its peer was declared dead and the stream
+    expired: what it held is counted lost), and batches of any earlier stream arrive late.
+    The receiver takes no body twice, in order, and every body is taken or counted lost; it
+    never asks again for what it acknowledged (no stream restart is ever needed)."""
+    ids = itertools.count(0xFFFFFFFD)  # wraps past 2^32 - 1 within a run
+
+    def new_outbox() -> Outbox:
+        stream = 0
+        while not stream:
+            stream = next(ids) & 0xFFFFFFFF
+        return Outbox(stream, 1, WINDOW, 1 << 20)
+
+    out, inflow = new_outbox(), Inflow(1)
+    taken: list[int] = []
+    lost: set[int] = set()
+    history: list[bytes] = []  # every batch ever sent, for late copies
+    wire_: list[bytes] = []
+    to_send = list(range(bodies))
+    fault = itertools.chain(faults, itertools.repeat("deliver"))
+    ack_lost = False  # with the receiver's connection: it acknowledges again once it is back
+
+    def answer(ack: wire.Ack) -> None:
+        if ack.stream != out.stream:
+            return  # an ACK for another stream is ignored
+        if ack.resend and out.unacked:
+            assert ack.seq + 1 >= out.unacked[0].seq, "asked again for acknowledged batches"
+        out.acked(ack.seq)
+        if ack.resend:
+            wire_[:] = out.resend()
+
+    for _ in range(20_000):  # bounded: converges well before
+        while to_send and not out.full:
+            batch = out.number([msgpack.packb([wire.Kind.HEARTBEAT, 1, to_send.pop(0), 0, 0])])
+            wire_.append(batch)
+            history.append(batch)
+        what = next(fault)
+        if what == "replace":
+            lost.update(msgpack.unpackb(sent.batch)[1][2] for sent in out.unacked)
+            out = new_outbox()  # what was in flight stays in flight: late batches now
+            continue
+        if what == "late" and history:
+            batch = history[data.draw(st.integers(0, len(history) - 1))]
+        elif not wire_:
+            if not out.unacked and not to_send:
+                break
+            if ack_lost:  # its connection is back up
+                ack_lost = False
+                inflow.ack_again()
+                answer(inflow.ack())
+            elif inflow.behind(out.stream, out.last_sent):  # the heartbeat tells the tail
+                answer(inflow.ack(resend=True))
+            continue
+        else:
+            batch = wire_.pop(0)
+            if what == "drop":
+                continue
+            if what == "dup":
+                wire_.insert(0, batch)
+        stream, seq = seq_of(batch)
+        verdict = inflow.judge(stream, seq)
+        if verdict is Verdict.TAKE:
+            taken.append(msgpack.unpackb(batch)[1][2])
+            if what == "lose_ack":
+                ack_lost = True
+            else:
+                answer(inflow.ack())
+        elif verdict is Verdict.DUPLICATE:
+            answer(inflow.ack())
+        elif verdict is Verdict.GAP:
+            # A stream it does not follow is asked from its start; its own, after the gap.
+            answer(wire.Ack(stream, 0, True) if stream != inflow.stream
+                   else inflow.ack(resend=True))
+    else:
+        raise AssertionError("did not converge")
+    assert len(taken) == len(set(taken)), "a body taken twice"
+    assert taken == sorted(taken), "out of order"
+    assert set(taken) | lost == set(range(bodies)), "a body neither taken nor counted lost"
