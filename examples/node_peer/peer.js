@@ -211,8 +211,13 @@ class Peer {
     this.keptBytes = 0;
     this.pending = []; // encoded records waiting to go sequenced
     this.replica = { version: -1n, entries: new Map() }; // sub_id (string) -> {name, meta}
-    // After a broken connection everything kept is sent again (section 10.6).
-    link.onUp = () => this.resendKept();
+    // After a broken connection everything kept is sent again, and our last ACK of its
+    // stream is due again: it may have been lost with the connection (section 10.6).
+    link.onUp = () => {
+      this.resendKept();
+      const recv = receivers.get(this.hex);
+      if (recv && recv.stream !== null) recv.acked = -1n;
+    };
   }
   queue(kind, fields) { this.pending.push(encodeRecord(kind, fields)); schedule(); }
   resendKept() { for (const b of this.kept) this.link.send(b.bytes); }
