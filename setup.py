@@ -19,6 +19,10 @@ COMPILED_MODULES = [
     "smartroute/routing.py",
     "smartroute/membership.py",
     "smartroute/protocol.py",
+    "smartroute/messages.py",
+    "smartroute/requests.py",
+    "smartroute/dispatch.py",
+    "smartroute/node.py",
 ]
 """The modules compiled with mypyc: this list is the only place that names them. Each must
 stay importable as plain Python (the reference and the fallback) and pass the whole suite both
