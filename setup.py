@@ -19,11 +19,17 @@ COMPILED_MODULES = [
     "smartroute/routing.py",
     "smartroute/membership.py",
     "smartroute/protocol.py",
+    # The node's hot path: local dispatch and delivery (node, dispatch, messages), and
+    # request/reply (requests).
+    "smartroute/messages.py",
+    "smartroute/requests.py",
+    "smartroute/dispatch.py",
+    "smartroute/node.py",
 ]
 """The modules compiled with mypyc: this list is the only place that names them. Each must
 stay importable as plain Python (the reference and the fallback) and pass the whole suite both
 ways. Left out on purpose: registry.py (its tests subclass and deep-copy ``Table``, which a
-compiled class refuses), patterns.py, node.py and the asyncio adapters (see bench/PROFILE.md,
+compiled class refuses), patterns.py, discovery/ and transport/ (see bench/PROFILE.md,
 "Compiled with mypyc")."""
 
 

@@ -1,6 +1,7 @@
 """Hot-path probe: how fast one message goes through smartroute, beside raw pyzmq.
 
     .venv/bin/python bench/hot_path.py [--runs 5] [--quick] [--only local,cross,rr,raw]
+                                       [--receiver-gc default|freeze|threshold:N]
 
 Figures (100-byte bytes bodies, medians of ``--runs`` with min-max):
 
@@ -13,6 +14,11 @@ Figures (100-byte bytes bodies, medians of ``--runs`` with min-max):
 - ``raw``: the same machine's ceiling in the same run: pyzmq PUSH/PULL blocking, msg/s, and an
   asyncio DEALER/ROUTER round trip, p50/p99 in us.
 
+``--receiver-gc`` tunes the garbage collector of node B (the receiver) once it has started:
+``freeze`` runs ``gc.freeze()`` (what exists at start-up is never scanned again),
+``threshold:N`` sets the generation-0 threshold to N (default 700), to compare the receiver's
+CPU per message.
+
 Traffic stays on 127.0.0.1; every child process is stopped by its PID. To compare two trees,
 run the probe with ``PYTHONPATH`` pointing at each: the first output line says which
 ``smartroute`` was measured.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import selectors
@@ -63,7 +70,19 @@ WARMUP_REQUESTS = 200
 
 # --- node B, in a child process ---------------------------------------------------------------
 
-async def serve_node() -> None:
+def tune_gc(spec: str) -> None:
+    """Apply ``--receiver-gc``: ``default``, ``freeze`` or ``threshold:N``."""
+    if spec == "freeze":
+        gc.collect()
+        gc.freeze()
+    elif spec.startswith("threshold:"):
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(int(spec.partition(":")[2]), older, oldest)
+    elif spec != "default":
+        raise SystemExit(f"--receiver-gc: default, freeze or threshold:N, not {spec!r}")
+
+
+async def serve_node(receiver_gc: str = "default") -> None:
     """Node B: sinks (sync and async), an echo service and a control subscriber."""
     async with Node(CLUSTER, discovery=[], host="127.0.0.1", name="receiver") as node:
         count = 0
@@ -99,6 +118,7 @@ async def serve_node() -> None:
         await node.subscribe("bench:async-sink", async_sink)
         await node.subscribe("bench:echo", lambda msg: msg.body)
         await node.subscribe("bench:control", control)
+        tune_gc(receiver_gc)
         print(json.dumps({"endpoint": node.endpoint}), flush=True)
         # Runs until the parent closes our stdin.
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -305,7 +325,8 @@ def _quantile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(only: set[str], runs: int, quick: bool) -> dict[str, list[float]]:
+def measure(only: set[str], runs: int, quick: bool,
+            receiver_gc: str = "default") -> dict[str, list[float]]:
     """Every figure asked for, ``runs`` samples each."""
     size = {key: sizes[1 if quick else 0] for key, sizes in SIZES.items()}
     figures: dict[str, list[float]] = {}
@@ -315,7 +336,7 @@ def measure(only: set[str], runs: int, quick: bool) -> dict[str, list[float]]:
         figures["local"] = [rate for rate, _ in samples]
         figures["local_cpu_us"] = [cpu for _, cpu in samples]
     if only & {"cross", "rr"}:
-        with child("node") as (_, endpoint):
+        with child("node", receiver_gc) as (_, endpoint):
             if "cross" in only:
                 figures.update(run(cross_node(endpoint, size["cross"], runs)))
             if "rr" in only:
@@ -334,10 +355,12 @@ def main() -> None:
     parser.add_argument("--only", default="local,cross,rr,raw",
                         help="comma-separated: local, cross, rr, raw")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    parser.add_argument("--receiver-gc", default="default",
+                        help="node B's garbage collector: default, freeze or threshold:N")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.serve == "node":
-        asyncio.run(serve_node())
+        asyncio.run(serve_node(rest[0] if rest else "default"))
         return
     if args.serve == "raw-pull":
         serve_raw_pull(int(rest[0]))
@@ -345,7 +368,7 @@ def main() -> None:
     if args.serve == "raw-router":
         serve_raw_router()
         return
-    figures = measure(set(args.only.split(",")), args.runs, args.quick)
+    figures = measure(set(args.only.split(",")), args.runs, args.quick, args.receiver_gc)
     source = os.path.dirname(os.path.dirname(os.path.abspath(smartroute.__file__)))
     if args.json:
         print(json.dumps({"smartroute": source, "figures": figures}))

@@ -11,7 +11,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .config import DISPATCH_BACKLOG_EVENTS, DISPATCH_BUDGET_S, HANDLER_HOLD_S, Limits
 from .errors import NodeClosed, RemoteProtocolError, WaitTimeout
@@ -23,6 +23,8 @@ from .protocol import Deliver, ProtocolEvent, ReplyArrived
 from .requests import Replier, Requests, reply_now
 
 _log = logging.getLogger("smartroute.node")
+
+_C = TypeVar("_C")
 
 Handler = Callable[[Message], Any]
 """A subscriber's handler: ``def f(msg)`` or ``async def f(msg)``; its return value answers a
@@ -63,7 +65,7 @@ class Subscription:
         self._stuck = False
         """Held the inbox for ``HANDLER_HOLD_S`` without taking a message: not waited for
         again until its queue is down to a quarter."""
-        self.progress_at = time.monotonic()
+        self._progress_at = time.monotonic()
         """When its worker last took a message."""
         self._workers: list[asyncio.Task[None]] = []
         if self.is_async:
@@ -98,7 +100,7 @@ class Subscription:
             if msg._replier is not None:  # a waiting requester learns at once, not at timeout
                 reply_now(msg, NodeClosed("the subscriber closed"), error=True)
 
-    async def update_meta(self, meta: dict[str, Any]) -> None:
+    async def update_meta(self, meta: object) -> None:
         """Replace this subscriber's meta, checked as at ``subscribe``: every node's table
         (``lookup``, ``subscribers``) shows the new one and reports ``SubscriberUpdated``,
         this node's at once. The same meta again changes nothing. Raises ``UsageError`` once
@@ -138,7 +140,7 @@ class Subscription:
                 deadline = clock() + DISPATCH_BUDGET_S
                 continue
             msg = queue.popleft()
-            self.progress_at = clock()
+            self._progress_at = clock()
             if len(queue) <= self._queue_size // 4:
                 self._stuck = False
                 if self._holding:
@@ -161,6 +163,14 @@ def _is_async_callable(handler: Handler) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _plain_class(cls: type[_C]) -> type[_C]:
+    """Keep ``cls`` a plain Python class in the compiled build (mypyc compiles any class with
+    another decorator as an ordinary one, its methods still compiled): an ``EventStream`` must
+    be weakly referenced (``Dispatcher.streams``), which a native class cannot be."""
+    return cls
+
+
+@_plain_class
 class EventStream:
     """``async for event in node.events()``; ends when the node closes. Bounded: when the
     consumer falls behind by ``Limits.event_queue_size`` events, the oldest are dropped and
@@ -446,7 +456,7 @@ class Dispatcher:
     def hold(self, sub: Subscription, holding: bool) -> None:
         """An async handler's queue is half full (or caught up again)."""
         if holding:
-            sub.progress_at = time.monotonic()  # the hold's clock starts now
+            sub._progress_at = time.monotonic()  # the hold's clock starts now
             self._holding.add(sub)
         else:
             self._holding.discard(sub)
@@ -457,14 +467,14 @@ class Dispatcher:
         if not self._holding:
             return
         now = time.monotonic()
-        for sub in [sub for sub in self._holding if now - sub.progress_at >= HANDLER_HOLD_S]:
+        for sub in [sub for sub in self._holding if now - sub._progress_at >= HANDLER_HOLD_S]:
             sub._holding = False
             sub._stuck = True
             self._holding.discard(sub)
             self._quiet.warning(f"stuck:{sub.name}", "%s: the handler of %r took no message "
                                 "for %.1f s with %d waiting: no longer waited for (what "
                                 "overflows its queue is dropped)", self.node_id[:8], sub.name,
-                                now - sub.progress_at, sub.queued)
+                                now - sub._progress_at, sub.queued)
         self._pace()
 
     # --- closing --------------------------------------------------------------------------------

@@ -32,14 +32,16 @@ def format_endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def check_advertise(advertise: object) -> None:
-    """``advertise`` is a host or a ``tcp://host:port`` endpoint; ``UsageError`` otherwise."""
+def check_advertise(advertise: object) -> str:
+    """``advertise`` is a host or a ``tcp://host:port`` endpoint (returned); ``UsageError``
+    otherwise."""
     if not isinstance(advertise, str) or not advertise:
         raise UsageError("advertise is a host or a 'tcp://host:port' endpoint")
     if advertise.startswith("tcp://"):
         parse_endpoint(advertise)
     elif "/" in advertise:
         raise UsageError(f"advertise is a host or a 'tcp://host:port', not {advertise!r}")
+    return advertise
 
 
 def bind_address(host: str, port: int) -> str:

@@ -34,14 +34,16 @@ class ReceiveMode(enum.IntEnum):
 _MODES = tuple(ReceiveMode)
 
 
-def check_name(name: object, what: str, max_length: int) -> None:
-    """A subscriber name, a sender or a target name: a str of 1..``max_length`` characters."""
+def check_name(name: object, what: str, max_length: int) -> str:
+    """A subscriber name, a sender or a target name: a str of 1..``max_length`` characters;
+    returns it."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, not {type(name).__name__}")
     if not name:
         raise UsageError(f"{what} must not be empty")
     if len(name) > max_length:
         raise UsageError(f"{what} is longer than {max_length} characters")
+    return name
 
 
 def check_mode(mode: object) -> ReceiveMode:

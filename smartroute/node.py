@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .config import DRAIN_POLL_S, ROOM_POLL_S, SUBSCRIBES_PER_TURN, Limits, Timings
-from .discovery import Discovery, LocalNode, make_discovery
+from .discovery import LocalNode, make_discovery
 from .discovery.dns import advertise_from_environment
 from .dispatch import Dispatcher, EventStream, Handler, Owner, Subscription
 from .endpoints import announced_hosts, check_advertise, node_endpoints, parse_endpoint
@@ -50,17 +50,24 @@ MAX_CLUSTER_LENGTH = 128
 
 
 class Node:
-    """One participant of a smartroute cluster (see the package docs for the whole API)."""
+    """One participant of a smartroute cluster (see the package docs for the whole API).
+
+    The arguments its methods check themselves (``cluster``, ``secret``, ``discovery``,
+    ``port``, ``advertise``, names, meta, modes, targets, timeouts...) are typed ``object``:
+    in the compiled build (README, "Building") mypyc would otherwise check a declared type
+    first, with its own ``TypeError``, and a misuse would not get the documented error. The
+    types they take are in the docstrings and the README.
+    """
 
     def __init__(
         self,
-        cluster: str = "smartroute",
+        cluster: object = "smartroute",
         *,
-        secret: str | None = None,
-        discovery: str | Sequence[str] | Discovery = "mdns",
+        secret: object = None,
+        discovery: object = "mdns",
         host: str = "0.0.0.0",
-        port: int = 0,
-        advertise: str | None = None,
+        port: object = 0,
+        advertise: object = None,
         interfaces: Sequence[str] | None = None,
         name: str | None = None,
         limits: Limits | None = None,
@@ -79,9 +86,7 @@ class Node:
         self.port = port
         if advertise is None:  # Kubernetes and compose: $SMARTROUTE_ADVERTISE, $POD_IP
             advertise = advertise_from_environment(host, os.environ)
-        if advertise is not None:
-            check_advertise(advertise)
-        self.advertise = advertise
+        self.advertise = check_advertise(advertise) if advertise is not None else None
         self.interfaces = list(interfaces) if interfaces is not None else None
         self.name = name if name is not None else f"{socket.gethostname()}:{os.getpid()}"
         self._discovery = make_discovery(discovery, self.interfaces, self.timings)
@@ -167,7 +172,7 @@ class Node:
             self.cluster, self.node_id, self.port, self.name,
             announced_hosts(self.advertise, bound_host)))
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: object = 5.0) -> None:
         """Leave the cluster gracefully, then close: peers stop choosing this node's
         subscribers for ``ANY`` (and so for ``request``) at once, the requests it is handling
         are answered and everything it sent is acknowledged (for at most ``timeout`` seconds),
@@ -229,22 +234,22 @@ class Node:
 
     # --- the public API -------------------------------------------------------------------------
 
-    async def subscribe(self, name: str, handler: Handler, meta: dict[str, Any] | None = None,
-                        *, concurrency: int = 1) -> Subscription:
+    async def subscribe(self, name: object, handler: object, meta: object = None,
+                        *, concurrency: object = 1) -> Subscription:
         """Receive messages sent to ``name``; the name and ``meta`` replicate to every peer.
 
         A sync handler runs inline as messages arrive; an async one runs in ``concurrency``
         worker tasks fed by a bounded queue (in arrival order when ``concurrency`` is 1).
         """
         protocol = self._running()
-        check_name(name, "subscriber name", self.limits.max_name_length)
+        name = check_name(name, "subscriber name", self.limits.max_name_length)
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        meta = check_meta(meta, self.limits.max_meta_bytes)
+        checked_meta = check_meta(meta, self.limits.max_meta_bytes)
         if not isinstance(concurrency, int) or concurrency < 1:
             raise UsageError("concurrency must be a positive integer")
-        sub_id = protocol.subscribe(name, meta, self._now())
-        sub = self._dispatcher.subscription(sub_id, name, meta, handler, concurrency,
+        sub_id = protocol.subscribe(name, checked_meta, self._now())
+        sub = self._dispatcher.subscription(sub_id, name, checked_meta, handler, concurrency,
                                             self._owner)
         # The delta leaves with the others of this loop turn: a loop of subscribes makes a few
         # big batches, not one tiny batch each (100,000 of those overflowed the link and set
@@ -272,8 +277,8 @@ class Node:
         self._driver.schedule_pump()  # with the other deltas of this turn
         return checked
 
-    async def send_to(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
-                      target: Target = None, *, sender: str | None = None) -> int:
+    async def send_to(self, body: object, mode: object = ReceiveMode.EQ,
+                      target: object = None, *, sender: object = None) -> int:
         """Send ``body`` to the subscribers ``mode`` and ``target`` select, one hop each.
 
         Returns how many subscribers matched in this node's view of the table; 0 means nobody
@@ -287,42 +292,47 @@ class Node:
         protocol = self.protocol
         if protocol is None or self._closed:
             protocol = self._running()  # raises
-        if not (type(target) is str and mode is _EQ
-                and 0 < len(target) <= self.limits.max_name_length):  # else: check it all
-            mode, target = self._check_target(mode, target)
-        if sender is not None:
-            check_name(sender, "sender", self.limits.max_name_length)
-        plan = await self._room_for(protocol, mode, target) if protocol.full_peers else None
-        plan = self._send(protocol, body, mode, target, sender, None, plan)
+        checked_mode: ReceiveMode
+        checked_target: Target
+        if (type(target) is str and mode is _EQ
+                and 0 < len(target) <= self.limits.max_name_length):
+            checked_mode, checked_target = _EQ, target
+        else:  # check it all
+            checked_mode, checked_target = self._check_target(mode, target)
+        sender_name = (check_name(sender, "sender", self.limits.max_name_length)
+                       if sender is not None else None)
+        plan = (await self._room_for(protocol, checked_mode, checked_target)
+                if protocol.full_peers else None)
+        plan = self._send(protocol, body, checked_mode, checked_target, sender_name, None, plan)
         if self._batch_full:
             self._batch_full = False
             self._driver.pump()
             await asyncio.sleep(0)  # the loop's turn: what a tight loop would starve
         return plan.matches
 
-    def send_nowait(self, body: object, mode: ReceiveMode = ReceiveMode.EQ,
-                    target: Target = None, *, sender: str | None = None) -> int:
+    def send_nowait(self, body: object, mode: object = ReceiveMode.EQ,
+                    target: object = None, *, sender: object = None) -> int:
         """``send_to`` that never waits, for code that cannot await (a sync handler); call it on
         the node's loop. When the window of a peer it reaches is spent right now, raises
         ``LinkFull`` at once, having sent nothing."""
         protocol = self._running()
-        mode, target = self._check_target(mode, target)
-        if sender is not None:
-            check_name(sender, "sender", self.limits.max_name_length)
+        checked_mode, checked_target = self._check_target(mode, target)
+        sender_name = (check_name(sender, "sender", self.limits.max_name_length)
+                       if sender is not None else None)
         plan = None
         if protocol.full_peers:
-            plan = protocol.plan(mode, target)
+            plan = protocol.plan(checked_mode, checked_target)
             blocked = protocol.blocked_by(plan)
             if blocked is not None:
                 self._link_full(blocked, 0.0)
-        plan = self._send(protocol, body, mode, target, sender, None, plan)
+        plan = self._send(protocol, body, checked_mode, checked_target, sender_name, None, plan)
         if self._batch_full:
             self._batch_full = False
             self._driver.pump()
         return plan.matches
 
-    async def request(self, target: Target, body: object, *, mode: ReceiveMode = ReceiveMode.ANY,
-                      timeout: float = 5.0) -> object:
+    async def request(self, target: object, body: object, *, mode: object = ReceiveMode.ANY,
+                      timeout: object = 5.0) -> object:
         """Send ``body`` and wait for the first reply (the handler's return value).
 
         Raises ``NoSubscriber`` when nobody matches, ``RequestTimeout`` when no reply comes
@@ -331,16 +341,18 @@ class Node:
         ``send_to`` does.
         """
         protocol = self._running()
-        mode, target = self._check_target(mode, target)
+        checked_mode, checked_target = self._check_target(mode, target)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise UsageError("timeout must be a positive number of seconds")
-        plan = await self._room_for(protocol, mode, target) if protocol.full_peers else None
+        plan = (await self._room_for(protocol, checked_mode, checked_target)
+                if protocol.full_peers else None)
         assert self._loop is not None
         request_id, pending = self._requests.open(self._loop)
         try:
-            plan = self._send(protocol, body, mode, target, None, request_id, plan)
+            plan = self._send(protocol, body, checked_mode, checked_target, None, request_id,
+                              plan)
             if plan.matches == 0:
-                raise NoSubscriber(f"no subscriber for {target!r} ({mode.name})")
+                raise NoSubscriber(f"no subscriber for {checked_target!r} ({checked_mode.name})")
             # Each remote node answers, or says it has nobody left, or goes (PeerDown): then
             # we stop waiting early.
             pending.remaining = len(plan.remote) + (1 if plan.local else 0)
@@ -365,13 +377,14 @@ class Node:
         """Every known subscriber in the cluster."""
         return self._running().subscribers()
 
-    async def wait_for(self, name: str, count: int = 1, timeout: float = 5.0) -> list[Subscriber]:
+    async def wait_for(self, name: object, count: int = 1,
+                       timeout: float = 5.0) -> list[Subscriber]:
         """Wait until at least ``count`` subscribers of ``name`` are known; returns them.
 
         Raises ``WaitTimeout`` (a ``TimeoutError``) if that does not happen within ``timeout``.
         """
         protocol = self._running()
-        check_name(name, "name", self.limits.max_name_length)
+        name = check_name(name, "name", self.limits.max_name_length)
         await self._dispatcher.wait_for(name, count, timeout)
         return protocol.lookup(name)
 

@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 
-def make_discovery(spec: str | Sequence[str] | Discovery, interfaces: list[str] | None,
+def make_discovery(spec: object, interfaces: list[str] | None,
                    timings: Timings) -> Discovery:
     """The discovery ``Node(discovery=spec)`` asks for: ``"mdns"``, a list of seed endpoints
     (which may include ``"mdns"`` and ``"dns:NAME:PORT"``) or a ``Discovery`` of your own."""
