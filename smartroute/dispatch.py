@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
+from .checked import Checked
 from .config import DISPATCH_BACKLOG_EVENTS, DISPATCH_BUDGET_S, HANDLER_HOLD_S, Limits
 from .errors import NodeClosed, RemoteProtocolError, WaitTimeout
 from .events import Event, PeerDown, PeerUp, SubscriberUp
@@ -100,7 +101,7 @@ class Subscription:
             if msg._replier is not None:  # a waiting requester learns at once, not at timeout
                 reply_now(msg, NodeClosed("the subscriber closed"), error=True)
 
-    async def update_meta(self, meta: object) -> None:
+    async def update_meta(self, meta: Checked[dict[str, Any]]) -> None:
         """Replace this subscriber's meta, checked as at ``subscribe``: every node's table
         (``lookup``, ``subscribers``) shows the new one and reports ``SubscriberUpdated``,
         this node's at once. The same meta again changes nothing. Raises ``UsageError`` once

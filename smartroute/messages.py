@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from .checked import Checked
 from .errors import RemoteProtocolError, UsageError
 from .logs import QuietLog
 from .modes import ReceiveMode
@@ -37,11 +38,9 @@ _names: dict[type, str] = {}
 _fields: dict[type, tuple[str, ...]] = {}
 
 
-def message(name: object) -> Callable[[type[_T]], type[_T]]:
+def message(name: Checked[str]) -> Callable[[type[_T]], type[_T]]:
     """Register a dataclass as a wire type under the stable ``name`` (a str of 1..128
     characters, else ``UsageError``); returns the class."""
-    # ``name`` is typed ``object``: in the compiled build a ``str`` parameter would be checked
-    # by mypyc, with its own TypeError, before ours.
     if not isinstance(name, str) or not name or len(name) > MAX_TYPE_NAME_LENGTH:
         raise UsageError(
             f"a message type name is 1..{MAX_TYPE_NAME_LENGTH} characters, not {name!r}")

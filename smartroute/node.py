@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .checked import Checked
 from .config import DRAIN_POLL_S, ROOM_POLL_S, SUBSCRIBES_PER_TURN, Limits, Timings
-from .discovery import LocalNode, make_discovery
+from .discovery import Discovery, LocalNode, make_discovery
 from .discovery.dns import advertise_from_environment
 from .dispatch import Dispatcher, EventStream, Handler, Owner, Subscription
 from .endpoints import announced_hosts, check_advertise, node_endpoints, parse_endpoint
@@ -52,22 +53,20 @@ MAX_CLUSTER_LENGTH = 128
 class Node:
     """One participant of a smartroute cluster (see the package docs for the whole API).
 
-    The arguments its methods check themselves (``cluster``, ``secret``, ``discovery``,
-    ``port``, ``advertise``, names, meta, modes, targets, timeouts...) are typed ``object``:
-    in the compiled build (README, "Building") mypyc would otherwise check a declared type
-    first, with its own ``TypeError``, and a misuse would not get the documented error. The
-    types they take are in the docstrings and the README.
+    The arguments its methods check themselves are typed ``Checked[T]`` (see checked.py):
+    ``T`` for type checkers, and no check of mypyc's before ours in the compiled build, so a
+    misuse gets the documented error on either build.
     """
 
     def __init__(
         self,
-        cluster: object = "smartroute",
+        cluster: Checked[str] = "smartroute",
         *,
-        secret: object = None,
-        discovery: object = "mdns",
+        secret: Checked[str | None] = None,
+        discovery: Checked[str | Sequence[str] | Discovery] = "mdns",
         host: str = "0.0.0.0",
-        port: object = 0,
-        advertise: object = None,
+        port: Checked[int] = 0,
+        advertise: Checked[str | None] = None,
         interfaces: Sequence[str] | None = None,
         name: str | None = None,
         limits: Limits | None = None,
@@ -172,7 +171,7 @@ class Node:
             self.cluster, self.node_id, self.port, self.name,
             announced_hosts(self.advertise, bound_host)))
 
-    async def drain(self, timeout: object = 5.0) -> None:
+    async def drain(self, timeout: Checked[float] = 5.0) -> None:
         """Leave the cluster gracefully, then close: peers stop choosing this node's
         subscribers for ``ANY`` (and so for ``request``) at once, the requests it is handling
         are answered and everything it sent is acknowledged (for at most ``timeout`` seconds),
@@ -234,8 +233,9 @@ class Node:
 
     # --- the public API -------------------------------------------------------------------------
 
-    async def subscribe(self, name: object, handler: object, meta: object = None,
-                        *, concurrency: object = 1) -> Subscription:
+    async def subscribe(self, name: Checked[str], handler: Checked[Handler],
+                        meta: Checked[dict[str, Any] | None] = None,
+                        *, concurrency: Checked[int] = 1) -> Subscription:
         """Receive messages sent to ``name``; the name and ``meta`` replicate to every peer.
 
         A sync handler runs inline as messages arrive; an async one runs in ``concurrency``
@@ -277,8 +277,9 @@ class Node:
         self._driver.schedule_pump()  # with the other deltas of this turn
         return checked
 
-    async def send_to(self, body: object, mode: object = ReceiveMode.EQ,
-                      target: object = None, *, sender: object = None) -> int:
+    async def send_to(self, body: object, mode: Checked[ReceiveMode] = ReceiveMode.EQ,
+                      target: Checked[Target] = None, *,
+                      sender: Checked[str | None] = None) -> int:
         """Send ``body`` to the subscribers ``mode`` and ``target`` select, one hop each.
 
         Returns how many subscribers matched in this node's view of the table; 0 means nobody
@@ -310,8 +311,9 @@ class Node:
             await asyncio.sleep(0)  # the loop's turn: what a tight loop would starve
         return plan.matches
 
-    def send_nowait(self, body: object, mode: object = ReceiveMode.EQ,
-                    target: object = None, *, sender: object = None) -> int:
+    def send_nowait(self, body: object, mode: Checked[ReceiveMode] = ReceiveMode.EQ,
+                    target: Checked[Target] = None, *,
+                    sender: Checked[str | None] = None) -> int:
         """``send_to`` that never waits, for code that cannot await (a sync handler); call it on
         the node's loop. When the window of a peer it reaches is spent right now, raises
         ``LinkFull`` at once, having sent nothing."""
@@ -331,8 +333,9 @@ class Node:
             self._driver.pump()
         return plan.matches
 
-    async def request(self, target: object, body: object, *, mode: object = ReceiveMode.ANY,
-                      timeout: object = 5.0) -> object:
+    async def request(self, target: Checked[Target], body: object, *,
+                      mode: Checked[ReceiveMode] = ReceiveMode.ANY,
+                      timeout: Checked[float] = 5.0) -> object:
         """Send ``body`` and wait for the first reply (the handler's return value).
 
         Raises ``NoSubscriber`` when nobody matches, ``RequestTimeout`` when no reply comes
@@ -377,7 +380,7 @@ class Node:
         """Every known subscriber in the cluster."""
         return self._running().subscribers()
 
-    async def wait_for(self, name: object, count: int = 1,
+    async def wait_for(self, name: Checked[str], count: int = 1,
                        timeout: float = 5.0) -> list[Subscriber]:
         """Wait until at least ``count`` subscribers of ``name`` are known; returns them.
 

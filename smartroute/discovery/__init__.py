@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..checked import Checked
 from ..config import Timings
 from ..errors import UsageError
 from .base import CombinedDiscovery, Discovery, Hint, LocalNode
@@ -17,7 +18,7 @@ __all__ = [
 ]
 
 
-def make_discovery(spec: object, interfaces: list[str] | None,
+def make_discovery(spec: Checked[str | Sequence[str] | Discovery], interfaces: list[str] | None,
                    timings: Timings) -> Discovery:
     """The discovery ``Node(discovery=spec)`` asks for: ``"mdns"``, a list of seed endpoints
     (which may include ``"mdns"`` and ``"dns:NAME:PORT"``) or a ``Discovery`` of your own."""
