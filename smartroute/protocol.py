@@ -230,6 +230,9 @@ class Protocol:
         self.losses: dict[str, int] = {}
         """Messages lost (sent, never acknowledged) per peer node id (hex), bounded."""
         self._stream_ids = itertools.count(random.getrandbits(31) + 1)
+        self._pack = wire.new_packer()
+        """Ours, for the MSG of every ``send_to``: no thread-local lookup per message (a
+        protocol is driven from one thread at a time, as a Packer must be)."""
         self._riders: dict[int, list[bytes]] = {}
         """Heartbeats and ACKs this turn, by link: they ride in whatever batch the link's
         other records make (sequenced or not), or alone."""
@@ -1025,19 +1028,21 @@ class Protocol:
             raise UsageError(f"a body of {len(body)} bytes cannot reach a peer: frames are at "
                              f"most Limits.max_frame_bytes = {self.limits.max_frame_bytes} "
                              f"bytes with the envelope")
-        msg = wire.new_msg((seq, sender, mode, target, type_name, body, None, request_id))
         peers = self.membership.peers
         sends = self._sends
+        pack = self._pack
         record = None
         full = False
         for node, sub_id in plan.remote.items():
             link = peers[node].link
             if sub_id is None:
                 if record is None:
-                    record = wire.encode_msg(msg)
+                    record = wire.encode_msg_fields(pack, seq, sender, mode, target, type_name,
+                                                    body, None, request_id)
                 this = record
             else:  # ANY: the chosen subscriber travels with the record
-                this = wire.encode_msg(msg._replace(sub_id=sub_id))
+                this = wire.encode_msg_fields(pack, seq, sender, mode, target, type_name, body,
+                                              sub_id, request_id)
             queue = sends.get(link)
             if queue is None:
                 sends[link] = [this]

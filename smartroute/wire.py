@@ -207,14 +207,20 @@ Record = (Hello | Refuse | Peers | Delta | SnapshotRequest | Snapshot | Heartbea
 _local = threading.local()
 
 
-def packer() -> Callable[[object], bytes]:
-    """This thread's reusable msgpack ``pack``: ``msgpack.packb`` builds a new ``Packer`` at
+def new_packer() -> Callable[[object], bytes]:
+    """A reusable msgpack ``pack`` of our own: ``msgpack.packb`` builds a new ``Packer`` at
     every call, which costs more than packing a small record (measured: 480 ns against 200 ns
-    for a 100-byte body). One per thread, as a Packer is not safe to share."""
+    for a 100-byte body). Not safe to share between threads."""
+    pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
+    return pack
+
+
+def packer() -> Callable[[object], bytes]:
+    """This thread's reusable ``pack`` (see ``new_packer``)."""
     try:
         pack: Callable[[object], bytes] = _local.pack
     except AttributeError:
-        pack = _local.pack = msgpack.Packer(use_bin_type=True).pack
+        pack = _local.pack = new_packer()
     return pack
 
 
@@ -305,6 +311,15 @@ _MSG = int(Kind.MSG)
 def encode_msg(m: Msg) -> bytes:
     """Encode a MSG record (the body is already encoded)."""
     return packer()([_MSG, *m])
+
+
+def encode_msg_fields(pack: Callable[[object], bytes], seq: int, sender: str | None, mode: int,
+                      target: str | list[str] | None, type_name: str, body: bytes,
+                      sub_id: int | None, request_id: int | None) -> bytes:
+    """``encode_msg`` of a ``Msg`` with these fields, with ``pack`` (a ``new_packer``), and
+    without building the ``Msg``: every ``send_to`` encodes one (measured below 70% of the
+    cost of building it first, in the compiled build)."""
+    return pack([_MSG, seq, sender, mode, target, type_name, body, sub_id, request_id])
 
 
 def encode_reply(r: Reply) -> bytes:
