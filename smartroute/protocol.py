@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import itertools
 import logging
 import os
@@ -55,6 +54,7 @@ _LINK_NUMBER = struct.Struct(">I")
 _MODES = tuple(ReceiveMode)
 """Modes by wire value."""
 _SEQ = int(wire.Kind.SEQ)
+_MSG = int(wire.Kind.MSG)
 
 RTT_SMOOTHING = 0.2
 """Weight of a new round-trip sample in a peer's smoothed ``rtt_s`` (about the last five)."""
@@ -89,17 +89,20 @@ class Output(NamedTuple):
     hangups: list[int]
 
 
-class Deliver(NamedTuple):
-    """A peer's message reaches these local subscribers."""
+class Deliver:
+    """A peer's message reaches these local subscribers. (A plain class, not a NamedTuple:
+    one per message, and the compiled build makes and reads it natively.)"""
 
-    sub_ids: list[int]
-    origin: str
-    """Hex id of the sending node."""
-    msg: wire.Msg
+    __slots__ = ("msg", "origin", "sub_ids")
 
+    def __init__(self, sub_ids: list[int], origin: str, msg: wire.Msg) -> None:
+        self.sub_ids = sub_ids
+        self.origin = origin
+        """Hex id of the sending node."""
+        self.msg = msg
 
-_new_deliver = functools.partial(tuple.__new__, Deliver)
-"""A ``Deliver`` without the Python-level ``__new__`` of a NamedTuple (one per message)."""
+    def __repr__(self) -> str:
+        return f"Deliver(sub_ids={self.sub_ids!r}, origin={self.origin!r}, msg={self.msg!r})"
 
 
 class ReplyArrived(NamedTuple):
@@ -512,9 +515,14 @@ class Protocol:
             if not self._take(node_id, peer, raws, now):
                 return
             raws = raws[1:]
+        decoder = self.decoder
         for raw in raws:
             try:
-                record = self.decoder.record(raw)
+                if (peer is not None and type(raw) is list and raw
+                        and type(kind := raw[0]) is int and kind == _MSG):
+                    self._on_msg(peer, decoder.msg(raw), now)  # the hot record, first
+                    continue
+                record = decoder.record(raw)
             except RemoteProtocolError as exc:
                 self.counters.malformed_records += 1
                 self._quiet.warning(f"record:{node_id.hex()}",
@@ -950,7 +958,7 @@ class Protocol:
                                 peer.hex[:8], exc)
             sub_ids = []
         if sub_ids:
-            self._events.append(_new_deliver((sub_ids, peer.hex, msg)))
+            self._events.append(Deliver(sub_ids, peer.hex, msg))
             return
         self.counters.undeliverable_messages += 1
         if msg.request_id is not None:

@@ -9,11 +9,10 @@ the protocol trusts what it gets; anything else raises ``RemoteProtocolError``.
 from __future__ import annotations
 
 import enum
-import functools
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import msgpack
 
@@ -169,24 +168,58 @@ class Leaving(NamedTuple):
     request) only when nobody else has one; it still handles what reaches it."""
 
 
-class Msg(NamedTuple):
-    """One ``send_to`` (or request) for the receiver's local subscribers."""
-
-    seq: int
-    sender: str | None
-    mode: int
-    target: str | list[str] | None
-    type: str
-    body: bytes
-    sub_id: int | None
-    """For ANY: the subscriber the sender chose."""
-    request_id: int | None
-    """Set for a request: the REPLY carries it back."""
+_MSG_FIELDS = ("seq", "sender", "mode", "target", "type", "body", "sub_id", "request_id")
 
 
-new_msg = functools.partial(tuple.__new__, Msg)
-"""``new_msg((seq, sender, ...))``: a ``Msg`` from a tuple of its eight fields, without the
-Python-level ``__new__`` of a NamedTuple (one record per message: 130 ns against 340 ns)."""
+class Msg:
+    """One ``send_to`` (or request) for the receiver's local subscribers. (A plain class, not
+    a NamedTuple as the other records, nor a dataclass: one is decoded per message, and the
+    compiled build makes and reads this one natively, ~2x faster to decode. Treat it as
+    read-only; it has what the other records have of a NamedTuple: ``_fields``, ``_asdict``,
+    ``_replace``.)"""
+
+    __slots__ = ("body", "mode", "request_id", "sender", "seq", "sub_id", "target", "type")
+    _fields: ClassVar[tuple[str, ...]] = _MSG_FIELDS
+
+    def __init__(self, seq: int, sender: str | None, mode: int, target: str | list[str] | None,
+                 type: str, body: bytes, sub_id: int | None,
+                 request_id: int | None) -> None:
+        self.seq = seq
+        self.sender = sender
+        self.mode = mode
+        self.target = target
+        self.type = type
+        self.body = body
+        self.sub_id = sub_id
+        """For ANY: the subscriber the sender chose."""
+        self.request_id = request_id
+        """Set for a request: the REPLY carries it back."""
+
+    def fields(self) -> tuple[int, str | None, int, str | list[str] | None, str, bytes,
+                              int | None, int | None]:
+        """The eight fields, in wire order."""
+        return (self.seq, self.sender, self.mode, self.target, self.type, self.body,
+                self.sub_id, self.request_id)
+
+    def _asdict(self) -> dict[str, Any]:
+        """The fields by name, in wire order."""
+        return dict(zip(_MSG_FIELDS, self.fields(), strict=True))
+
+    def _replace(self, **changes: Any) -> Msg:
+        """A copy with some fields changed."""
+        fields = self._asdict()
+        fields.update(changes)
+        return Msg(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Msg and self.fields() == other.fields()
+
+    def __hash__(self) -> int:
+        return hash(self.fields()[:3])
+
+    def __repr__(self) -> str:
+        return "Msg(" + ", ".join(f"{name}={value!r}" for name, value in zip(
+            _MSG_FIELDS, self.fields(), strict=True)) + ")"
 
 
 class Reply(NamedTuple):
@@ -310,7 +343,8 @@ _MSG = int(Kind.MSG)
 
 def encode_msg(m: Msg) -> bytes:
     """Encode a MSG record (the body is already encoded)."""
-    return packer()([_MSG, *m])
+    return encode_msg_fields(packer(), m.seq, m.sender, m.mode, m.target, m.type, m.body,
+                             m.sub_id, m.request_id)
 
 
 def encode_msg_fields(pack: Callable[[object], bytes], seq: int, sender: str | None, mode: int,
@@ -417,6 +451,13 @@ class Decoder:
         except (TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"malformed {Kind(kind).name}: {exc}") from exc
 
+    def msg(self, raw: list[Any]) -> Msg:
+        """``record`` for a raw record whose kind is MSG: the hot one, without the lookup."""
+        try:
+            return self._msg(raw)
+        except (TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"malformed MSG: {exc}") from exc
+
     # Each decoder checks arity and types; `_check` raises ValueError, turned into ours above.
 
     def _hello(self, raw: list[Any]) -> Hello:
@@ -517,7 +558,7 @@ class Decoder:
                 and type(body) is bytes
                 and (sub_id is None or _is_uint(sub_id))
                 and (request_id is None or _is_uint(request_id))):
-            return new_msg((seq, sender, mode, target, type_, body, sub_id, request_id))
+            return Msg(seq, sender, mode, target, type_, body, sub_id, request_id)
         self._msg_problem(raw)
         raise ValueError("bad MSG")  # not reached: _msg_problem raises
 
