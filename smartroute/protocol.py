@@ -529,9 +529,7 @@ class Protocol:
                                     "%s: dropped a malformed record from %s: %s",
                                     self.hex[:8], node_id.hex()[:8] or "?", exc)
                 continue
-            if type(record) is wire.Msg and peer is not None:  # the hot record first
-                self._on_msg(peer, record, now)
-            elif type(record) is wire.Hello:
+            if type(record) is wire.Hello:
                 self._on_hello(node_id, record, now, peer_address)
                 peer = self.membership.peers.get(node_id)
             elif type(record) is wire.Refuse:
