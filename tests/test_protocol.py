@@ -391,7 +391,7 @@ def test_a_node_of_another_protocol_version_is_refused(net: MemNet,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = net.add("a"), net.add("b")
     monkeypatch.setattr(wire, "PROTOCOL_VERSION", wire.PROTOCOL_VERSION + 1)
-    a.protocol.hint(b.endpoint, net.now)  # a's HELLO says version 2
+    a.protocol.hint(b.endpoint, net.now)  # a's HELLO says another version
     monkeypatch.undo()
     net.flush()
     [refuse] = net.records(wire.Refuse, src=b, dst=a)
