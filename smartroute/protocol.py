@@ -165,6 +165,9 @@ class Counters:
     stale_batches: int = 0
     """Late batches of a stream its sender had replaced: dropped (their records are either
     taken already or counted lost by their sender)."""
+    misdirected_batches: int = 0
+    """Batches sent to another incarnation on our endpoint (a predecessor's): dropped,
+    never acknowledged (their sender counts them lost)."""
     resend_requests: int = 0
     restarted_streams: int = 0
     """Streams started anew because their receiver asked for batches it had acknowledged."""
@@ -554,6 +557,20 @@ class Protocol:
             self._quiet.warning(f"record:{node_id.hex()}", "%s: dropped a batch with a "
                                 "malformed SEQ from %s", self.hex[:8], node_id.hex()[:8] or "?")
             return False
+        stream, seq, incarnation = numbers
+        if incarnation != self.incarnation:
+            # Sent to a process that had this endpoint before us (its sender's socket
+            # reconnected to us and flushed what it held for that one): not ours to take, nor
+            # to acknowledge. Its sender counts its messages lost when it learns we replaced
+            # that process; taking them would count them twice (delivered and lost).
+            self.counters.misdirected_batches += 1
+            self._quiet.warning(f"misdirected:{node_id.hex()}", "%s: dropped a batch from %s "
+                                "meant for another process on our endpoint (incarnation %d, "
+                                "ours %d)", self.hex[:8], node_id.hex()[:8] or "?", incarnation,
+                                self.incarnation)
+            if peer is not None:
+                self.membership.heard(peer, now)
+            return False
         if peer is None:
             # Not taken, so not acknowledged: its sender keeps it, and resends it once we know
             # each other again (the stranger path below says HELLO to a peer we declared dead).
@@ -561,7 +578,7 @@ class Protocol:
             self.counters.unknown_sender_records += len(raws) - 1
             return False
         inflow = self._inflow(peer)
-        verdict = inflow.judge(*numbers)
+        verdict = inflow.judge(stream, seq)
         if verdict is Verdict.TAKE:
             self._ack_due.add(node_id)
             if inflow.taken - inflow.acked >= self._ack_every:
@@ -581,7 +598,7 @@ class Protocol:
             # one, and we missed the start) is asked from its start: its heartbeats cannot
             # tell us, on a busy link they ride in these very batches.
             self._ask_resend(peer, inflow, now,
-                             stream=numbers[0] if numbers[0] != inflow.stream else None)
+                             stream=stream if stream != inflow.stream else None)
         return False
 
     def _inflow(self, peer: Peer) -> Inflow:

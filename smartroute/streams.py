@@ -64,7 +64,7 @@ class Outbox:
         """The next sequenced batch of ``records``, kept until acknowledged."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        batch = wire.encode_batch([wire.encode_seq(self.stream, seq), *records])
+        batch = wire.encode_batch([wire.encode_seq(self.stream, seq, self.incarnation), *records])
         self.unacked.append(Sent(seq, batch))
         self.unacked_bytes += len(batch)
         return batch

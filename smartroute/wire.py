@@ -18,7 +18,7 @@ import msgpack
 
 from .errors import RemoteProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Bumped on any incompatible change of the records below; HELLO refuses other versions."""
 
 NODE_ID_BYTES = 16
@@ -148,6 +148,9 @@ class Seq(NamedTuple):
 
     stream: int
     seq: int
+    incarnation: int
+    """The receiver's incarnation the stream is for: a batch that reaches another process
+    (a successor bound the same endpoint) is misdirected, dropped unacknowledged."""
 
 
 class Ack(NamedTuple):
@@ -303,13 +306,14 @@ MAX_STREAM = 0xFFFFFFFF
 # SEQ and ACK in fixed-width msgpack (uint32 stream, uint64 numbers): one struct call each
 # instead of a Packer call, on every sequenced batch (measured: part of the request/reply
 # round trip). Any msgpack decoder reads them.
-_SEQ_RECORD = struct.Struct(">BBBIBQ")
+_SEQ_RECORD = struct.Struct(">BBBIBQBQ")
 _ACK_RECORD = struct.Struct(">BBBIBQB")
 
 
-def encode_seq(stream: int, seq: int) -> bytes:
-    """Encode the SEQ record that opens a sequenced batch."""
-    return _SEQ_RECORD.pack(0x93, Kind.SEQ, 0xCE, stream, 0xCF, seq)
+def encode_seq(stream: int, seq: int, incarnation: int) -> bytes:
+    """Encode the SEQ record that opens a sequenced batch of ``stream`` to the receiver's
+    ``incarnation``."""
+    return _SEQ_RECORD.pack(0x94, Kind.SEQ, 0xCE, stream, 0xCF, seq, 0xCF, incarnation)
 
 
 def encode_ack(stream: int, seq: int, resend: bool) -> bytes:
@@ -317,13 +321,14 @@ def encode_ack(stream: int, seq: int, resend: bool) -> bytes:
     return _ACK_RECORD.pack(0x94, Kind.ACK, 0xCE, stream, 0xCF, seq, 0xC3 if resend else 0xC2)
 
 
-def seq_of(raw: Any) -> tuple[int, int] | None:
-    """``(stream, seq)`` of a raw SEQ record, None if it is not a valid one (the decoder's
-    checks, inline: this runs for every sequenced batch)."""
-    if (type(raw) is list and len(raw) == 3 and type(stream := raw[1]) is int
-            and type(seq := raw[2]) is int and 0 <= stream <= MAX_STREAM
-            and 0 < seq <= _UINT64_MAX):
-        return stream, seq
+def seq_of(raw: Any) -> tuple[int, int, int] | None:
+    """``(stream, seq, incarnation)`` of a raw SEQ record, None if it is not a valid one (the
+    decoder's checks, inline: this runs for every sequenced batch)."""
+    if (type(raw) is list and len(raw) == 4 and type(stream := raw[1]) is int
+            and type(seq := raw[2]) is int and type(incarnation := raw[3]) is int
+            and 0 <= stream <= MAX_STREAM and 0 < seq <= _UINT64_MAX
+            and 0 <= incarnation <= _UINT64_MAX):
+        return stream, seq, incarnation
     return None
 
 
@@ -521,9 +526,9 @@ class Decoder:
         return Heartbeat(*raw[1:])
 
     def _seq(self, raw: list[Any]) -> Seq:
-        _arity(raw, 3)
+        _arity(raw, 4)
         numbers = seq_of(raw)
-        _check(numbers is not None, "stream or batch number")
+        _check(numbers is not None, "stream, batch number or incarnation")
         assert numbers is not None
         return Seq(*numbers)
 

@@ -91,7 +91,7 @@ records: st.SearchStrategy[tuple[wire.Record, bytes]] = st.one_of(
     st.builds(wire.Snapshot, uints, uints, entries).map(lambda r: (r, wire.encode_snapshot(r))),
     st.builds(wire.Heartbeat, uints, uints, uints, uints, uints, uints, uints)
     .map(lambda r: (r, wire.encode_heartbeat(*r))),
-    st.builds(wire.Seq, streams, uints.filter(bool)).map(lambda r: (r, wire.encode_seq(*r))),
+    st.builds(wire.Seq, streams, uints.filter(bool), uints).map(lambda r: (r, wire.encode_seq(*r))),
     st.builds(wire.Ack, streams, uints, st.booleans()).map(lambda r: (r, wire.encode_ack(*r))),
     st.just((wire.Bye(), wire.BYE)),
     st.just((wire.Leaving(), wire.LEAVING)),
@@ -232,7 +232,7 @@ SAMPLES: list[tuple[wire.Record, bytes]] = [
         (wire.Delta(1, 2, 3, None, None), wire.encode_delta),
         (wire.Snapshot(1, 2, [(1, "a", {}), (2, "b", {"k": b"v"})]), wire.encode_snapshot),
         (wire.Heartbeat(1, 2, 3, 4, 5, 6, 7), lambda r: wire.encode_heartbeat(*r)),
-        (wire.Seq(1, 2), lambda r: wire.encode_seq(*r)),
+        (wire.Seq(1, 2, 3), lambda r: wire.encode_seq(*r)),
         (wire.Ack(1, 2, True), lambda r: wire.encode_ack(*r)),
         (wire.Msg(1, "me", 0, ["a", "b"], "str", b"\xa1x", None, None), wire.encode_msg),
         (wire.Msg(1, None, 4, "a", "str", b"\xc0", 7, 9), wire.encode_msg),

@@ -27,7 +27,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from smartroute import Message, Node, PeerDown, PeerUp, ReceiveMode, SubscriberDown, message
+from smartroute import Message, Node, PeerDown, PeerUp, ReceiveMode, SubscriberDown, message, wire
 from smartroute.testing import async_wait_until
 from tests.conftest import Spawn
 
@@ -660,8 +660,8 @@ _EP = "tcp://127.0.0.1:9"  # nobody listens: a REFUSE link dialled there is refu
 
 
 def _hello(**changes: Any) -> bytes:
-    fields = {"protocol": 2, "cluster": "other", "node_id": _NID, "incarnation": 1,
-              "endpoint": _EP, "name": "", "reply": False, "via": "", "echo": "",
+    fields = {"protocol": wire.PROTOCOL_VERSION, "cluster": "other", "node_id": _NID,
+              "incarnation": 1, "endpoint": _EP, "name": "", "reply": False, "via": "", "echo": "",
               "version": 0, "entries": []}
     fields.update(changes)
     return _rec(1, *fields.values())
@@ -705,7 +705,7 @@ HOSTILE_RECORDS: dict[str, bytes] = {
     "reply body str": _rec(10, 1, 0, "", ""),
     "ack stream 2^32": _rec(12, 2**32, 0, False),
     "ack resend 0": _rec(12, 1, 0, 0),
-    "seq not first": _rec(11, 1, 1),
+    "seq not first": _rec(11, 1, 1, 1),
     "peers": _rec(3, [[_NID, _EP]]),
     "peers 513": _rec(3, [[_NID, _EP]] * 513),
     "peers node id 0": _rec(3, [[b"\x00" * 16, _EP]]),
@@ -730,18 +730,23 @@ HOSTILE_RECORDS: dict[str, bytes] = {
     "hello entry meta nil": _hello(entries=[[1, "n", None]]),
     "hello entry 4 items": _hello(entries=[[1, "n", {}, 1]]),
 }
-HOSTILE_FRAMES: dict[str, bytes] = {
+HOSTILE_FRAMES: dict[str, bytes | Callable[[int], bytes]] = {
     "not an array": msgpack.packb(5),
     "trailing byte": msgpack.packb([]) + b"\x00",
     "an extension": b"\x91\xd4\x05\x00",
     "an int map key": b"\x91\x81\x01\x02",
     "truncated": b"\x92\x91",
-    "seq stream 0": msgpack.packb([[11, 0, 1], [8]]),
-    "seq number 0": msgpack.packb([[11, 5, 0], [8]]),
+    # A callable gets the receiver's incarnation (a SEQ names it, section 4.11).
+    "seq stream 0": lambda inc: msgpack.packb([[11, 0, 1, inc], [8]]),
+    "seq number 0": lambda inc: msgpack.packb([[11, 5, 0, inc], [8]]),
     "seq arity 2": msgpack.packb([[11, 5], [8]]),
-    "seq from a stranger": msgpack.packb([[11, 5, 1], [8], [8]]),
+    "seq of version 2": msgpack.packb([[11, 5, 1], [8]]),
+    "seq incarnation -1": msgpack.packb([[11, 5, 1, -1], [8]]),
+    "seq from a stranger": lambda inc: msgpack.packb([[11, 5, 1, inc], [8], [8]]),
+    "seq for another incarnation": lambda inc: msgpack.packb([[11, 5, 1, inc + 1], [8], [8]]),
 }
-COUNTERS = ("malformed_frames", "malformed_records", "unknown_sender_records", "refused_peers")
+COUNTERS = ("malformed_frames", "malformed_records", "unknown_sender_records", "refused_peers",
+            "misdirected_batches")
 
 
 async def test_hostile_input_is_counted_the_same_by_the_peer_and_a_python_node(
@@ -763,13 +768,15 @@ async def test_hostile_input_is_counted_the_same_by_the_peer_and_a_python_node(
             async def counts() -> tuple[tuple[int, ...], tuple[int, ...]]:
                 mine = await peer.stats()
                 return (tuple(a.stats()[k] for k in COUNTERS), tuple(mine[k] for k in COUNTERS))
-            cases = [(n, b"\x91" + r) for n, r in HOSTILE_RECORDS.items()]
+            cases: list[tuple[str, bytes | Callable[[int], bytes]]] = [
+                (n, b"\x91" + r) for n, r in HOSTILE_RECORDS.items()]
             cases += list(HOSTILE_FRAMES.items())
             before = await counts()
             differ = {}
+            incarnations = (a.incarnation, int(peer.ready["incarnation"]))
             for name, frame in cases:
-                for link in links:
-                    await link.send(frame)
+                for link, inc in zip(links, incarnations, strict=True):
+                    await link.send(frame(inc) if callable(frame) else frame)
 
                 async def both_counted(prev: Any = before) -> Any:
                     now = await counts()
@@ -787,8 +794,9 @@ async def test_hostile_input_is_counted_the_same_by_the_peer_and_a_python_node(
             context.term()
 
 
-def _seq(stream: int, n: int) -> bytes:
-    return b"\x93\x0b\xce" + stream.to_bytes(4, "big") + b"\xcf" + n.to_bytes(8, "big")
+def _seq(stream: int, n: int, incarnation: int) -> bytes:
+    return (b"\x94\x0b\xce" + stream.to_bytes(4, "big") + b"\xcf" + n.to_bytes(8, "big")
+            + b"\xcf" + incarnation.to_bytes(8, "big"))
 
 
 def _batch(*records: bytes) -> bytes:
@@ -809,27 +817,36 @@ async def test_streams_are_judged_and_acknowledged_alike_by_the_peer_and_a_pytho
     the spec gives, or none (this found the reference not acknowledging a duplicate again)."""
     s, t = 0x1000, 0x2000
     heartbeat = _rec(7, 1, 0, 0, 0, 1, 0, 0)
-    steps: list[tuple[str, bytes, tuple[int, int, bool] | None]] = [
-        # (what, batch, the one ACK due: (stream, seq, resend), or None: no ACK)
-        ("take 1", _batch(_seq(s, 1), heartbeat), (s, 1, False)),
-        ("duplicate 1", _batch(_seq(s, 1), heartbeat), (s, 1, False)),
-        ("gap: 3", _batch(_seq(s, 3), heartbeat), (s, 1, True)),
-        ("take 2", _batch(_seq(s, 2), heartbeat), (s, 2, False)),
-        ("take 3", _batch(_seq(s, 3), heartbeat), (s, 3, False)),
-        ("another stream at 5", _batch(_seq(t, 5), heartbeat), (t, 0, True)),
-        ("another stream from 1", _batch(_seq(t, 1), heartbeat), (t, 1, False)),
-        ("a heartbeat: 4 were sent", _batch(_rec(7, 1, 0, t, 4, 1, 0, 0)), (t, 1, True)),
-        # Stale (10.3): dropped, nothing asked; not even its start switches back to it.
-        ("a late batch of the old stream", _batch(_seq(s, 4), heartbeat), None),
-        ("a late start of the old stream", _batch(_seq(s, 1), heartbeat), None),
-        ("the current stream goes on", _batch(_seq(t, 2), heartbeat), (t, 2, False)),
-    ]
+
+    def steps_for(inc: int) -> list[tuple[str, bytes, tuple[int, int, bool] | None]]:
+        """The steps to a receiver of incarnation ``inc``."""
+        return [
+            # (what, batch, the one ACK due: (stream, seq, resend), or None: no ACK)
+            ("take 1", _batch(_seq(s, 1, inc), heartbeat), (s, 1, False)),
+            ("duplicate 1", _batch(_seq(s, 1, inc), heartbeat), (s, 1, False)),
+            ("gap: 3", _batch(_seq(s, 3, inc), heartbeat), (s, 1, True)),
+            ("take 2", _batch(_seq(s, 2, inc), heartbeat), (s, 2, False)),
+            ("take 3", _batch(_seq(s, 3, inc), heartbeat), (s, 3, False)),
+            ("another stream at 5", _batch(_seq(t, 5, inc), heartbeat), (t, 0, True)),
+            ("another stream from 1", _batch(_seq(t, 1, inc), heartbeat), (t, 1, False)),
+            ("a heartbeat: 4 were sent", _batch(_rec(7, 1, 0, t, 4, 1, 0, 0)), (t, 1, True)),
+            # Stale (10.3): dropped, nothing asked; not even its start switches back to it.
+            ("a late batch of the old stream", _batch(_seq(s, 4, inc), heartbeat), None),
+            ("a late start of the old stream", _batch(_seq(s, 1, inc), heartbeat), None),
+            ("the current stream goes on", _batch(_seq(t, 2, inc), heartbeat), (t, 2, False)),
+            # Misdirected (10.3): for another incarnation, even the next batch is not taken.
+            ("the next batch, for another incarnation", _batch(_seq(t, 3, inc + 1), heartbeat),
+             None),
+            ("the next batch, for ours", _batch(_seq(t, 3, inc), heartbeat), (t, 3, False)),
+        ]
     node_id = b"\x06" * 16
     async with python_nodes(1) as (a,):
         peer = await node_peer("--cluster", CLUSTER).start()
         context = zmq.asyncio.Context()
         try:
-            for endpoint, stats in ((a.endpoint, None), (peer.ready["endpoint"], peer)):
+            for endpoint, stats, inc in ((a.endpoint, None, a.incarnation),
+                                         (peer.ready["endpoint"], peer,
+                                          int(peer.ready["incarnation"]))):
                 inbox = context.socket(zmq.ROUTER)
                 inbox.setsockopt(zmq.LINGER, 0)
                 port = inbox.bind_to_random_port("tcp://127.0.0.1")
@@ -848,20 +865,22 @@ async def test_streams_are_judged_and_acknowledged_alike_by_the_peer_and_a_pytho
                                 return found
                     except TimeoutError:
                         return []
-                await link.send(_batch(_rec(1, 2, CLUSTER, node_id, 1, f"tcp://127.0.0.1:{port}",
+                await link.send(_batch(_rec(1, wire.PROTOCOL_VERSION, CLUSTER, node_id, 1,
+                                            f"tcp://127.0.0.1:{port}",
                                             "raw", False, endpoint, "", 0, [])))
                 await async_wait_until(
                     lambda e=endpoint: (node_id.hex() in {p.node_id for p in a.peers})
                     if e == a.endpoint else peer.of("peer_up", node_id=node_id.hex()),
                     JOIN_TIMEOUT_S, what="the raw sender is a peer")
-                for what, batch, due in steps:
+                for what, batch, due in steps_for(inc):
                     await link.send(batch)
                     if due is not None:
                         assert await acks(5.0) == [due], (endpoint, what)
                     assert await acks(ACK_QUIET_S) == [], (endpoint, what, "an ACK not due")
                 counted = (a.stats() if stats is None else await peer.stats())
                 assert (counted["duplicate_batches"], counted["gap_batches"],
-                        counted["stale_batches"]) == (1, 2, 2), endpoint
+                        counted["stale_batches"], counted["misdirected_batches"]) == (
+                            1, 2, 2, 1), endpoint
                 link.close()
                 inbox.close()
         finally:

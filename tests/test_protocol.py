@@ -391,7 +391,7 @@ def test_a_node_of_another_protocol_version_is_refused(net: MemNet,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = net.add("a"), net.add("b")
     monkeypatch.setattr(wire, "PROTOCOL_VERSION", wire.PROTOCOL_VERSION + 1)
-    a.protocol.hint(b.endpoint, net.now)  # a's HELLO says version 2
+    a.protocol.hint(b.endpoint, net.now)  # a's HELLO says another version
     monkeypatch.undo()
     net.flush()
     [refuse] = net.records(wire.Refuse, src=b, dst=a)
@@ -770,6 +770,50 @@ def test_a_new_incarnation_of_a_node_replaces_the_old_one_at_once(net: MemNet) -
     assert up.peer.incarnation == a2.protocol.incarnation
     assert b.names_seen("old") == []
     assert b.names_seen("new") == [a.hex]
+
+
+
+@pytest.mark.parametrize("same_node_id", [False, True], ids=["new-node-id", "same-node-id"])
+def test_a_successor_on_the_endpoint_does_not_take_what_was_sent_to_its_predecessor(
+        net: MemNet, same_node_id: bool) -> None:
+    """Sent to b, flushed to the process that bound b's endpoint after b died (a DEALER
+    reconnects and hands the new process what it held): b2 knows a already, so protocol
+    version 2 took it (a first stream is taken from wherever it starts) while a counted it
+    lost when b2 replaced b: counted twice. Now b2 drops it (misdirected) and a's count is
+    the only one."""
+    a, b = net.mesh("a", "b")
+    b.protocol.subscribe("user:x", {}, net.now)
+    net.flush()
+    net.stall(b)  # what a sends b now waits in the connection (libzmq's queue)
+    sent = 0
+    for i in range(5):
+        sent += len(send(a.protocol, ReceiveMode.EQ, "user:x", f"m{i}", seq=i + 1).remote)
+        net.flush()
+    assert sent == 5 and b.held
+    held, b.held = b.held, []
+    net.crash(b)  # SIGKILL: nothing of it answers, acknowledges or says BYE
+    b2 = net.add("b2", endpoint=b.endpoint,
+                 node_id=b.node_id if same_node_id else None,
+                 incarnation=b.protocol.incarnation + 100)
+    b2.protocol.subscribe("user:x", {}, net.now)
+    b2.protocol.hint(a.endpoint, net.now)  # it met a through discovery
+    net.flush()
+    assert b2.peers() == {a.node_id}
+    assert a.peers() == {b2.node_id}
+    assert a.protocol.counters.lost_messages == 5  # b's, counted when b2 replaced it
+    for routing_id, batch in held:  # the reconnected connection hands b2 what it held for b
+        b2.protocol.receive(routing_id, batch, net.now)
+    net.flush()
+    net.run(1.0)
+    assert b2.delivered() == [] and b.delivered() == []
+    assert b2.protocol.counters.misdirected_batches == len(held)
+    assert a.protocol.counters.lost_messages == 5
+    assert len(b2.delivered()) + a.protocol.counters.lost_messages == sent
+    assert b2.protocol.counters.gap_batches == b2.protocol.counters.duplicate_batches == 0
+    # b2's own stream from a works: a message now reaches it, once.
+    assert send(a.protocol, ReceiveMode.EQ, "user:x", "after", seq=6).remote
+    net.flush()
+    assert [decode_body(d.msg.body) for d in b2.delivered()] == ["after"]
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_a_sequenced_batch_is_what_an_outbox_frames() -> None:
     vector = next(v for v in BATCHES if v["name"] == "sequenced-msgs")
     seq, *rest = [build(r["kind"], r["fields"]) for r in vector["records"]]
     assert type(seq) is wire.Seq and seq.seq == 1
-    outbox = Outbox(seq.stream, 1, LIMITS.send_window_batches, LIMITS.send_window_bytes)
+    outbox = Outbox(seq.stream, seq.incarnation, LIMITS.send_window_batches,
+                    LIMITS.send_window_bytes)
     assert outbox.number([encode(r) for r in rest]).hex() == vector["hex"]
 
 
@@ -411,10 +412,14 @@ def test_a_sequenced_batch_from_a_stranger_counts_every_record_the_seq_included(
 def test_a_seq_is_refused_for_seq_0_or_a_stream_over_32_bits_not_for_stream_0() -> None:
     """Section 4.11: the receiver's checks (the spec's "never 0" for the stream is the sender's
     rule; a Node.js peer written from it had refused stream 0)."""
-    assert wire.seq_of([11, 0, 1]) == (0, 1)
-    assert wire.seq_of([11, 2**32 - 1, 2**64 - 1]) == (2**32 - 1, 2**64 - 1)
-    assert wire.seq_of([11, 5, 0]) is None
-    assert wire.seq_of([11, 2**32, 1]) is None
+    assert wire.seq_of([11, 0, 1, 7]) == (0, 1, 7)
+    assert wire.seq_of([11, 2**32 - 1, 2**64 - 1, 2**64 - 1]) == (
+        2**32 - 1, 2**64 - 1, 2**64 - 1)
+    assert wire.seq_of([11, 0, 1, 0]) == (0, 1, 0)
+    assert wire.seq_of([11, 5, 0, 7]) is None
+    assert wire.seq_of([11, 2**32, 1, 7]) is None
+    assert wire.seq_of([11, 5, 1, 2**64]) is None
+    assert wire.seq_of([11, 5, 1]) is None  # version 2's SEQ, without the incarnation
 
 
 def test_a_duplicate_is_acknowledged_again_even_when_all_was_acknowledged() -> None:
@@ -453,7 +458,34 @@ def test_an_ack_with_resend_makes_the_sender_go_back() -> None:
         (batch,) = a.data_to_send().sends[1]
         sent.append(batch)
     stream = a.outboxes[b.node_id].stream
-    assert [decode_batch(x)[0] for x in sent] == [wire.Seq(stream, n) for n in range(1, 6)]
+    assert [decode_batch(x)[0] for x in sent] == [
+        wire.Seq(stream, n, b.incarnation) for n in range(1, 6)]
     a.receive(back.dials[0].routing_id, wire.encode_batch([wire.encode_ack(stream, 4, True)]),
               NOW)
     assert a.data_to_send().sends[1] == [sent[4]]  # batch 5 again, the same bytes
+
+
+def test_a_sequenced_batch_for_another_incarnation_is_dropped_unacknowledged() -> None:
+    """Section 10.3: a batch whose SEQ names another incarnation of the receiver (sent to a
+    process that had its endpoint before it) is misdirected: not taken, not acknowledged, no
+    resend asked, counted. Its sender counts its messages lost; taking them counted them
+    twice."""
+    a, b = cores()
+    b = Protocol(cluster="chat", node_id=b.node_id, incarnation=b.incarnation + 1,
+                 endpoint=b.endpoint, name=b.name, timings=Timings(), limits=LIMITS)
+    a.hint("tcp://10.0.0.2:7002", NOW)
+    out = a.data_to_send()
+    routing_id = out.dials[0].routing_id
+    b.receive(routing_id, out.sends[1][0], NOW, lambda: "10.0.0.1")  # A is b's peer
+    b.subscribe("user:alice", {}, NOW)
+    b.data_to_send()
+    b.events_received()
+
+    b.receive(routing_id, bytes.fromhex(batch_hex("sequenced-msgs")), NOW)
+    assert [e for e in b.events_received() if isinstance(e, Deliver)] == []
+    assert b.counters.misdirected_batches == 1
+    assert (b.counters.gap_batches, b.counters.malformed_records) == (0, 0)
+    b.tick(NOW + RESEND_INTERVAL_S + 0.05)
+    acks = [r for x in b.data_to_send().sends.get(1, []) for r in decode_batch(x)
+            if type(r) is wire.Ack]
+    assert acks == []

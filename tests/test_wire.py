@@ -34,7 +34,7 @@ DELTA_REMOVE = wire.Delta(1, 8, 4, None, None)
 SNAPSHOT = wire.Snapshot(5, 9, [(2, "a", {}), (5, "b", {"k": b"\x00"})])
 HEARTBEAT = wire.Heartbeat(5, 9)
 HEARTBEAT_SENT = wire.Heartbeat(5, 9, 7, 2**40, 2**50, 12345, 678)
-SEQ = wire.Seq(0xFFFFFFFF, 1)
+SEQ = wire.Seq(0xFFFFFFFF, 1, INC)
 ACK = wire.Ack(3, 0, True)
 MSG_EQ = wire.Msg(1, "user:bob", 0, ["user:alice", "room:7"], "Speak", b"\x92\xa1a\xa1b",
                   None, None)
@@ -73,7 +73,10 @@ def decode_all(payload: bytes, decoder: wire.Decoder = DECODER) -> list[wire.Rec
 
 
 def test_seq_numbers_start_at_one_and_acks_carry_a_bool() -> None:
-    reject([int(wire.Kind.SEQ), 1, 0])
+    reject([int(wire.Kind.SEQ), 1, 0, INC])
+    reject([int(wire.Kind.SEQ), 1, 1])  # protocol version 2's SEQ: no receiver incarnation
+    reject([int(wire.Kind.SEQ), 1, 1, -1])
+    reject([int(wire.Kind.SEQ), 1, 1, True])
     reject([int(wire.Kind.ACK), 1, 2, 1])  # resend is a bool, not an int
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// A smartroute mesh peer in Node.js, written from docs/PROTOCOL.md (protocol version 2).
+// A smartroute mesh peer in Node.js, written from docs/PROTOCOL.md (protocol version 3).
 //
 //   node peer.js --cluster chat --seed tcp://127.0.0.1:7001 --subscribe node:inbox
 //               [--host 127.0.0.1] [--port 0] [--name node-peer] [--secret S]
@@ -98,6 +98,7 @@ const peers = new Map(); // node id hex -> Peer
 const dials = new Map(); // endpoint -> pending dial {link, since, lastHello}
 const receivers = new Map(); // sender node id hex -> {incarnation, stream, taken, acked, lastResendAsk}
 const refused = new Map(); // endpoint -> ms until which we do not dial it
+const misdirectedFrom = new Set(); // senders whose misdirected batch we logged (once each)
 const selfEndpoints = new Set(); // endpoints that turned out to be ourselves
 const requests = new Map(); // request id (BigInt) -> {cmdId, nodes: Set<hex>, timer}
 const anyCursor = new Map(); // round-robin position per ANY target
@@ -263,7 +264,8 @@ function flushPeer(peer, timerTurn) {
       size += r.length;
     }
     const seq = ++peer.sent;
-    const bytes = encodeBatch([encodeRecord(KIND.SEQ, { stream: peer.stream, seq }), ...records]);
+    // Bound to the peer's incarnation (section 10.3): a successor on its endpoint drops it.
+    const bytes = encodeBatch([encodeRecord(KIND.SEQ, { stream: peer.stream, seq, incarnation: peer.incarnation }), ...records]);
     peer.kept.push({ seq, bytes, size: bytes.length });
     peer.keptBytes += bytes.length;
     peer.link.send(bytes);
@@ -302,7 +304,7 @@ function closeDial(endpoint, lingerMs = 0) {
 
 // ---- receiving (section 6) -------------------------------------------------------------------
 const stats = { malformed_frames: 0, malformed_records: 0, unknown_sender_records: 0,
-  duplicate_batches: 0, gap_batches: 0, stale_batches: 0, refused_peers: 0, undeliverable_messages: 0,
+  duplicate_batches: 0, gap_batches: 0, stale_batches: 0, misdirected_batches: 0, refused_peers: 0, undeliverable_messages: 0,
   malformed_bodies: 0, received_messages: 0, snapshot_requests_received: 0, snapshots_received: 0 };
 
 const received = {}; // valid records received, by kind name
@@ -320,6 +322,17 @@ function onFrame(frames) {
     const seq = parseRecord(first);
     if (seq === null) { stats.malformed_records += batch.length; return; }
     const peer = peers.get(senderHex);
+    if (big(seq.incarnation) !== me.incarnation) {
+      // Meant for a process that had our endpoint before us (section 10.3): not ours to take
+      // nor to acknowledge; its sender counts it lost.
+      stats.misdirected_batches++;
+      if (!misdirectedFrom.has(senderHex) && misdirectedFrom.size < 1024) {
+        misdirectedFrom.add(senderHex);
+        log("dropped a batch from", senderHex.slice(0, 8), "meant for incarnation", String(seq.incarnation));
+      }
+      if (peer) peer.lastHeard = now();
+      return;
+    }
     if (peer === undefined) {
       // Not a peer (yet): dropped unacknowledged, its sender resends it later.
       stats.unknown_sender_records += batch.length; // every record, the SEQ included

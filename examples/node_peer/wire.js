@@ -3,7 +3,7 @@
 
 import { Decoder, Encoder, ExtensionCodec } from "@msgpack/msgpack";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 export const KIND = {
   HELLO: 1, REFUSE: 2, PEERS: 3, DELTA: 4, SNAPSHOT_REQUEST: 5, SNAPSHOT: 6, HEARTBEAT: 7,
@@ -155,7 +155,7 @@ export const SCHEMA = {
     ["type", T.str(1024)], ["body", T.bin],
   ],
   // A sender never uses stream 0, but a receiver does not refuse it (only seq 0).
-  [KIND.SEQ]: [["stream", T.stream], ["seq", (v) => T.uint(v) && big(v) >= 1n]],
+  [KIND.SEQ]: [["stream", T.stream], ["seq", (v) => T.uint(v) && big(v) >= 1n], ["incarnation", T.uint]],
   [KIND.ACK]: [["stream", T.stream], ["seq", T.uint], ["resend", T.bool]],
   [KIND.LEAVING]: [],
 };
@@ -184,17 +184,18 @@ export function parseRecord(rec) {
 // ---- encoding records and batches -------------------------------------------------------
 /** Encode one record from its kind and fields (in schema order). */
 export function encodeRecord(kind, fields) {
-  if (kind === KIND.SEQ) return seqBytes(fields.stream, fields.seq);
+  if (kind === KIND.SEQ) return seqBytes(fields.stream, fields.seq, fields.incarnation);
   if (kind === KIND.ACK) return ackBytes(fields.stream, fields.seq, fields.resend);
   const rec = [kind, ...SCHEMA[kind].map(([name]) => fields[name])];
   return recordEncoder.encode(shortest(rec));
 }
 
 // SEQ and ACK in the fixed width the spec recommends: uint32 stream, uint64 numbers.
-function seqBytes(stream, seq) {
-  const b = Buffer.alloc(16);
-  b[0] = 0x93; b[1] = 0x0b; b[2] = 0xce; b.writeUInt32BE(Number(stream), 3);
+function seqBytes(stream, seq, incarnation) {
+  const b = Buffer.alloc(25);
+  b[0] = 0x94; b[1] = 0x0b; b[2] = 0xce; b.writeUInt32BE(Number(stream), 3);
   b[7] = 0xcf; b.writeBigUInt64BE(big(seq), 8);
+  b[16] = 0xcf; b.writeBigUInt64BE(big(incarnation), 17);
   return b;
 }
 function ackBytes(stream, seq, resend) {
