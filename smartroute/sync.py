@@ -51,6 +51,14 @@ _T = TypeVar("_T")
 __all__ = ["EventStream", "Node", "Subscription"]
 
 
+def discard_unstarted(coro: Coroutine[Any, Any, Any]) -> None:
+    """Close ``coro`` if it never ran, so Python does not warn that it was never awaited. A
+    coroutine of the compiled build (README, "Building") is not a Python coroutine: it has no
+    state to ask and gives no such warning, so it is left alone."""
+    if (inspect.iscoroutine(coro)
+            and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
+        coro.close()
+
 class Subscription:
     """A local subscriber of a blocking node; ``close()`` unsubscribes it."""
 
@@ -267,8 +275,7 @@ class Node:
                 for future, coro in pending:
                     with contextlib.suppress(concurrent.futures.InvalidStateError):  # done
                         future.set_exception(NodeClosed("the node closed"))
-                    if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-                        coro.close()  # never ran: no "never awaited" warning
+                    discard_unstarted(coro)
 
     def __enter__(self) -> Node:
         try:

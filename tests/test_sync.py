@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
 
+import smartroute
 from smartroute import EventStream as AsyncEventStream
 from smartroute import (
     LinkFull,
@@ -22,7 +24,7 @@ from smartroute import (
 from smartroute import Node as AsyncNode
 from smartroute import Subscription as AsyncSubscription
 from smartroute.sync import EventStream as SyncEventStream
-from smartroute.sync import Node, Subscription
+from smartroute.sync import Node, Subscription, discard_unstarted
 from smartroute.testing import async_wait_until, loopback_node, loopback_sync_node, wait_until
 
 _T = TypeVar("_T")
@@ -376,3 +378,16 @@ async def test_send_nowait_sends_like_send_to_and_never_waits_for_room(
         monkeypatch.undo()
         await b.close()
         await a.close()
+
+
+def test_a_call_still_pending_at_close_is_discarded_on_either_build() -> None:
+    """What ``close`` does with the coroutine of a call handed to the loop too late to run.
+    On the compiled build a coroutine is not a Python coroutine (no ``cr_running``): close
+    raised ``AttributeError`` there, seen when an events() iterator's ``aclose`` was still
+    pending as its node closed. A Python coroutine that never ran is closed (no warning)."""
+    coro = smartroute.Node("unit", discovery=[]).drain()
+    discard_unstarted(coro)
+    if inspect.iscoroutine(coro):  # the pure build
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+    else:
+        coro.close()
