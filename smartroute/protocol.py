@@ -1174,6 +1174,14 @@ class Protocol:
 
     def _forget(self, peer: Peer, reason: str, now: float) -> None:
         """Remove a peer, its link and its subscribers; remember it a while for reconnection."""
+        queued = self._sends.pop(peer.link, None)
+        if queued:
+            # Queued for it this turn, not sent yet: its stream holds them with the rest, lost
+            # or resumed with it (sent on the link being hung up, they would go unsequenced).
+            stream = self._outbox(peer)
+            kept = [record for record in queued if wire.kind_of(record) not in wire.CONTROL_KINDS]
+            for chunk in wire.chunk_records(kept, MAX_BATCH_BYTES) if kept else ():
+                stream.number(chunk)
         self.membership.remove(peer.node_id)
         self._hang_up(peer.link)
         for alias in [a for a, node in self._aliases.items() if node == peer.node_id]:

@@ -707,6 +707,36 @@ def test_an_ack_lost_with_its_connection_is_sent_again_when_the_connection_is_ba
     assert b.protocol.counters.duplicate_batches == 0  # nothing was sent again
 
 
+@pytest.mark.parametrize("gone", ["bye", "timeout"])
+def test_a_message_queued_in_the_turn_its_peer_goes_is_kept_with_its_stream(
+        net: MemNet, gone: str) -> None:
+    """send_to queued a message for b; in the same loop turn, before anything left, b was
+    forgotten (its BYE arrived, or it was declared dead). Before, the record went out
+    unsequenced on the link being hung up: neither delivered nor counted lost, silently.
+    Now it joins b's stream: counted lost with the rest of it (BYE), or kept for b to
+    resume (declared dead) and delivered once it does."""
+    a, b = net.mesh("a", "b")
+    b.protocol.subscribe("sink", {}, net.now)
+    net.flush()
+    assert send(a.protocol, ReceiveMode.EQ, "sink", "late").matches == 1
+    peer = a.protocol.membership.peers[b.node_id]
+    if gone == "bye":
+        net.crash(b)  # it said BYE and went: nothing reaches it any more
+        a.protocol.receive(b.node_id + b"\0\0\0\1", wire.encode_batch([wire.BYE]), net.now)
+        net.flush()
+        assert a.protocol.counters.lost_messages == 1
+    else:
+        a.protocol._forget(peer, "timeout", net.now)  # declared dead in this very turn
+        net.flush()
+        assert a.protocol.counters.lost_messages == 0
+        a.protocol.hint(b.endpoint, net.now)  # it comes back, the same process
+        net.run(1.0)
+        assert [decode_body(d.msg.body) for d in b.delivered()] == ["late"]
+    # No MSG ever travelled unsequenced (taken without de-duplication, lost uncounted).
+    assert all(type(t.records[0]) is wire.Seq for t in net.log
+               if t.src == "a" and any(type(r) is wire.Msg for r in t.records))
+
+
 def test_two_nodes_split_by_a_healed_partition_rejoin_the_full_mesh(net: MemNet) -> None:
     seed, a, b = net.mesh("seed", "a", "b")
     net.cut(a, b)
