@@ -245,6 +245,8 @@ class Protocol:
         self._control: set[int] = set()
         """Links with HELLO, REFUSE or BYE records this turn (they travel unsequenced)."""
         self._resends: dict[int, list[bytes]] = {}
+        """Batches framed already, by link, sent ahead of the turn's others: resends, and
+        records sent alone (resend requests)."""
         self._ack_due: set[bytes] = set()
         """Peers we took batches from since our last ACK to them (the timer acknowledges)."""
         self._ack_now: set[bytes] = set()
@@ -942,11 +944,8 @@ class Protocol:
             if 0 <= rtt < self.timings.dead_after_s:  # an echo of an earlier process: ignored
                 peer.rtt_s = rtt if peer.rtt_s is None else (
                     peer.rtt_s + RTT_SMOOTHING * (rtt - peer.rtt_s))
-        inflow = self.inflows.get(peer.node_id)
-        if beat.sent and (inflow is None or inflow.incarnation != peer.incarnation):
-            inflow = self._inflow(peer)
-        if (inflow is not None and inflow.incarnation == peer.incarnation
-                and inflow.behind(beat.stream, beat.sent)):
+        inflow = self._inflow(peer) if beat.sent else None  # 0: it sent us nothing yet
+        if inflow is not None and inflow.behind(beat.stream, beat.sent):
             # What we miss is on its way again (deltas among it): no snapshot for that.
             self._ask_resend(peer, inflow, now)
             return
@@ -1180,8 +1179,9 @@ class Protocol:
             # or resumed with it (sent on the link being hung up, they would go unsequenced).
             stream = self._outbox(peer)
             kept = [record for record in queued if wire.kind_of(record) not in wire.CONTROL_KINDS]
-            for chunk in wire.chunk_records(kept, MAX_BATCH_BYTES) if kept else ():
-                stream.number(chunk)
+            if kept:
+                for chunk in wire.chunk_records(kept, MAX_BATCH_BYTES):
+                    stream.number(chunk)
         self.membership.remove(peer.node_id)
         self._hang_up(peer.link)
         for alias in [a for a, node in self._aliases.items() if node == peer.node_id]:

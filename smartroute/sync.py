@@ -59,6 +59,7 @@ def discard_unstarted(coro: Coroutine[Any, Any, Any]) -> None:
             and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
         coro.close()
 
+
 class Subscription:
     """A local subscriber of a blocking node; ``close()`` unsubscribes it."""
 

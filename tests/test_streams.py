@@ -25,6 +25,12 @@ def outbox(window_batches: int = WINDOW, window_bytes: int = 1 << 20) -> Outbox:
                   window_bytes=window_bytes)
 
 
+def body_of(batch: bytes) -> int:
+    """The body these tests number in their one-record batches (a HEARTBEAT's third field)."""
+    body: int = msgpack.unpackb(batch)[1][2]
+    return body
+
+
 def seq_of(batch: bytes) -> tuple[int, int]:
     head = msgpack.unpackb(batch)[0]
     assert head[0] == wire.Kind.SEQ
@@ -144,7 +150,7 @@ def test_exactly_once_in_order_whatever_the_connection_does(
         stream, seq = seq_of(batch)
         verdict = inflow.judge(stream, seq)
         if verdict is Verdict.TAKE:
-            taken.append(msgpack.unpackb(batch)[1][2])
+            taken.append(body_of(batch))
             if seq % ack_every == 0:
                 out.acked(inflow.ack().seq)
         elif verdict is Verdict.GAP:
@@ -200,7 +206,7 @@ def test_replaced_streams_and_late_batches_take_nothing_twice_and_lose_nothing_s
             history.append(batch)
         what = next(fault)
         if what == "replace":
-            lost.update(msgpack.unpackb(sent.batch)[1][2] for sent in out.unacked)
+            lost.update(body_of(sent.batch) for sent in out.unacked)
             out = new_outbox()  # what was in flight stays in flight: late batches now
             continue
         if what == "late" and history:
@@ -224,7 +230,7 @@ def test_replaced_streams_and_late_batches_take_nothing_twice_and_lose_nothing_s
         stream, seq = seq_of(batch)
         verdict = inflow.judge(stream, seq)
         if verdict is Verdict.TAKE:
-            taken.append(msgpack.unpackb(batch)[1][2])
+            taken.append(body_of(batch))
             if what == "lose_ack":
                 ack_lost = True
             else:
