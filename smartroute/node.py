@@ -45,6 +45,7 @@ __all__ = ["EventStream", "Handler", "Node", "Subscription"]
 _log = logging.getLogger("smartroute.node")
 
 _EQ = ReceiveMode.EQ
+_ANY = ReceiveMode.ANY
 
 MAX_CLUSTER_LENGTH = 128
 """Longest cluster name, in characters."""
@@ -344,16 +345,22 @@ class Node:
         ``send_to`` does.
         """
         protocol = self._running()
-        checked_mode, checked_target = self._check_target(mode, target)
+        checked_mode: ReceiveMode
+        checked_target: Target
+        if (type(target) is str and mode is _ANY
+                and 0 < len(target) <= self.limits.max_name_length):
+            checked_mode, checked_target = _ANY, target
+        else:  # check it all
+            checked_mode, checked_target = self._check_target(mode, target)
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise UsageError("timeout must be a positive number of seconds")
         plan = (await self._room_for(protocol, checked_mode, checked_target)
                 if protocol.full_peers else None)
         assert self._loop is not None
-        request_id, pending = self._requests.open(self._loop)
+        request_id, pending = self._requests.open(self._loop, timeout)
         try:
             plan = self._send(protocol, body, checked_mode, checked_target, None, request_id,
-                              plan)
+                              plan, at_once=True)
             if plan.matches == 0:
                 raise NoSubscriber(f"no subscriber for {checked_target!r} ({checked_mode.name})")
             # Each remote node answers, or says it has nobody left, or goes (PeerDown): then
@@ -364,8 +371,7 @@ class Node:
                 self._batch_full = False
                 self._driver.pump()
             try:
-                async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
-                    return await pending.future
+                return await pending.future  # failed with TimeoutError at the deadline
             except TimeoutError:
                 raise RequestTimeout(
                     f"no reply from {target!r} within {timeout} s") from None
@@ -467,9 +473,11 @@ class Node:
                        f"is slow or frozen): nothing was sent", node_id=peer.node_id)
 
     def _send(self, protocol: Protocol, body: object, mode: ReceiveMode, target: Target,
-              sender: str | None, request_id: int | None, plan: Plan | None = None) -> Plan:
+              sender: str | None, request_id: int | None, plan: Plan | None = None, *,
+              at_once: bool = False) -> Plan:
         """Plan, queue for peers and deliver locally; sets ``_batch_full`` when a batch for a
-        peer is full (the caller lets it leave)."""
+        peer is full (the caller lets it leave). With ``at_once``, the first send of a loop
+        turn leaves now, the others of the turn with the pump it schedules."""
         if plan is None:
             plan = protocol.plan(mode, target)
         seq = next(self._seq)
@@ -482,6 +490,12 @@ class Node:
             driver = self._driver
             if not (driver.pump_scheduled or driver.pumping):
                 driver.schedule_pump()
+                if at_once:
+                    # A request waits for its reply: its batch need not wait for the loop's
+                    # next turn (a round trip's critical path is one turn shorter). The
+                    # scheduled pump still gathers what the rest of this turn sends, so a
+                    # gather of thousands of requests leaves in full batches, not one each.
+                    driver.send_now()
         elif not surely_encodes(body):
             # Not encoded when no peer needs the bytes, but still checked: what cannot travel
             # is refused even when the subscribers are all local today.

@@ -5,6 +5,7 @@ sends a REPLY through the protocol)."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import random
 from collections.abc import Callable
@@ -20,6 +21,10 @@ Replier = Callable[[object], None]
 SendReply = Callable[[str, int, ReplyStatus, str, bytes], bool]
 """``(origin, request_id, status, type name, body) -> False if the origin is gone``."""
 
+DEADLINES_SLACK = 1024
+"""Entries of closed requests the deadline heap may hold beyond twice the open ones before
+it is rebuilt from them."""
+
 
 class ErrorReply:
     """A request's handler failed: ``error`` is what it raised (or why it was not run)."""
@@ -33,10 +38,12 @@ class ErrorReply:
 class Pending:
     """A request this node waits on."""
 
-    __slots__ = ("future", "nodes", "remaining")
+    __slots__ = ("deadline", "future", "nodes", "remaining")
 
-    def __init__(self, future: asyncio.Future[object]) -> None:
+    def __init__(self, future: asyncio.Future[object], deadline: float) -> None:
         self.future = future
+        self.deadline = deadline
+        """Loop time at which it fails with ``TimeoutError``."""
         self.remaining = 0
         """Nodes (and local subscribers) that may still answer."""
         self.nodes: set[bytes] = set()
@@ -59,18 +66,59 @@ class Requests:
         self.handling = 0
         """Requests from peers delivered here and not answered yet (``drain`` waits for
         them)."""
+        # One timer for all requests, not one each: a timer handle made and cancelled per
+        # request is a tenth of a round trip's Python. Entries of closed requests stay in the
+        # heap until they come up, or until it is rebuilt.
+        self._deadlines: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
-    def open(self, loop: asyncio.AbstractEventLoop) -> tuple[int, Pending]:
-        """A new request id and its pending state (``close`` it when done)."""
+    def open(self, loop: asyncio.AbstractEventLoop, timeout: float) -> tuple[int, Pending]:
+        """A new request id and its pending state, whose future fails with ``TimeoutError``
+        after ``timeout`` seconds (``close`` it when done)."""
         request_id = next(self._ids)
-        pending = self.pending[request_id] = Pending(loop.create_future())
+        deadline = loop.time() + timeout
+        pending = self.pending[request_id] = Pending(loop.create_future(), deadline)
+        heapq.heappush(self._deadlines, (deadline, request_id))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(loop, deadline)
         return request_id, pending
 
     def close(self, request_id: int) -> None:
         self.pending.pop(request_id, None)
+        if len(self._deadlines) > 2 * len(self.pending) + DEADLINES_SLACK:
+            self._deadlines = [(pending.deadline, pending_id)
+                               for pending_id, pending in self.pending.items()]
+            heapq.heapify(self._deadlines)
+
+    def deadlines_held(self) -> int:
+        """Deadlines the heap holds, of open and of closed requests (for tests)."""
+        return len(self._deadlines)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop may run a timer a clock resolution early: what it was set for is due too.
+        now = max(loop.time(), self._timer_at)
+        self._timer = None
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(deadlines)
+            pending = self.pending.get(request_id)
+            if pending is not None and not pending.future.done():
+                pending.future.set_exception(TimeoutError())
+        if deadlines:
+            self._arm(loop, deadlines[0][0])
 
     def fail_all(self, exc: Exception) -> None:
         """The node closes: every waiting request raises ``exc``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for pending in self.pending.values():
             if not pending.future.done():
                 pending.future.set_exception(exc)

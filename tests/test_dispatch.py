@@ -201,7 +201,7 @@ async def test_a_full_queue_drops_counts_and_answers_the_requester_at_once() -> 
     assert room.requests.handling == 8  # the dropped two are answered, the rest wait
     # A local request gets no such room: the queue is over its size, it is refused at once.
     loop = asyncio.get_running_loop()
-    request_id, pending = room.requests.open(loop)
+    request_id, pending = room.requests.open(loop, 5.0)
     pending.remaining = 1
     room.dispatcher.deliver_local([sub.sub_id], 1, "x", "str", ReceiveMode.EQ, "full", None,
                                   room.requests.local_replier(request_id))

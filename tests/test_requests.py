@@ -14,7 +14,7 @@ from smartroute.errors import NoSubscriber, PeerLost, RemoteError
 from smartroute.events import PeerDown, PeerInfo
 from smartroute.messages import decode_body, encode_body
 from smartroute.protocol import ReplyArrived
-from smartroute.requests import ErrorReply, Pending, Requests, describe
+from smartroute.requests import DEADLINES_SLACK, ErrorReply, Pending, Requests, describe
 from smartroute.wire import Reply, ReplyStatus
 
 ME = "aa" * 16
@@ -51,7 +51,7 @@ class Outbox:
 
 def opened(requests: Requests, remote: list[str], local: bool = False) -> tuple[int, Pending]:
     """A request as ``Node.request`` opens it: waiting on ``remote`` nodes (and a local one)."""
-    request_id, pending = requests.open(asyncio.get_running_loop())
+    request_id, pending = requests.open(asyncio.get_running_loop(), 5.0)
     pending.remaining = len(remote) + (1 if local else 0)
     pending.nodes = {bytes.fromhex(node) for node in remote}
     return request_id, pending
@@ -71,14 +71,14 @@ def peer_down(node_id: str, reason: str = "timeout") -> PeerDown:
 
 async def test_open_gives_fresh_ids_and_close_forgets_them() -> None:
     requests = Outbox().requests()
-    first, _ = requests.open(asyncio.get_running_loop())
-    second, _ = requests.open(asyncio.get_running_loop())
+    first, _ = requests.open(asyncio.get_running_loop(), 5.0)
+    second, _ = requests.open(asyncio.get_running_loop(), 5.0)
     assert second == first + 1 and set(requests.pending) == {first, second}
     requests.close(first)
     requests.close(first)  # twice is harmless
     assert set(requests.pending) == {second}
     # A random start: another process on the same endpoint does not reuse our ids.
-    assert Outbox().requests().open(asyncio.get_running_loop())[0] != first
+    assert Outbox().requests().open(asyncio.get_running_loop(), 5.0)[0] != first
 
 
 async def test_fail_all_raises_in_every_waiting_request() -> None:
@@ -90,6 +90,44 @@ async def test_fail_all_raises_in_every_waiting_request() -> None:
     assert done.future.result() == "answered"
     with pytest.raises(RuntimeError, match="closed"):
         waiting.future.result()
+
+
+# --- deadlines --------------------------------------------------------------------------------
+
+
+async def test_each_request_fails_with_timeout_error_at_its_own_deadline() -> None:
+    """One timer serves every request: a later, shorter request still fails first, each at
+    its deadline and not before; one answered in time is left alone."""
+    loop = asyncio.get_running_loop()
+    requests = Outbox().requests()
+    started = loop.time()
+    _, long = requests.open(loop, 0.6)
+    _, answered = requests.open(loop, 0.1)
+    _, short = requests.open(loop, 0.2)
+    answered.future.set_result("in time")
+    with pytest.raises(TimeoutError):
+        await short.future
+    assert 0.2 <= loop.time() - started < 0.5 and not long.future.done()
+    with pytest.raises(TimeoutError):
+        await long.future
+    assert loop.time() - started >= 0.6
+    assert answered.future.result() == "in time"
+
+
+async def test_closed_requests_do_not_pile_up_in_the_deadline_heap() -> None:
+    """A hundred thousand requests answered long before their deadline leave the heap no
+    larger than its slack beyond twice the open ones."""
+    loop = asyncio.get_running_loop()
+    requests = Outbox().requests()
+    kept = [requests.open(loop, 60.0)[1] for _ in range(10)]
+    for _ in range(100_000):
+        request_id, pending = requests.open(loop, 60.0)
+        pending.future.set_result(None)
+        requests.close(request_id)
+    assert requests.deadlines_held() <= 2 * len(kept) + DEADLINES_SLACK + 1
+    assert len(requests.pending) == len(kept)
+    requests.fail_all(RuntimeError("closed"))
+    assert all(pending.future.done() for pending in kept)
 
 
 # --- the local replier ----------------------------------------------------------------------

@@ -141,6 +141,13 @@ class Driver:
             assert self._loop is not None
             self._loop.call_soon(self.pump)
 
+    def send_now(self) -> None:
+        """Carry out the protocol's output now (dials, batches, hang-ups), leaving its events
+        to the next pump."""
+        protocol = self.protocol
+        if protocol is not None and self.links is not None:
+            self._carry_out(protocol)
+
     def pump(self) -> None:
         """Carry out the protocol's output (dials, one batch per link, hang-ups), then hand
         its events to user code; what user code sent meanwhile (replies first of all) leaves

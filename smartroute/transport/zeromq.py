@@ -56,6 +56,19 @@ _NOBLOCK = int(zmq.NOBLOCK)
 # Plain ints: pyzmq's enum flags make ``events & zmq.POLLIN`` a Python-level Flag operation
 # (measured ~3 us, more than the getsockopt itself).
 
+_send = zmq.backend.Socket.send
+"""pyzmq's send under its Python-level wrapper, which only adds DRAFT arguments we never
+pass: ~0.3 us a batch less."""
+
+
+def _put(sock: zmq.Socket[bytes], batch: bytes) -> None:
+    """Queue ``batch`` on ``sock`` without blocking (``zmq.Again`` when full). A small batch
+    is copied; a big one is handed over, which pyzmq releases later on a thread of its own."""
+    if len(batch) < zmq.COPY_THRESHOLD:
+        _send(sock, batch, _NOBLOCK)
+    else:
+        _send(sock, batch, _NOBLOCK, copy=False)
+
 Received = Callable[[bytes, zmq.Frame], None]
 """Called with the routing id and the payload frame of each message; it handles the message
 completely (the driver runs the protocol and carries out its output)."""
@@ -126,15 +139,17 @@ class Inbox:
             deadline = clock() + RECEIVE_BUDGET_S
             try:
                 while not self.paused and get(_EVENTS) & _POLLIN:
-                    # [routing id, batch]: the id as bytes, the batch as a frame (it may be
-                    # megabytes, and it knows the peer's address).
-                    routing_id = recv(_NOBLOCK)
-                    frame = recv(_NOBLOCK, copy=False) if get(_RCVMORE) else None
-                    if frame is None or get(_RCVMORE):
+                    # [routing id, batch], both as frames: a frame says whether more parts
+                    # follow without a getsockopt (~0.7 us a message less), and the batch may
+                    # be megabytes and knows the peer's address.
+                    head = recv(_NOBLOCK, copy=False)
+                    frame = recv(_NOBLOCK, copy=False) if head.more else None
+                    if frame is None or frame.more:
                         while get(_RCVMORE):
                             recv(_NOBLOCK, copy=False)
                         self.dropped += 1
                         continue
+                    routing_id = head.bytes
                     if secure and not self._is_bound(routing_id, frame):
                         continue
                     self._guard(received, routing_id, frame)
@@ -347,7 +362,7 @@ class Links:
         backlog = self.backlogs.get(link)
         if backlog is None:
             try:
-                sock.send(batch, zmq.NOBLOCK, copy=False)
+                _put(sock, batch)
                 return True
             except zmq.Again:
                 backlog = self.backlogs[link] = collections.deque()
@@ -369,7 +384,7 @@ class Links:
             sock = self._socks.get(link)
             while backlog and sock is not None:
                 try:
-                    sock.send(backlog[0], zmq.NOBLOCK, copy=False)
+                    _put(sock, backlog[0])
                 except zmq.Again:
                     break
                 backlog.popleft()
