@@ -266,11 +266,13 @@ class Protocol:
 
     # --- outputs --------------------------------------------------------------------------------
 
-    def data_to_send(self) -> Output:
+    def data_to_send(self, lone_acks: bool = True) -> Output:
         """Drain the network actions accumulated since the last call: every link's records
-        framed into batches (sequenced where they must not be lost), resends first."""
+        framed into batches (sequenced where they must not be lost), resends first. Without
+        ``lone_acks``, an ACK due at once leaves only in a batch its link sends anyway, and
+        ``acks_waiting`` says that others wait (for the caller's next call, soon)."""
         if self._ack_now:
-            self._queue_acks(force=False)
+            self._queue_acks(force=False, lone=lone_acks)
         sends, self._sends = self._sends, {}
         framed: dict[int, list[bytes]] = self._resends
         self._resends = {}
@@ -363,21 +365,31 @@ class Protocol:
                     return peer.info()
         return None
 
-    def _queue_acks(self, *, force: bool) -> None:
+    def _queue_acks(self, *, force: bool, lone: bool = True) -> None:
         """ACK what we took: from peers with a quarter of their window waiting, or (``force``:
         the timer, every ``tick_interval_s``, and close) from every peer with anything waiting.
         Not with every batch: a request/reply exchange would carry an ACK record each way,
-        measured ~10% of its cost; the window has room for the timer's pace."""
+        measured ~10% of its cost; the window has room for the timer's pace. Without ``lone``,
+        only to peers whose link has records this turn (the others stay due)."""
         due = self._ack_due if force else self._ack_now
         peers = self.membership.peers
+        waiting: list[bytes] = []
         for node_id in due:
             peer = peers.get(node_id)
             inflow = self.inflows.get(node_id)
             if peer is not None and inflow is not None and inflow.taken > inflow.acked:
+                if not lone and peer.link not in self._sends:
+                    waiting.append(node_id)
+                    continue
                 self._ride(peer.link, wire.encode_ack(*inflow.ack()))
         if force:
             self._ack_due.clear()
         self._ack_now.clear()
+        self._ack_now.update(waiting)
+
+    def acks_waiting(self) -> bool:
+        """ACKs are due at once that ``data_to_send(lone_acks=False)`` kept back."""
+        return bool(self._ack_now)
 
     def events_received(self) -> list[ProtocolEvent]:
         """Drain the events accumulated since the last call."""

@@ -98,6 +98,12 @@ class Router:
                     return plan
             return self._plan_one(target)
         if mode is _ANY:
+            if type(target) is str and target not in table.local_by_name:
+                held = table.remote_by_name.get(target)
+                if isinstance(held, tuple):
+                    # One subscriber, on one peer (a service's single replica, the common
+                    # request): no round robin to turn, and no candidates list.
+                    return Plan(1, [], {held[0]: held[1]})
             return self._plan_any(_as_list(target))
         if mode is _ALL:
             remote_all: dict[bytes, int | None] = {

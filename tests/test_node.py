@@ -221,6 +221,27 @@ async def test_request_reply_local_and_remote(pair: tuple[Node, Node]) -> None:
             await node.request("svc:silent", None, timeout=0.2)
 
 
+async def test_sequential_requests_cost_one_batch_each_way(pair: tuple[Node, Node]) -> None:
+    """The ACKs ride in the requests and replies; only the timers add batches of their own.
+    (Before, every sixteenth reply and request had a lone ACK batch sent just ahead of it.)"""
+    a, b = pair
+    await a.subscribe("svc:echo", lambda msg: msg.body)
+    await b.wait_for("svc:echo")
+    loop = asyncio.get_running_loop()
+    before = {node: node.stats()["frames_received"] for node in (a, b)}
+    started = loop.time()
+    count = 1000
+    for i in range(count):
+        assert await b.request("svc:echo", i) == i
+    elapsed = loop.time() - started
+    # Each tick of the other node's timers may send one batch (an ACK, with a heartbeat
+    # when one is due).
+    timer_batches = elapsed / b.timings.tick_interval_s + 2
+    for node in (a, b):
+        extra = node.stats()["frames_received"] - before[node] - count
+        assert 0 <= extra <= timer_batches, (node.node_id[:8], extra, timer_batches)
+
+
 async def test_a_request_in_a_handler_is_answered_when_the_subscription_closes(
         pair: tuple[Node, Node]) -> None:
     """Before: the requester waited for its whole timeout, and ``drain`` waited for a

@@ -115,6 +115,15 @@ def test_any_over_a_list_of_names(router: Router) -> None:
     assert picks == [Plan(1, [1], {}), Plan(1, [], {C: 2}), Plan(1, [], {C: 1})]
 
 
+def test_any_to_a_lone_remote_subscriber_chooses_it_and_then_balances_once_joined(
+        table: Table, router: Router) -> None:
+    # user:bob lives only on B (the fast path); a second, local one joins: both take turns.
+    assert [router.plan(ANY, "user:bob") for _ in range(2)] == [Plan(1, [], {B: 4})] * 2
+    sub, _, _ = table.add_local("user:bob", {})
+    picks = [router.plan(ANY, "user:bob") for _ in range(4)]
+    assert picks.count(Plan(1, [sub], {})) == picks.count(Plan(1, [], {B: 4})) == 2
+
+
 def test_any_without_candidates_plans_nothing(router: Router) -> None:
     assert router.plan(ANY, "nobody") == Plan(0, [], {})
     assert router.plan(ANY, []) == Plan(0, [], {})

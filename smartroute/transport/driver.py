@@ -63,6 +63,8 @@ class Driver:
         """A ``pump`` is scheduled with ``call_soon``."""
         self.pumping = False
         """``pump`` is running: what user code queues meanwhile leaves at its end."""
+        self._acks_scheduled = False
+        """``_send_acks`` is scheduled with ``call_soon``."""
 
     def hand_to(self, hands: Hands) -> None:
         """Where the protocol's events go (before ``start``)."""
@@ -151,34 +153,44 @@ class Driver:
     def pump(self) -> None:
         """Carry out the protocol's output (dials, one batch per link, hang-ups), then hand
         its events to user code; what user code sent meanwhile (replies first of all) leaves
-        in the same turn."""
+        in the same turn. An ACK due at once rides in that output, or leaves alone at the
+        loop's next turn (with the next request, as often as not): a lone ACK batch sent just
+        before a reply or a request cost that round trip a wake-up on the other side."""
         self.pump_scheduled = False
         protocol = self.protocol
         if protocol is None or self.links is None:
             return
-        self._carry_out(protocol)
+        if protocol.has_output():
+            self._carry_out(protocol, lone_acks=False)
         events = protocol.events_received()
         hands = self._hands
         assert hands is not None, "hand_to() before start()"
-        if not events and not hands.backlog():
-            return
-        self.pumping = True
-        try:
-            behind = hands.dispatch(events)
-        finally:
-            self.pumping = False
-        if behind:
-            # Budget spent (slow sync handlers): the rest after the timers and sends.
-            self.schedule_pump()
-        self.pace_inbox()
-        if protocol.has_output():
-            self._carry_out(protocol)
+        if events or hands.backlog():
+            self.pumping = True
+            try:
+                behind = hands.dispatch(events)
+            finally:
+                self.pumping = False
+            if behind:
+                # Budget spent (slow sync handlers): the rest after the timers and sends.
+                self.schedule_pump()
+            self.pace_inbox()
+            if protocol.has_output():
+                self._carry_out(protocol, lone_acks=False)
+        if protocol.acks_waiting() and not self._acks_scheduled:
+            self._acks_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._send_acks)
 
-    def _carry_out(self, protocol: Protocol) -> None:
+    def _send_acks(self) -> None:
+        self._acks_scheduled = False
+        self.send_now()
+
+    def _carry_out(self, protocol: Protocol, *, lone_acks: bool = True) -> None:
         """Dial, send and hang up as the protocol asks."""
         links = self.links
         assert links is not None and self._loop is not None
-        out = protocol.data_to_send()
+        out = protocol.data_to_send(lone_acks)
         for dial in out.dials:
             if not links.dial(dial.link, dial.endpoint, dial.routing_id):
                 protocol.dial_failed(dial.link, self._loop.time())

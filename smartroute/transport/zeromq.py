@@ -69,6 +69,7 @@ def _put(sock: zmq.Socket[bytes], batch: bytes) -> None:
     else:
         _send(sock, batch, _NOBLOCK, copy=False)
 
+
 Received = Callable[[bytes, zmq.Frame], None]
 """Called with the routing id and the payload frame of each message; it handles the message
 completely (the driver runs the protocol and carries out its output)."""
