@@ -68,7 +68,7 @@ SECTIONS = (
             "receiver has all. Redis: one publisher, four subscriber processes on one channel."),
     Section("4. Request/reply round trip", ("request/reply round trip",),
             "Sequential round trips with a 100-byte body between two processes, p50 and p99 of "
-            "each run (after 100 unmeasured). smartroute: `node.request` to a sync handler on "
+            "each run of 10,000 (1,000 with --quick; after 100 unmeasured). smartroute: `node.request` to a sync handler on "
             "the other node that returns the body. pyzmq: asyncio DEALER `send`/`recv` to an "
             "asyncio ROUTER that echoes. Redis: PUBLISH on a request channel, an echo process "
             "publishes it back on a reply channel the client is subscribed to. Zenoh: in its "
