@@ -68,11 +68,11 @@ SECTIONS = (
             "receiver has all. Redis: one publisher, four subscriber processes on one channel."),
     Section("4. Request/reply round trip", ("request/reply round trip",),
             "Sequential round trips with a 100-byte body between two processes, p50 and p99 of "
-            "each run of 10,000 (1,000 with --quick; after 100 unmeasured). smartroute: `node.request` to a sync handler on "
-            "the other node that returns the body. pyzmq: asyncio DEALER `send`/`recv` to an "
-            "asyncio ROUTER that echoes. Redis: PUBLISH on a request channel, an echo process "
-            "publishes it back on a reply channel the client is subscribed to. Zenoh: in its "
-            "own section below."),
+            "each run of 10,000 (1,000 with --quick; after 100 unmeasured). smartroute: "
+            "`node.request` to a sync handler on the other node that returns the body. pyzmq: "
+            "asyncio DEALER `send`/`recv` to an asyncio ROUTER that echoes. Redis: PUBLISH on a "
+            "request channel, an echo process publishes it back on a reply channel the client "
+            "is subscribed to. Zenoh: in its own section below."),
     Section("Next to Eclipse Zenoh (issue 12)",
             ("cross-node throughput, next to Zenoh", "request/reply round trip, next to Zenoh"),
             "Two Zenoh peers (eclipse-zenoh), one process each, peer mode: one listens on "
@@ -237,6 +237,14 @@ GOALS = (
     Goal("Request/reply p99 vs raw asyncio DEALER/ROUTER", "<= 2x",
          _ratio("request/reply round trip", "p99", "pyzmq DEALER/ROUTER, asyncio"),
          lambda x: x <= 2, "x"),
+    Goal("Request/reply p50 vs raw asyncio DEALER/ROUTER (issue 12)", "<= 1.1x",
+         _ratio("request/reply round trip", "p50", "pyzmq DEALER/ROUTER, asyncio"),
+         lambda x: x <= 1.1, "x"),
+    Goal("Request/reply p99 vs raw asyncio DEALER/ROUTER (issue 12)", "<= 1.5x",
+         _ratio("request/reply round trip", "p99", "pyzmq DEALER/ROUTER, asyncio"),
+         lambda x: x <= 1.5, "x"),
+    Goal("Fan-out ALL to 4 nodes vs Redis pub/sub (issue 12)", ">= 3x",
+         _ratio("fan-out to 4 nodes", "throughput", "Redis pub/sub"), lambda x: x >= 3, "x"),
     Goal("Cross-node throughput vs Zenoh put, congestion BLOCK (issue 12)", ">= 1.0x",
          _ratio("cross-node throughput, next to Zenoh", "throughput",
                 "Zenoh put, congestion BLOCK"), lambda x: x >= 1.0, "x"),
