@@ -79,26 +79,27 @@ def settle(receivers: list[Worker]) -> None:
 
 def floods(bench: Bench, what: str, sender: Worker, receivers: list[Worker], count: int,
            target: str | None, mode: str = "EQ", per_turn: int = PER_TURN) -> list[float]:
-    """One warm-up, then ``bench.scale.runs`` flood rates. A run that loses messages (at most
-    once, no acknowledgements: a peer wrongly declared dead loses what was in flight) is
-    recorded as discarded and replaced, at most ``MAX_DISCARDED`` times."""
-    values: list[float] = []
+    """One warm-up, then ``bench.scale.runs`` flood rates (see ``kept_rate``)."""
+    kept_rate(bench, what, sender, receivers, count // 10, target, mode, per_turn)
+    return [kept_rate(bench, what, sender, receivers, count, target, mode, per_turn)
+            for _ in range(bench.scale.runs)]
+
+
+def kept_rate(bench: Bench, what: str, sender: Worker, receivers: list[Worker], count: int,
+              target: str | None, mode: str = "EQ", per_turn: int = PER_TURN) -> float:
+    """One flood rate. A run that loses messages (at most once, no acknowledgements: a peer
+    wrongly declared dead loses what was in flight) is recorded as discarded and replaced, at
+    most ``MAX_DISCARDED`` times in a row."""
     discarded = 0
-    warm = False
-    while len(values) < bench.scale.runs:
+    while True:
         try:
-            if warm:
-                values.append(flood_rate(sender, receivers, count, target, mode, per_turn))
-            else:
-                flood_rate(sender, receivers, count // 10, target, mode, per_turn)
-                warm = True
+            return flood_rate(sender, receivers, count, target, mode, per_turn)
         except WorkerError as exc:
             discarded += 1
             bench.skip(f"{what}: run discarded", str(exc).splitlines()[0])
             if discarded > MAX_DISCARDED:
                 raise
             settle(receivers)
-    return values
 
 
 def rtt_count(bench: Bench) -> int:
@@ -129,8 +130,16 @@ def throughput(bench: Bench, workload: str, a: Worker, b: Worker, *,
             b.call("subscribe", name=name, handler=handler)
             a.call("wait_for", name=name)
             subscribed.add(name)
-        values = floods(bench, f"{workload}, {system}", a, [b], count, name, per_turn=per_turn)
-        bench.add(row(workload, system, "throughput", values, "msg/s"))
+        kept_rate(bench, f"{workload}, {system}", a, [b], count // 10, name, per_turn=per_turn)
+    # Run by run, each handler in turn: a ratio between two of them (the tight loop against
+    # the yielding one) compares runs made under the same load, not minutes apart.
+    values: dict[str, list[float]] = {system: [] for system, *_ in handlers}
+    for _ in range(bench.scale.runs):
+        for system, name, _, per_turn in handlers:
+            values[system].append(kept_rate(bench, f"{workload}, {system}", a, [b], count,
+                                            name, per_turn=per_turn))
+    for system, *_ in handlers:
+        bench.add(row(workload, system, "throughput", values[system], "msg/s"))
 
 
 def round_trips(bench: Bench, workload: str, a: Worker, b: Worker, *, system: str) -> None:
