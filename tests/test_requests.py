@@ -107,7 +107,8 @@ async def test_each_request_fails_with_timeout_error_at_its_own_deadline() -> No
     answered.future.set_result("in time")
     with pytest.raises(TimeoutError):
         await short.future
-    assert 0.2 <= loop.time() - started < 0.5 and not long.future.done()
+    # Not before its deadline, and before the longer one's (which would have failed with it).
+    assert loop.time() - started >= 0.2 and not long.future.done()
     with pytest.raises(TimeoutError):
         await long.future
     assert loop.time() - started >= 0.6
